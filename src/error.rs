@@ -1,0 +1,305 @@
+//! The crate's one error type, [`Error`], and its `Result` alias.
+//!
+//! Every fallible call returns [`Error`]. Variants carry the data needed to
+//! act on them (the file, the byte position, the offsets involved, expected
+//! and found values); the underlying cause, when there is one, is available
+//! through [`std::error::Error::source`].
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `Result<T, backbone::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `backbone`.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you act on and keep a
+/// catch-all arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What the log was doing, such as `"write"` or `"fdatasync"`.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The error the operating system reported.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Another writer (in this or another process) has the log open.
+    #[error("log {} is locked by another writer", path.display())]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
+
+    /// A write was attempted through a handle opened with
+    /// [`Options::read_only`](crate::Options::read_only).
+    #[error("log {} is open read-only", path.display())]
+    ReadOnly {
+        /// The log directory.
+        path: PathBuf,
+    },
+
+    /// The log was closed with [`EventLog::close`](crate::EventLog::close).
+    #[error("log is closed")]
+    Closed,
+
+    /// An earlier write or sync failed, so the log refuses writes until it is
+    /// reopened. Retrying a failed `fdatasync` can report success for data
+    /// the kernel already dropped (PostgreSQL's "fsyncgate"), so the log
+    /// never retries: reopening recovers the last durable state.
+    #[error("log refuses writes since {op} of {} failed; reopen it", path.display())]
+    Poisoned {
+        /// The operation that failed.
+        op: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The original failure.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// An encoded record is larger than
+    /// [`Options::max_record_bytes`](crate::Options::max_record_bytes).
+    /// Nothing was written.
+    #[error("record of {size} bytes exceeds max_record_bytes ({max})")]
+    RecordTooLarge {
+        /// The encoded size of the record.
+        size: usize,
+        /// The configured limit.
+        max: u32,
+    },
+
+    /// The codec failed to encode a value (`offset` is `None`; nothing was
+    /// written) or to decode the record at `offset` (the log was written
+    /// with another type or codec, or the type changed incompatibly).
+    #[error("{codec} codec failed to {} {}", if offset.is_some() { "decode" } else { "encode" }, DisplayOffset(*offset))]
+    Codec {
+        /// The codec's name.
+        codec: &'static str,
+        /// The offset of the record that failed to decode.
+        offset: Option<u64>,
+        /// The codec's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Bytes on disk fail validation: a checksum, a length, a header, an
+    /// offset that does not continue the sequence. The log never returns
+    /// such bytes as a record.
+    #[error("corrupt log file {} at byte {position}: {kind}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// The byte position of the damage in that file.
+        position: u64,
+        /// The offset of the record expected at that position, when known.
+        offset: Option<u64>,
+        /// What is wrong.
+        kind: CorruptionKind,
+    },
+
+    /// A file was written by a newer version of the on-disk format.
+    #[error("{} has format version {found}; this build reads version {supported}", path.display())]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+
+    /// The directory exists and holds files, but it is not a backbone log.
+    /// The log never writes into such a directory.
+    #[error("{} is not a backbone log: {reason}", path.display())]
+    NotALog {
+        /// The directory or file that gave it away.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// The log was written with another codec than the one it is opened with.
+    #[error("log {} was written with the {found} codec, not {expected}", path.display())]
+    CodecMismatch {
+        /// The log directory.
+        path: PathBuf,
+        /// The codec of this handle.
+        expected: String,
+        /// The codec recorded in the log.
+        found: String,
+    },
+
+    /// [`EventLog::append_expected`](crate::EventLog::append_expected) found
+    /// the log at another offset than expected. Nothing was written.
+    #[error("append expected the log to be at offset {expected}, but it is at {actual}")]
+    Conflict {
+        /// The offset the caller expected the next record to get.
+        expected: u64,
+        /// The offset the next record would have got.
+        actual: u64,
+    },
+
+    /// The requested offset was removed by retention.
+    #[error("offset {requested} was removed by retention; the log starts at {first}")]
+    OffsetTruncated {
+        /// The offset asked for.
+        requested: u64,
+        /// The first offset still in the log.
+        first: u64,
+    },
+
+    /// The requested offset is past the end of the log.
+    #[error("offset {requested} is past the end of the log (next offset {next})")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// The offset the next appended record will get.
+        next: u64,
+    },
+
+    /// A name that becomes a file name (a consumer's) is not allowed.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What rule it breaks.
+        reason: &'static str,
+    },
+
+    /// An option is out of range or contradicts another.
+    #[error("invalid option {name}: {reason}")]
+    InvalidOption {
+        /// The option.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What is wrong with bytes that failed validation, in [`Error::Corrupt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The file does not start with the expected magic bytes.
+    BadMagic,
+    /// A header's checksum does not match its contents.
+    HeaderChecksum,
+    /// A header's fields contradict the file name or each other.
+    BadHeader,
+    /// A record's checksum does not match its bytes.
+    Checksum {
+        /// The checksum stored in the frame.
+        stored: u32,
+        /// The checksum of the bytes found.
+        computed: u32,
+    },
+    /// A record's length field is impossible (over the maximum record size
+    /// or past the end of the file).
+    Length {
+        /// The length found.
+        len: u32,
+    },
+    /// A valid record holds another offset than the one expected at this
+    /// position (a misdirected or stale write).
+    OffsetMismatch {
+        /// The offset expected here.
+        expected: u64,
+        /// The offset found.
+        found: u64,
+    },
+    /// A region that should hold records is zeroed.
+    Zeroed,
+    /// A sealed segment ends before the offset where the next segment starts.
+    SegmentTruncated {
+        /// The offset the segment should end at.
+        expected_end: u64,
+        /// The offset it ends at.
+        found_end: u64,
+    },
+    /// Segment base offsets leave a gap or overlap.
+    SegmentSequence {
+        /// The base offset expected.
+        expected: u64,
+        /// The base offset found.
+        found: u64,
+    },
+}
+
+impl fmt::Display for CorruptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CorruptionKind::BadMagic => f.write_str("bad magic bytes"),
+            CorruptionKind::HeaderChecksum => f.write_str("header checksum mismatch"),
+            CorruptionKind::BadHeader => f.write_str("inconsistent header"),
+            CorruptionKind::Checksum { stored, computed } => {
+                write!(
+                    f,
+                    "record checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
+            }
+            CorruptionKind::Length { len } => write!(f, "impossible record length {len}"),
+            CorruptionKind::OffsetMismatch { expected, found } => {
+                write!(f, "expected offset {expected}, found {found}")
+            }
+            CorruptionKind::Zeroed => f.write_str("zeroed region where records were expected"),
+            CorruptionKind::SegmentTruncated {
+                expected_end,
+                found_end,
+            } => write!(
+                f,
+                "sealed segment ends at offset {found_end}, expected {expected_end}"
+            ),
+            CorruptionKind::SegmentSequence { expected, found } => {
+                write!(f, "segment starts at offset {found}, expected {expected}")
+            }
+        }
+    }
+}
+
+struct DisplayOffset(Option<u64>);
+
+impl fmt::Display for DisplayOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(offset) => write!(f, "the record at offset {offset}"),
+            None => f.write_str("a value"),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The I/O error kind, if this error came from the operating system.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } => Some(source.kind()),
+            Error::Poisoned { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+
+    /// Whether the log found damaged bytes (`Corrupt` or a format version it
+    /// cannot read).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::UnsupportedVersion { .. }
+        )
+    }
+}

@@ -1,0 +1,143 @@
+//! An embeddable event log: a durable, typed, append-only log in a
+//! directory on local disk, with replay from any offset and durable named
+//! consumers. One dependency, no broker to run.
+//!
+//! # Quick start
+//!
+//! ```
+//! use backbone::{Durability, EventLog, Options, Start};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+//! struct Checkout {
+//!     order_id: u64,
+//!     sku: String,
+//!     qty: u32,
+//! }
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let log: EventLog<Checkout> = Options::new()
+//!     .segment_bytes(64 << 20)
+//!     .durability(Durability::EveryAppend)
+//!     .open(dir.path().join("checkouts"))?;
+//!
+//! let checkout = Checkout { order_id: 1, sku: "SKU-0001".into(), qty: 2 };
+//! let off = log.append(&checkout)?; // on stable storage when this returns
+//! assert_eq!(log.get(off)?.map(|rec| rec.value), Some(checkout));
+//!
+//! // A service that starts later replays from the beginning...
+//! for rec in log.read(Start::Beginning) {
+//!     let rec = rec?;
+//!     println!("{} at {:?}: {:?}", rec.offset, rec.timestamp, rec.value);
+//! }
+//! // ...and keeps its place durably across restarts.
+//! let inventory = log.consumer("inventory")?;
+//! inventory.commit(off + 1)?;
+//! assert_eq!(inventory.position(), 1);
+//! # Ok::<(), backbone::Error>(())
+//! ```
+//!
+//! # Concepts
+//!
+//! - **Offset**: a record's position, dense and gapless from 0. The first
+//!   offset grows when retention removes old segments.
+//! - **Segment**: the log is a sequence of files, each holding a run of
+//!   records, with a sparse offset and time index beside it. Only the
+//!   newest segment is written; the others are sealed and never change.
+//! - **Cursor**: [`EventLog::read`] replays from a [`Start`]: the
+//!   beginning, an offset, a time, or the end.
+//! - **Consumer**: [`EventLog::consumer`] is a durable, named position, so
+//!   a service resumes where it left off.
+//!
+//! # Guarantees
+//!
+//! - **Ordering**: one total order per log. Each thread's appends keep
+//!   their order; an append that returned before another started has the
+//!   smaller offset.
+//! - **Durability**, per [`Durability`] mode: with the default
+//!   `EveryAppend`, a returned append survives a process crash and a power
+//!   loss (given a disk that honours flushes). `Interval` survives a
+//!   process crash and bounds what a power loss takes; `Buffered` is the
+//!   fastest and a process crash loses what was not flushed.
+//!   [`EventLog::sync`] makes everything appended durable in any mode.
+//! - **Integrity**: every record carries its length, offset and a CRC32;
+//!   a read never returns bytes that were not appended at that offset.
+//!   Damage is an [`Error::Corrupt`] naming the file and byte position.
+//! - **Recovery**: after a crash, opening cuts the newest segment back to
+//!   its longest intact prefix (the cut is reported in
+//!   [`RecoveryReport`] and the bytes kept aside); no acknowledged record is
+//!   lost and no gap appears. Opening reads only the tail of the newest
+//!   segment, whatever the size of the log.
+//! - **One writer**: a second writer, in this process or another, gets
+//!   [`Error::Locked`]. [`Options::read_only`] handles may follow a log
+//!   another process writes.
+//!
+//! # Feature flags
+//!
+//! - `bincode`: the [`Bincode`] codec (bincode 2.0.1, serde API).
+//! - `json`: the [`Json`] codec.
+//! - `sim`: test-only; the crash-simulating storage used by this crate's
+//!   own tests. Never enable it in production.
+//!
+//! The on-disk format is specified in `docs/FORMAT.md`.
+
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod codec;
+mod consumer;
+mod cursor;
+mod engine;
+mod error;
+mod format;
+mod index;
+mod log;
+mod name;
+mod options;
+mod recovery;
+mod retention;
+mod segment;
+// The one place with `unsafe`: mapping files (see `storage::os`).
+#[allow(unsafe_code)]
+mod storage;
+mod time;
+
+#[cfg(feature = "bincode")]
+pub use codec::Bincode;
+#[cfg(feature = "json")]
+pub use codec::Json;
+pub use codec::{Codec, CodecError, Postcard, Raw};
+pub use consumer::Consumer;
+pub use cursor::Cursor;
+pub use engine::Stats;
+pub use error::{CorruptionKind, Error, Result};
+pub use log::{EventLog, Record, Start};
+pub use options::{Durability, Options, RecoveryMode};
+pub use recovery::RecoveryReport;
+pub use time::Timestamp;
+
+/// The crash-simulating, fault-injecting storage this crate's tests run
+/// on (feature `sim`). Test-only: never use it for real data.
+#[cfg(any(test, feature = "sim"))]
+pub use storage::sim;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<X: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        struct NotSync(std::marker::PhantomData<std::cell::Cell<u8>>);
+        assert_send_sync::<EventLog<NotSync>>();
+        assert_send_sync::<Consumer<String>>();
+        assert_send_sync::<Error>();
+    }
+}
+
+/// The README's code blocks, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

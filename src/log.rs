@@ -1,0 +1,361 @@
+//! [`EventLog`], the public, typed handle to a log: append, read, sync,
+//! consumers, retention, close.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::codec::{Codec, Postcard};
+use crate::consumer::Consumer;
+use crate::cursor::Cursor;
+use crate::engine::{Engine, Stats};
+use crate::error::{Error, Result};
+use crate::format::{Frame, Meta};
+use crate::options::Options;
+use crate::recovery::RecoveryReport;
+use crate::time::Timestamp;
+
+/// A durable, typed, append-only log of events of type `T`, stored in one
+/// directory and encoded with codec `C`.
+///
+/// Handles are cheap to clone and can be shared between threads: every
+/// clone is the same log. Offsets are dense and gapless from the first
+/// record ever appended; each thread's appends keep their order.
+///
+/// ```
+/// use backbone::{EventLog, Start};
+/// # #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// # struct Checkout { order_id: u64, qty: u32 }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log: EventLog<Checkout> = EventLog::open(dir.path())?;
+/// let first = log.append(&Checkout { order_id: 1, qty: 2 })?;
+/// let more = log.append_batch(&[
+///     Checkout { order_id: 2, qty: 1 },
+///     Checkout { order_id: 3, qty: 5 },
+/// ])?;
+/// assert_eq!((first, more), (0, 1..3));
+///
+/// let total: u32 = log
+///     .read(Start::Beginning)
+///     .map(|rec| rec.map(|rec| rec.value.qty))
+///     .sum::<backbone::Result<u32>>()?;
+/// assert_eq!(total, 8);
+/// # Ok::<(), backbone::Error>(())
+/// ```
+pub struct EventLog<T, C = Postcard> {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) codec: Arc<C>,
+    // `fn(T) -> T`: the handle stores no `T`, so it is `Send + Sync`
+    // whatever `T` is.
+    _marker: PhantomData<fn(T) -> T>,
+}
+
+/// One record read from a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record<T> {
+    /// Its position in the log.
+    pub offset: u64,
+    /// When it was appended.
+    pub timestamp: Timestamp,
+    /// The event.
+    pub value: T,
+}
+
+/// Where a read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Start {
+    /// The first record still in the log.
+    Beginning,
+    /// After the last record: a read yields nothing, a subscription only
+    /// new records.
+    End,
+    /// The record at this offset. Past the end, a read yields nothing;
+    /// below the first offset (removed by retention), it yields
+    /// [`Error::OffsetTruncated`].
+    Offset(u64),
+    /// The first record appended at or after this time.
+    Timestamp(Timestamp),
+}
+
+impl<T, C> Clone for EventLog<T, C> {
+    fn clone(&self) -> Self {
+        EventLog {
+            engine: self.engine.clone(),
+            codec: self.codec.clone(),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T, C> fmt::Debug for EventLog<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLog")
+            .field("dir", &self.engine.dir)
+            .field("first_offset", &self.engine.first_offset())
+            .field("next_offset", &self.engine.next_offset())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> EventLog<T, Postcard>
+where
+    Postcard: Codec<T>,
+{
+    /// Opens (or creates) the log in `dir` with the default [`Options`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Options::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Options::new().open(dir)
+    }
+}
+
+impl<T, C: Codec<T>> EventLog<T, C> {
+    pub(crate) fn open_with(options: Options, dir: &Path, codec: C) -> Result<Self> {
+        let meta = Meta {
+            codec: codec.name().to_owned(),
+            type_name: std::any::type_name::<T>().to_owned(),
+        };
+        Ok(EventLog {
+            engine: Engine::open(options, dir, meta)?,
+            codec: Arc::new(codec),
+            _marker: PhantomData,
+        })
+    }
+
+    /// Appends one event and returns its offset. With the default
+    /// [`Durability::EveryAppend`](crate::Durability::EveryAppend) the record
+    /// is on stable storage when this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] or [`Error::RecordTooLarge`] (nothing written, the
+    /// log unchanged); [`Error::Poisoned`] after an I/O failure;
+    /// [`Error::ReadOnly`], [`Error::Closed`].
+    pub fn append(&self, value: &T) -> Result<u64> {
+        let codec = &*self.codec;
+        self.engine
+            .append_with(1, None, codec.name(), |_, out| codec.encode(value, out))
+            .map(|range| range.start)
+    }
+
+    /// Appends several events at once and returns their offsets. They are
+    /// consecutive, and the batch costs one write (and one sync). The whole
+    /// batch is encoded and checked before any of it is written: a value
+    /// that fails to encode or is too large fails the batch and writes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](EventLog::append).
+    pub fn append_batch(&self, values: &[T]) -> Result<Range<u64>> {
+        self.append_at(None, values)
+    }
+
+    /// Appends `values` only if the log's next offset is `expected`:
+    /// optimistic concurrency for writers that decide what to append from
+    /// what they read.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+    /// let next = log.next_offset();
+    /// log.append_expected(next, &[1])?;
+    /// let stale = log.append_expected(next, &[2]);
+    /// assert!(matches!(stale, Err(backbone::Error::Conflict { expected: 0, actual: 1 })));
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] if the log is at another offset (nothing
+    /// written); otherwise as [`append`](EventLog::append).
+    pub fn append_expected(&self, expected: u64, values: &[T]) -> Result<Range<u64>> {
+        self.append_at(Some(expected), values)
+    }
+
+    fn append_at(&self, expected: Option<u64>, values: &[T]) -> Result<Range<u64>> {
+        let codec = &*self.codec;
+        self.engine
+            .append_with(values.len(), expected, codec.name(), |i, out| {
+                codec.encode(&values[i], out)
+            })
+    }
+
+    /// The record at `offset`, or `None` if there is none: not appended yet,
+    /// or removed by retention (`offset < first_offset()`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the record's bytes fail validation;
+    /// [`Error::Codec`] if it does not decode as a `T`; [`Error::Io`].
+    pub fn get(&self, offset: u64) -> Result<Option<Record<T>>> {
+        self.engine
+            .get(offset, |frame| self.decode(frame))?
+            .transpose()
+    }
+
+    pub(crate) fn decode(&self, frame: &Frame<'_>) -> Result<Record<T>> {
+        match self.codec.decode(frame.payload) {
+            Ok(value) => Ok(Record {
+                offset: frame.offset,
+                timestamp: Timestamp::from_micros(frame.timestamp),
+                value,
+            }),
+            Err(source) => Err(Error::Codec {
+                codec: self.codec.name(),
+                offset: Some(frame.offset),
+                source,
+            }),
+        }
+    }
+
+    /// Reads the log from `start` up to its end at the time of the call.
+    /// The iterator holds no lock: appends go on while it runs, and a
+    /// segment removed by retention under it is read to its end safely.
+    pub fn read(&self, start: Start) -> Cursor<T, C> {
+        Cursor::new(self.clone(), start)
+    }
+
+    /// Makes every record appended so far durable, whatever the
+    /// durability mode.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if this or an earlier write or sync failed;
+    /// [`Error::ReadOnly`], [`Error::Closed`].
+    pub fn sync(&self) -> Result<()> {
+        self.engine.sync().map(drop)
+    }
+
+    /// Hands [`Durability::Buffered`](crate::Durability::Buffered) appends to
+    /// the operating system (so they survive a process crash) and makes
+    /// them visible to readers. A no-op in the other modes.
+    ///
+    /// # Errors
+    ///
+    /// As [`sync`](EventLog::sync).
+    pub fn flush(&self) -> Result<()> {
+        self.engine.flush()
+    }
+
+    /// The first offset in the log (it grows when retention removes
+    /// segments).
+    pub fn first_offset(&self) -> u64 {
+        self.engine.first_offset()
+    }
+
+    /// The offset the next append gets. For a read-only handle, the end of
+    /// what it has seen of the writer's appends.
+    pub fn next_offset(&self) -> u64 {
+        self.engine.next_offset()
+    }
+
+    /// Offsets below this are on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.engine.durable_offset()
+    }
+
+    /// The number of records in the log.
+    pub fn len(&self) -> u64 {
+        self.next_offset() - self.first_offset()
+    }
+
+    /// Whether the log holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The log's directory.
+    pub fn path(&self) -> &Path {
+        &self.engine.dir
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// What opening the log found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        self.engine.report()
+    }
+
+    /// A durable, named read position: created at the first offset if new,
+    /// shared by every handle of this log that asks for the same name.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+    /// log.append_batch(&[10, 20, 30])?;
+    /// let inventory = log.consumer("inventory")?;
+    /// for rec in inventory.read() {
+    ///     let rec = rec?;
+    ///     // ... update stock ...
+    ///     inventory.commit(rec.offset + 1)?;
+    /// }
+    /// assert_eq!(inventory.position(), 3);
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] unless the name is 1 to 128 ASCII letters,
+    /// digits, `_`, `-` or `.` (not first); [`Error::Corrupt`] if both
+    /// copies of its stored position are damaged; [`Error::Io`].
+    pub fn consumer(&self, name: &str) -> Result<Consumer<T, C>> {
+        Consumer::open(self.clone(), name)
+    }
+
+    /// Removes whole sealed segments whose records are all below `offset`
+    /// and returns the new first offset (which may stay below `offset`:
+    /// the segment holding it is kept whole).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadOnly`]; [`Error::Io`] if a file cannot be removed.
+    pub fn truncate_before(&self, offset: u64) -> Result<u64> {
+        self.engine.apply_retention(Some(offset))?;
+        Ok(self.first_offset())
+    }
+
+    /// Applies the retention limits now (they are also applied on open and
+    /// whenever a segment is sealed). Returns how many segments were
+    /// removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`truncate_before`](EventLog::truncate_before).
+    pub fn apply_retention(&self) -> Result<usize> {
+        self.engine.apply_retention(None)
+    }
+
+    /// Reads and checks every record in the log (lengths, checksums,
+    /// offsets, segment sequence), which opening does not. Returns how many
+    /// records it checked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] naming the first damaged file and position.
+    pub fn verify(&self) -> Result<u64> {
+        self.engine.verify()
+    }
+
+    /// Flushes and syncs everything appended, records a clean shutdown so
+    /// the next open is quick, and releases the directory lock. Every clone
+    /// of this handle is closed with it: later appends fail with
+    /// [`Error::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`sync`](EventLog::sync).
+    pub fn close(self) -> Result<()> {
+        self.engine.close()
+    }
+}

@@ -1,0 +1,336 @@
+//! The builder that opens a log: segment size, durability, recovery mode,
+//! retention, limits, permissions; and the validation of those choices.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::codec::{Codec, Postcard};
+use crate::error::{Error, Result};
+use crate::format::{FRAME_OVERHEAD, SEGMENT_HEADER_LEN};
+use crate::log::EventLog;
+use crate::storage::Storage;
+
+/// When an append is on stable storage, and so what a crash can take.
+///
+/// | mode | `append` returns once the record is | process crash loses | power loss loses |
+/// | --- | --- | --- | --- |
+/// | `EveryAppend` | on stable storage (`fdatasync`) | nothing acknowledged | nothing acknowledged |
+/// | `Interval(d)` | in the operating system | nothing acknowledged | at most the last `d` (plus the sync in flight) |
+/// | `Buffered` | in this process's memory | what was not flushed | what was not synced |
+///
+/// Whatever the mode, [`EventLog::sync`] returning `Ok` means every record
+/// appended before the call is on stable storage, and a crash never leaves
+/// a gap, a damaged record or a record that was not appended: recovery cuts
+/// the log back to its longest intact prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every append (or batch) is on stable storage when it returns.
+    /// Concurrent appenders share one `fdatasync` (group commit), and
+    /// [`EventLog::append_batch`] pays one per batch. The default.
+    EveryAppend,
+    /// Every append reaches the operating system before it returns, so a
+    /// process crash loses nothing; a background thread runs `fdatasync`
+    /// every interval, which bounds what a power loss can take.
+    Interval(Duration),
+    /// Appends collect in an in-process buffer that is written out when it
+    /// fills, on [`EventLog::flush`], [`EventLog::sync`] or
+    /// [`EventLog::close`], when the last handle is dropped, and when a
+    /// reader of this process asks for a buffered record. The fastest mode;
+    /// a process crash loses what was still buffered.
+    Buffered,
+}
+
+/// What opening a log does when it finds damaged records in data that was
+/// already durable (a torn tail left by a crash is always cut off, since it
+/// was never acknowledged as durable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// Refuse to open with [`Error::Corrupt`], naming the file and byte
+    /// position; nothing is changed on disk. The default.
+    #[default]
+    Strict,
+    /// Cut the newest segment back to the last intact record before the
+    /// damage and open; the cut bytes are kept in a `.damaged` file beside
+    /// the segment and the loss is reported in
+    /// [`RecoveryReport`](crate::RecoveryReport). Damage in older
+    /// (sealed) segments is still reported when it is read.
+    TruncateAtFirstCorruption,
+}
+
+/// How to open a log: a builder whose [`open`](Options::open) does the I/O.
+///
+/// ```
+/// use std::time::Duration;
+/// use backbone::{Durability, EventLog, Options};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log: EventLog<String> = Options::new()
+///     .segment_bytes(8 << 20)
+///     .durability(Durability::Interval(Duration::from_millis(50)))
+///     .retention_bytes(1 << 30)
+///     .open(dir.path())?;
+/// # Ok::<(), backbone::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) segment_bytes: u64,
+    pub(crate) max_record_bytes: u32,
+    pub(crate) durability: Durability,
+    pub(crate) recovery: RecoveryMode,
+    pub(crate) retention_bytes: Option<u64>,
+    pub(crate) retention_age: Option<Duration>,
+    pub(crate) index_interval_bytes: u32,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) read_only: bool,
+    pub(crate) file_mode: u32,
+    pub(crate) max_open_segments: usize,
+    pub(crate) storage: Storage,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+/// The smallest segment that still holds a header and one small record.
+const MIN_SEGMENT_BYTES: u64 = 256;
+/// Positions inside a segment are stored as `u32` in the index.
+const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
+
+impl Options {
+    /// The defaults: 64 MiB segments, records up to 1 MiB,
+    /// [`Durability::EveryAppend`], [`RecoveryMode::Strict`], no retention,
+    /// files readable by their owner only.
+    pub fn new() -> Options {
+        Options {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 1 << 20,
+            durability: Durability::EveryAppend,
+            recovery: RecoveryMode::Strict,
+            retention_bytes: None,
+            retention_age: None,
+            index_interval_bytes: 4096,
+            buffer_bytes: 256 << 10,
+            read_only: false,
+            file_mode: 0o600,
+            max_open_segments: 64,
+            storage: Storage::os(),
+        }
+    }
+
+    /// The size at which a segment file is sealed and a new one started
+    /// (default 64 MiB; between 256 bytes and 4 GiB). Segment files are
+    /// created at this size, so appends never change a file's length.
+    pub fn segment_bytes(mut self, bytes: u64) -> Options {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// The largest encoded record accepted (default 1 MiB). Larger appends
+    /// fail with [`Error::RecordTooLarge`] and write nothing. Must leave
+    /// room for the record in a segment.
+    pub fn max_record_bytes(mut self, bytes: u32) -> Options {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// When appends reach stable storage (default
+    /// [`Durability::EveryAppend`]).
+    pub fn durability(mut self, durability: Durability) -> Options {
+        self.durability = durability;
+        self
+    }
+
+    /// What to do with damaged durable records found when opening (default
+    /// [`RecoveryMode::Strict`]).
+    pub fn recovery(mut self, recovery: RecoveryMode) -> Options {
+        self.recovery = recovery;
+        self
+    }
+
+    /// Keep at most about this many bytes: the oldest sealed segments are
+    /// removed when a segment is sealed, when the log is opened, and on
+    /// [`EventLog::apply_retention`]. The active segment is never removed.
+    pub fn retention_bytes(mut self, bytes: u64) -> Options {
+        self.retention_bytes = Some(bytes);
+        self
+    }
+
+    /// Remove sealed segments whose records are all older than `age`, at the
+    /// same moments as [`retention_bytes`](Options::retention_bytes).
+    pub fn retention_age(mut self, age: Duration) -> Options {
+        self.retention_age = Some(age);
+        self
+    }
+
+    /// Bytes of records between two entries of the sparse offset and time
+    /// index (default 4096). Smaller is faster to seek and larger on disk.
+    pub fn index_interval_bytes(mut self, bytes: u32) -> Options {
+        self.index_interval_bytes = bytes;
+        self
+    }
+
+    /// The in-process write buffer of [`Durability::Buffered`] (default
+    /// 256 KiB): appends are written out when it fills.
+    pub fn buffer_bytes(mut self, bytes: usize) -> Options {
+        self.buffer_bytes = bytes;
+        self
+    }
+
+    /// Open for reading only: no lock is taken, nothing on disk is changed,
+    /// and another process may be writing the log at the same time. Readers
+    /// see the writer's new records as they are written. Appends fail with
+    /// [`Error::ReadOnly`].
+    pub fn read_only(mut self) -> Options {
+        self.read_only = true;
+        self
+    }
+
+    /// Unix permission bits for the files the log creates (default `0o600`,
+    /// owner only; directories get the matching search bits). Ignored on
+    /// other platforms.
+    pub fn file_mode(mut self, mode: u32) -> Options {
+        self.file_mode = mode & 0o777;
+        self
+    }
+
+    /// How many sealed segments may be open (mapped) at once (default 64).
+    /// More are opened on demand and the least recently opened are closed,
+    /// so file handles and mappings stay bounded whatever the log size.
+    pub fn max_open_segments(mut self, count: usize) -> Options {
+        self.max_open_segments = count;
+        self
+    }
+
+    /// Runs the log on the crash-simulating, fault-injecting storage (feature
+    /// `sim`; for this crate's tests only, never for production data).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn simulated(mut self, storage: &crate::sim::SimStorage) -> Options {
+        self.storage = Storage::Sim(storage.clone());
+        self
+    }
+
+    /// Opens (or creates) the log in `dir` with the default codec,
+    /// [`Postcard`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for contradictory options;
+    /// [`Error::Locked`] when another writer has the log open;
+    /// [`Error::NotALog`] when `dir` holds files that are not a log;
+    /// [`Error::CodecMismatch`], [`Error::UnsupportedVersion`] and
+    /// [`Error::Corrupt`] for logs this handle cannot read; [`Error::Io`].
+    pub fn open<T>(self, dir: impl AsRef<Path>) -> Result<EventLog<T, Postcard>>
+    where
+        Postcard: Codec<T>,
+    {
+        self.open_with_codec(dir, Postcard)
+    }
+
+    /// Opens (or creates) the log in `dir`, encoding values with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Options::open).
+    pub fn open_with_codec<T, C: Codec<T>>(
+        self,
+        dir: impl AsRef<Path>,
+        codec: C,
+    ) -> Result<EventLog<T, C>> {
+        self.validate()?;
+        EventLog::open_with(self, dir.as_ref(), codec)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |name, reason: String| Err(Error::InvalidOption { name, reason });
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return invalid(
+                "segment_bytes",
+                format!(
+                    "{} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
+                    self.segment_bytes
+                ),
+            );
+        }
+        let room = self.segment_bytes - (SEGMENT_HEADER_LEN + FRAME_OVERHEAD) as u64;
+        if u64::from(self.max_record_bytes) > room {
+            return invalid(
+                "max_record_bytes",
+                format!(
+                    "{} does not fit in a segment of {} bytes (at most {room})",
+                    self.max_record_bytes, self.segment_bytes
+                ),
+            );
+        }
+        if self.index_interval_bytes == 0 {
+            return invalid("index_interval_bytes", "must be at least 1".into());
+        }
+        if let Durability::Interval(every) = self.durability {
+            if every.is_zero() {
+                return invalid(
+                    "durability",
+                    "Interval(0) would sync continuously; use EveryAppend".into(),
+                );
+            }
+        }
+        if self.max_open_segments == 0 {
+            return invalid("max_open_segments", "must be at least 1".into());
+        }
+        if self.file_mode & 0o600 != 0o600 {
+            return invalid(
+                "file_mode",
+                format!("{:#o} must let the owner read and write", self.file_mode),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Options::new().validate().unwrap();
+    }
+
+    #[test]
+    fn contradictions_are_refused_with_the_option_named() {
+        let cases = [
+            (Options::new().segment_bytes(10), "segment_bytes"),
+            (Options::new().segment_bytes(1 << 40), "segment_bytes"),
+            (
+                Options::new().segment_bytes(4096).max_record_bytes(4096),
+                "max_record_bytes",
+            ),
+            (
+                Options::new().index_interval_bytes(0),
+                "index_interval_bytes",
+            ),
+            (
+                Options::new().durability(Durability::Interval(Duration::ZERO)),
+                "durability",
+            ),
+            (Options::new().max_open_segments(0), "max_open_segments"),
+            (Options::new().file_mode(0o400), "file_mode"),
+        ];
+        for (options, expected) in cases {
+            match options.validate() {
+                Err(Error::InvalidOption { name, .. }) => assert_eq!(name, expected),
+                other => panic!("{expected}: expected InvalidOption, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_of_exactly_the_room_left_is_allowed() {
+        let options = Options::new()
+            .segment_bytes(4096)
+            .max_record_bytes(4096 - 88);
+        options.validate().unwrap();
+    }
+}

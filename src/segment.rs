@@ -1,0 +1,595 @@
+//! One segment file: its header, its records, its index, and every read of
+//! a record from it.
+//!
+//! A segment is created at its full capacity (so appends never change the
+//! file's length) and mapped read-only once. Readers only look at bytes
+//! below the published `limit`, which the writer advances after the bytes
+//! are written; so a reader never sees a partial frame of this process. A
+//! sealed segment never changes again. Segments opened from disk are
+//! validated lazily: their records are checked (length, CRC, offset) as they
+//! are read, and damage surfaces as [`Error::Corrupt`] naming the file and
+//! byte position.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{CorruptionKind, Error, Result};
+use crate::format::{
+    self, decode_frame, decode_segment_header, encode_index_header, encode_segment_header, Frame,
+    HeaderError, IndexEntry, Scan, SegmentHeader, Watermark, FORMAT_VERSION, INDEX_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use crate::index::{self, Index};
+use crate::storage::{File, Map, OpenMode, Storage};
+
+const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+
+/// One segment: `{base:020}.seg` and its index `{base:020}.idx`.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    map: Map,
+    /// Readers read frames in `[HEADER, limit)`.
+    limit: AtomicU64,
+    /// Offsets `[base, next)` are in this segment and may be read. For a
+    /// sealed segment opened from disk this is where the next segment
+    /// starts, so a segment that ends early is detected, not skipped.
+    next: AtomicU64,
+    pub(crate) index: Index,
+    pub(crate) index_path: PathBuf,
+    max_payload: u32,
+}
+
+/// Where one read ended.
+pub(crate) enum ReadFrame<R> {
+    /// The record at the requested offset, and where the next one starts.
+    Record { value: R, next_pos: u64 },
+}
+
+/// Decides which records get an index entry: the first of a segment, and
+/// then one at least every `interval` bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IndexBuilder {
+    interval: u64,
+    last_pos: Option<u64>,
+}
+
+impl IndexBuilder {
+    pub(crate) fn new(interval: u32, last_pos: Option<u64>) -> IndexBuilder {
+        IndexBuilder {
+            interval: u64::from(interval.max(1)),
+            last_pos,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn observe(
+        &mut self,
+        base: u64,
+        pos: u64,
+        offset: u64,
+        ts: u64,
+    ) -> Option<IndexEntry> {
+        if let Some(last) = self.last_pos {
+            if pos < last + self.interval {
+                return None;
+            }
+        }
+        self.last_pos = Some(pos);
+        Some(IndexEntry {
+            rel_offset: (offset - base) as u32,
+            pos: pos as u32,
+            timestamp: ts,
+        })
+    }
+}
+
+/// The result of scanning frames forward from a position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScanEnd {
+    /// Where the valid frames end.
+    pub(crate) pos: u64,
+    /// The offset the next frame would have.
+    pub(crate) next: u64,
+    /// The timestamp of the last valid frame seen, if any.
+    pub(crate) last_ts: Option<u64>,
+    /// Why the scan stopped: `None` at a clean end (zero length or the
+    /// limit), or the damage found at `pos`.
+    pub(crate) damage: Option<CorruptionKind>,
+}
+
+/// Scans valid, consecutive frames in `bytes[pos..]`, calling `on_frame` for
+/// each, and stops at the first end marker, damaged frame or frame whose
+/// offset does not continue the sequence.
+pub(crate) fn scan(
+    bytes: &[u8],
+    mut pos: u64,
+    mut next: u64,
+    max_payload: u32,
+    mut on_frame: impl FnMut(u64, &Frame<'_>),
+) -> ScanEnd {
+    let mut last_ts = None;
+    loop {
+        let rest = bytes.get(pos as usize..).unwrap_or(&[]);
+        match decode_frame(rest, max_payload) {
+            Scan::Frame(frame) if frame.offset == next => {
+                on_frame(pos, &frame);
+                last_ts = Some(frame.timestamp);
+                pos += frame.len as u64;
+                next += 1;
+            }
+            Scan::Frame(frame) => {
+                let damage = CorruptionKind::OffsetMismatch {
+                    expected: next,
+                    found: frame.offset,
+                };
+                return ScanEnd {
+                    pos,
+                    next,
+                    last_ts,
+                    damage: Some(damage),
+                };
+            }
+            Scan::End => {
+                return ScanEnd {
+                    pos,
+                    next,
+                    last_ts,
+                    damage: None,
+                }
+            }
+            Scan::Damaged(kind) => {
+                return ScanEnd {
+                    pos,
+                    next,
+                    last_ts,
+                    damage: Some(kind),
+                }
+            }
+        }
+    }
+}
+
+/// Parameters every segment of a log shares.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SegmentConfig {
+    pub(crate) max_payload: u32,
+    pub(crate) index_interval: u32,
+    pub(crate) file_mode: u32,
+}
+
+impl Segment {
+    /// Creates a new, empty segment file at its full capacity, with its
+    /// header on stable storage, and its index. The caller syncs the
+    /// directory before acknowledging any record in it.
+    pub(crate) fn create(
+        storage: &Storage,
+        dir: &Path,
+        base: u64,
+        capacity: u64,
+        last_ts: u64,
+        config: &SegmentConfig,
+    ) -> Result<Segment> {
+        let path = dir.join(format::segment_name(base));
+        let io = |op| move |e| Error::io(op, path_buf(dir, base), e);
+        let file = storage
+            .open(&path, OpenMode::CreateNew, config.file_mode)
+            .map_err(io("create"))?;
+        file.set_len(capacity).map_err(io("preallocate"))?;
+        let header = SegmentHeader { base };
+        let mark = Watermark {
+            pos: HEADER,
+            next: base,
+            last_ts,
+        };
+        file.write_at(&encode_segment_header(&header, &mark), 0)
+            .map_err(io("write header of"))?;
+        file.sync_data().map_err(io("fdatasync"))?;
+        let map = file.map(capacity).map_err(io("map"))?;
+
+        let index_path = dir.join(format::index_name(base));
+        let index_len = index::file_len_for(capacity, config.index_interval);
+        let index = create_index_file(storage, &index_path, base, index_len, config.file_mode)
+            .map_err(|e| Error::io("create", &index_path, e))?;
+        Ok(Segment {
+            base,
+            path,
+            file,
+            map,
+            limit: AtomicU64::new(HEADER),
+            next: AtomicU64::new(base),
+            index,
+            index_path,
+            max_payload: config.max_payload,
+        })
+    }
+
+    /// Assembles the active segment that recovery opened and checked; its
+    /// records end at `end = (byte position, next offset)`.
+    pub(crate) fn from_recovered(
+        dir: &Path,
+        base: u64,
+        file: File,
+        map: Map,
+        end: (u64, u64),
+        index: Index,
+        max_payload: u32,
+    ) -> Segment {
+        Segment {
+            base,
+            path: dir.join(format::segment_name(base)),
+            file,
+            map,
+            limit: AtomicU64::new(end.0),
+            next: AtomicU64::new(end.1),
+            index,
+            index_path: dir.join(format::index_name(base)),
+            max_payload,
+        }
+    }
+
+    /// Opens a sealed segment for reading. Its records are validated as
+    /// they are read; `expected_end` is the base offset of the segment after
+    /// it. A missing or damaged index is rebuilt (and rewritten unless
+    /// `read_only`). Returns the segment and whether its index was rebuilt.
+    pub(crate) fn open_sealed(
+        storage: &Storage,
+        dir: &Path,
+        base: u64,
+        expected_end: u64,
+        read_only: bool,
+        config: &SegmentConfig,
+    ) -> Result<(Segment, bool)> {
+        let path = dir.join(format::segment_name(base));
+        let file = storage
+            .open(&path, OpenMode::ReadOnly, config.file_mode)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        let map = file.map(len).map_err(|e| Error::io("map", &path, e))?;
+        check_header(&map.bytes(), &path, base)?;
+        let index_path = dir.join(format::index_name(base));
+        let (index, rebuilt) =
+            open_or_rebuild_index(storage, &index_path, base, &map, read_only, config)?;
+        let segment = Segment {
+            base,
+            path,
+            file,
+            limit: AtomicU64::new(len),
+            next: AtomicU64::new(expected_end),
+            map,
+            index,
+            index_path,
+            max_payload: config.max_payload,
+        };
+        Ok((segment, rebuilt))
+    }
+
+    /// The file's size, which bounds every record in it.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.map.len()
+    }
+
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Makes the records in `[.., limit)`, offsets `[.., next)`, readable.
+    pub(crate) fn publish(&self, limit: u64, next: u64) {
+        self.limit.store(limit, Ordering::Release);
+        self.next.store(next, Ordering::Release);
+    }
+
+    /// Publishes the final extent of a segment that will not grow again.
+    pub(crate) fn seal(&self, limit: u64, next: u64) {
+        self.publish(limit, next);
+    }
+
+    /// Writes the durable watermark into the header slot. The caller has
+    /// already synced everything before `mark.pos`, so whenever these bytes
+    /// reach the disk they are true.
+    pub(crate) fn write_watermark(&self, mark: &Watermark) -> std::io::Result<()> {
+        self.file
+            .write_at(&format::encode_watermark(mark), format::WATERMARK_AT as u64)
+    }
+
+    /// Reads the record at `offset`, which starts at `pos`, and hands its
+    /// frame to `f`.
+    pub(crate) fn read<R>(
+        &self,
+        pos: u64,
+        offset: u64,
+        f: impl FnOnce(&Frame<'_>) -> R,
+    ) -> Result<ReadFrame<R>> {
+        let limit = self.limit();
+        let bytes = self.map.bytes();
+        let region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
+        match decode_frame(region, self.max_payload) {
+            Scan::Frame(frame) if frame.offset == offset => Ok(ReadFrame::Record {
+                value: f(&frame),
+                next_pos: pos + frame.len as u64,
+            }),
+            Scan::Frame(frame) => Err(self.corrupt(
+                pos,
+                offset,
+                CorruptionKind::OffsetMismatch {
+                    expected: offset,
+                    found: frame.offset,
+                },
+            )),
+            Scan::End => {
+                // Records are expected here (offset < next): either zeros
+                // hide them or the file ends early.
+                let kind = if region.iter().any(|&b| b != 0) {
+                    CorruptionKind::Zeroed
+                } else {
+                    CorruptionKind::SegmentTruncated {
+                        expected_end: self.next(),
+                        found_end: offset,
+                    }
+                };
+                Err(self.corrupt(pos, offset, kind))
+            }
+            Scan::Damaged(kind) => Err(self.corrupt(pos, offset, kind)),
+        }
+    }
+
+    fn corrupt(&self, pos: u64, offset: u64, kind: CorruptionKind) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            position: pos,
+            offset: Some(offset),
+            kind,
+        }
+    }
+
+    /// The byte position of the record at `offset`, which must be in
+    /// `[base, next)`.
+    pub(crate) fn locate(&self, offset: u64) -> Result<u64> {
+        let rel = (offset - self.base) as u32;
+        if let Some(entry) = self.index.seek_offset(rel) {
+            let start = (
+                u64::from(entry.pos),
+                self.base + u64::from(entry.rel_offset),
+            );
+            if let Some(pos) = self.walk(start, offset) {
+                return Ok(pos);
+            }
+        }
+        // No usable index entry: walk from the first record. A failure here
+        // is real damage, reported by reading the record where it stops.
+        let (pos, at) = match self.walk_to_damage((HEADER, self.base), offset) {
+            Ok(pos) => return Ok(pos),
+            Err(stop) => stop,
+        };
+        match self.read(pos, at, |_| ())? {
+            ReadFrame::Record { .. } => Err(self.corrupt(pos, at, CorruptionKind::BadHeader)),
+        }
+    }
+
+    /// Walks frame lengths from `start` to `offset`, trusting only offsets
+    /// (the final read checks the CRC). `None` if the walk goes wrong.
+    fn walk(&self, start: (u64, u64), offset: u64) -> Option<u64> {
+        self.walk_to_damage(start, offset).ok()
+    }
+
+    fn walk_to_damage(
+        &self,
+        (mut pos, mut at): (u64, u64),
+        offset: u64,
+    ) -> Result<u64, (u64, u64)> {
+        let limit = self.limit();
+        let bytes = self.map.bytes();
+        let region = bytes.get(..limit as usize).unwrap_or(&[]);
+        while at < offset {
+            let len = format::read_u32(region, pos as usize).ok_or((pos, at))?;
+            let found = format::read_u64(region, pos as usize + 8).ok_or((pos, at))?;
+            if len < 16 || len - 16 > self.max_payload || found != at {
+                return Err((pos, at));
+            }
+            pos += 8 + u64::from(len);
+            at += 1;
+        }
+        if pos >= limit {
+            return Err((pos, at));
+        }
+        Ok(pos)
+    }
+
+    /// The first record in this segment with a timestamp of at least
+    /// `micros`: its position and offset, or `None` if there is none.
+    pub(crate) fn locate_time(&self, micros: u64) -> Result<Option<(u64, u64)>> {
+        let next = self.next();
+        let (mut pos, mut offset) = match self.index.seek_time(micros) {
+            Some(entry) => (
+                u64::from(entry.pos),
+                self.base + u64::from(entry.rel_offset),
+            ),
+            None => (HEADER, self.base),
+        };
+        while offset < next {
+            let found = self.read(pos, offset, |frame| frame.timestamp);
+            let ReadFrame::Record {
+                value: ts,
+                next_pos,
+            } = match found {
+                Ok(read) => read,
+                // A stale index entry: start over from the first record.
+                Err(_) if pos != HEADER && offset != self.base => {
+                    (pos, offset) = (HEADER, self.base);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if ts >= micros {
+                return Ok(Some((pos, offset)));
+            }
+            pos = next_pos;
+            offset += 1;
+        }
+        Ok(None)
+    }
+
+    /// The timestamp of the first record, if the segment has one.
+    pub(crate) fn first_timestamp(&self) -> Result<Option<u64>> {
+        if self.next() <= self.base {
+            return Ok(None);
+        }
+        match self.read(HEADER, self.base, |frame| frame.timestamp)? {
+            ReadFrame::Record { value, .. } => Ok(Some(value)),
+        }
+    }
+
+    /// Scans the published records from the start, to verify every one.
+    pub(crate) fn verify(&self) -> Result<u64> {
+        let bytes = self.map.bytes();
+        let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
+        let end = scan(region, HEADER, self.base, self.max_payload, |_, _| {});
+        let expected = self.next();
+        if end.next >= expected {
+            return Ok(end.next - self.base);
+        }
+        let kind = end.damage.unwrap_or(CorruptionKind::SegmentTruncated {
+            expected_end: expected,
+            found_end: end.next,
+        });
+        Err(self.corrupt(end.pos, end.next, kind))
+    }
+
+    /// Follower mode: extends the published extent with any complete,
+    /// valid records another process has written since. Returns whether
+    /// anything new was found. A frame still being written fails its CRC
+    /// and is simply not seen yet.
+    pub(crate) fn follow(&self) -> bool {
+        let (limit, next) = (self.limit(), self.next());
+        let bytes = self.map.bytes();
+        let end = scan(&bytes, limit, next, self.max_payload, |_, _| {});
+        drop(bytes);
+        if end.next == next {
+            return false;
+        }
+        self.publish(end.pos, end.next);
+        true
+    }
+}
+
+fn path_buf(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format::segment_name(base))
+}
+
+/// Checks the header of a segment file against the base in its name.
+pub(crate) fn check_header(bytes: &[u8], path: &Path, base: u64) -> Result<SegmentHeader> {
+    let corrupt = |kind| Error::Corrupt {
+        path: path.to_path_buf(),
+        position: 0,
+        offset: None,
+        kind,
+    };
+    match decode_segment_header(bytes) {
+        Ok(header) if header.base == base => Ok(header),
+        Ok(_) => Err(corrupt(CorruptionKind::BadHeader)),
+        Err(HeaderError::Incomplete) => Err(corrupt(CorruptionKind::SegmentTruncated {
+            expected_end: base,
+            found_end: base,
+        })),
+        Err(HeaderError::Corrupt(kind)) => Err(corrupt(kind)),
+        Err(HeaderError::Version(found)) => Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        }),
+    }
+}
+
+fn create_index_file(
+    storage: &Storage,
+    path: &Path,
+    base: u64,
+    len: u64,
+    mode: u32,
+) -> std::io::Result<Index> {
+    // An index left behind by an earlier life of this base is stale.
+    match storage.remove(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file = storage.open(path, OpenMode::CreateNew, mode)?;
+    file.set_len(len)?;
+    file.write_at(&encode_index_header(base), 0)?;
+    let map = file.map(len)?;
+    Ok(Index::mapped(file, map, 0))
+}
+
+/// Builds the index entries of a whole segment by scanning it.
+pub(crate) fn rebuild_entries(bytes: &[u8], base: u64, config: &SegmentConfig) -> Vec<IndexEntry> {
+    let mut builder = IndexBuilder::new(config.index_interval, None);
+    let mut entries = Vec::new();
+    scan(bytes, HEADER, base, config.max_payload, |pos, frame| {
+        if let Some(entry) = builder.observe(base, pos, frame.offset, frame.timestamp) {
+            entries.push(entry);
+        }
+    });
+    entries
+}
+
+fn open_or_rebuild_index(
+    storage: &Storage,
+    path: &Path,
+    base: u64,
+    segment: &Map,
+    read_only: bool,
+    config: &SegmentConfig,
+) -> Result<(Index, bool)> {
+    let mode = if read_only {
+        OpenMode::ReadOnly
+    } else {
+        OpenMode::Existing
+    };
+    if let Ok(file) = storage.open(path, mode, config.file_mode) {
+        if let Ok(len) = file.len() {
+            if let Ok(map) = file.map(len) {
+                let bytes = map.bytes();
+                if format::index_header_ok(&bytes, base) {
+                    let count = index::valid_prefix(&bytes[INDEX_HEADER_LEN..], segment.len());
+                    drop(bytes);
+                    return Ok((Index::mapped(file, map, count), false));
+                }
+            }
+        }
+    }
+    let entries = rebuild_entries(&segment.bytes(), base, config);
+    if read_only {
+        return Ok((Index::memory(&entries), true));
+    }
+    let index = write_index(storage, path, base, &entries, config.file_mode)
+        .map_err(|e| Error::io("rebuild index", path, e))?;
+    Ok((index, true))
+}
+
+/// Writes a complete index file through a temporary file and a rename, so
+/// a crash leaves either the old file or the new one.
+pub(crate) fn write_index(
+    storage: &Storage,
+    path: &Path,
+    base: u64,
+    entries: &[IndexEntry],
+    mode: u32,
+) -> std::io::Result<Index> {
+    let tmp = path.with_extension(format!("{}.{}", format::INDEX_EXT, format::TMP_EXT));
+    let _ = storage.remove(&tmp);
+    let file = storage.open(&tmp, OpenMode::CreateNew, mode)?;
+    let mut bytes = encode_index_header(base).to_vec();
+    for entry in entries {
+        bytes.extend_from_slice(&format::encode_index_entry(entry));
+    }
+    file.write_at(&bytes, 0)?;
+    storage.rename(&tmp, path)?;
+    let map = file.map(bytes.len() as u64)?;
+    Ok(Index::mapped(file, map, entries.len() as u64))
+}

@@ -1,0 +1,221 @@
+//! The storage seam: every byte the log reads or writes, every file it creates,
+//! renames, removes, syncs, locks or maps goes through this module.
+//!
+//! It owns the choice of backend and nothing else: framing, batching and the
+//! durability protocol live above it, so one group commit is one `write_at`
+//! and the seam adds no copies. Two backends exist: [`os`] (real files,
+//! `pwrite`, `fdatasync`, `flock`, read-only `mmap`) and, for tests only, the
+//! fault-injecting simulator in `sim`, which models what a crash or power
+//! loss leaves on disk. Dispatch is a `match` over an enum; without the `sim`
+//! feature the enum has one variant and the match compiles away.
+
+pub(crate) mod os;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
+use std::ffi::OsString;
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+
+/// How [`Storage::open`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// Create a new file for reading and writing; fail if it exists.
+    CreateNew,
+    /// Open an existing file for reading and writing.
+    Existing,
+    /// Open an existing file for reading only.
+    ReadOnly,
+}
+
+/// One entry of a directory listing: a regular file and its length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DirEntry {
+    pub(crate) name: OsString,
+    pub(crate) len: u64,
+}
+
+/// The storage backend a log runs on.
+#[derive(Clone, Debug)]
+pub(crate) enum Storage {
+    Os(os::OsStorage),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(sim::SimStorage),
+}
+
+/// An open file of some backend.
+#[derive(Debug)]
+pub(crate) enum File {
+    Os(os::OsFile),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(sim::SimFile),
+}
+
+/// A read-only view of a file's first `len` bytes, kept coherent with later
+/// `write_at` calls on the same file (the page cache is unified on Linux;
+/// the simulator reads its live image).
+#[derive(Debug)]
+pub(crate) enum Map {
+    Os(os::OsMap),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(sim::SimMap),
+}
+
+/// A held exclusive lock on a log directory; released on drop.
+#[derive(Debug)]
+pub(crate) enum DirLock {
+    // Held for its `Drop`, which releases the lock.
+    Os(#[allow(dead_code)] std::fs::File),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(#[allow(dead_code)] sim::SimLock),
+}
+
+/// Borrowed bytes of a [`Map`].
+pub(crate) enum MapRef<'a> {
+    Os(&'a [u8]),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(parking_lot::MappedRwLockReadGuard<'a, [u8]>),
+}
+
+impl Deref for MapRef<'_> {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            MapRef::Os(bytes) => bytes,
+            #[cfg(any(test, feature = "sim"))]
+            MapRef::Sim(guard) => guard,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($value:expr, $enum:ident, $inner:ident => $body:expr) => {
+        match $value {
+            $enum::Os($inner) => $body,
+            #[cfg(any(test, feature = "sim"))]
+            $enum::Sim($inner) => $body,
+        }
+    };
+}
+
+impl Storage {
+    pub(crate) fn os() -> Storage {
+        Storage::Os(os::OsStorage)
+    }
+
+    /// Opens `path`; new files get the Unix permission bits `mode`.
+    pub(crate) fn open(&self, path: &Path, open: OpenMode, mode: u32) -> io::Result<File> {
+        match self {
+            Storage::Os(s) => s.open(path, open, mode).map(File::Os),
+            #[cfg(any(test, feature = "sim"))]
+            Storage::Sim(s) => s.open(path, open).map(File::Sim),
+        }
+    }
+
+    pub(crate) fn remove(&self, path: &Path) -> io::Result<()> {
+        dispatch!(self, Storage, s => s.remove(path))
+    }
+
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        dispatch!(self, Storage, s => s.rename(from, to))
+    }
+
+    /// The regular files in `dir`, unsorted.
+    pub(crate) fn list(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        let entries = dispatch!(self, Storage, s => s.list(dir))?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, len)| DirEntry { name, len })
+            .collect())
+    }
+
+    pub(crate) fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()> {
+        match self {
+            Storage::Os(s) => s.create_dir_all(dir, mode),
+            #[cfg(any(test, feature = "sim"))]
+            Storage::Sim(s) => s.create_dir_all(dir),
+        }
+    }
+
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    pub(crate) fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        dispatch!(self, Storage, s => s.sync_dir(dir))
+    }
+
+    /// Takes the exclusive lock file `path` without blocking: `Ok(None)` when
+    /// another handle or process holds it.
+    pub(crate) fn try_lock(&self, path: &Path, mode: u32) -> io::Result<Option<DirLock>> {
+        match self {
+            Storage::Os(s) => Ok(s.try_lock(path, mode)?.map(DirLock::Os)),
+            #[cfg(any(test, feature = "sim"))]
+            Storage::Sim(s) => Ok(s.try_lock(path)?.map(DirLock::Sim)),
+        }
+    }
+
+    /// Whether writes through this backend reach real files (used to pick
+    /// the slow, exhaustive paths only in simulation).
+    #[allow(dead_code)]
+    pub(crate) fn is_simulated(&self) -> bool {
+        !matches!(self, Storage::Os(_))
+    }
+}
+
+impl File {
+    pub(crate) fn len(&self) -> io::Result<u64> {
+        dispatch!(self, File, f => f.len())
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`, or fails.
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        dispatch!(self, File, f => f.read_at(buf, offset))
+    }
+
+    /// Writes all of `buf` at `offset` (retrying short writes and `EINTR`).
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        dispatch!(self, File, f => f.write_at(buf, offset))
+    }
+
+    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
+        dispatch!(self, File, f => f.set_len(len))
+    }
+
+    /// `fdatasync`: the file's data, and the metadata needed to read it back.
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        dispatch!(self, File, f => f.sync_data())
+    }
+
+    /// `fsync`: data and all metadata.
+    #[allow(dead_code)]
+    pub(crate) fn sync_all(&self) -> io::Result<()> {
+        dispatch!(self, File, f => f.sync_all())
+    }
+
+    /// Maps the first `len` bytes read-only. `len` must not exceed the file's
+    /// length, and the file must not shrink below `len` while the map lives.
+    pub(crate) fn map(&self, len: u64) -> io::Result<Map> {
+        match self {
+            File::Os(f) => f.map(len).map(Map::Os),
+            #[cfg(any(test, feature = "sim"))]
+            File::Sim(f) => f.map(len).map(Map::Sim),
+        }
+    }
+}
+
+impl Map {
+    #[inline]
+    pub(crate) fn bytes(&self) -> MapRef<'_> {
+        match self {
+            Map::Os(m) => MapRef::Os(m.bytes()),
+            #[cfg(any(test, feature = "sim"))]
+            Map::Sim(m) => MapRef::Sim(m.bytes()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> u64 {
+        dispatch!(self, Map, m => m.len())
+    }
+}

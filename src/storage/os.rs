@@ -1,0 +1,221 @@
+//! The real backend: files on the local filesystem through `std::fs`,
+//! positional I/O (`pread`/`pwrite`), `fdatasync`, `flock` through
+//! `File::try_lock`, and read-only shared memory maps from `memmap2`.
+//!
+//! This is the only module of the crate that touches the filesystem or
+//! contains `unsafe` (the map).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use super::OpenMode;
+
+/// Real files on the local filesystem.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OsStorage;
+
+/// An open regular file.
+#[derive(Debug)]
+pub(crate) struct OsFile {
+    file: fs::File,
+}
+
+/// A read-only shared map of a file's first bytes.
+#[derive(Debug)]
+pub(crate) enum OsMap {
+    /// `mmap` refuses zero-length maps.
+    Empty,
+    Mapped(memmap2::Mmap),
+}
+
+impl OsStorage {
+    pub(crate) fn open(&self, path: &Path, open: OpenMode, mode: u32) -> io::Result<OsFile> {
+        let mut options = fs::OpenOptions::new();
+        match open {
+            OpenMode::CreateNew => options.read(true).write(true).create_new(true),
+            OpenMode::Existing => options.read(true).write(true),
+            OpenMode::ReadOnly => options.read(true),
+        };
+        set_mode(&mut options, mode);
+        Ok(OsFile {
+            file: options.open(path)?,
+        })
+    }
+
+    pub(crate) fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    pub(crate) fn list(&self, dir: &Path) -> io::Result<Vec<(OsString, u64)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Removed between readdir and stat (retention in a writer
+                // process, seen from a read-only follower).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_file() {
+                out.push((entry.file_name(), meta.len()));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()> {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Directories need the search bit wherever the files are readable.
+            builder.mode(mode | ((mode & 0o444) >> 2));
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        builder.create(dir)
+    }
+
+    pub(crate) fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            fs::File::open(dir)?.sync_all()
+        }
+        #[cfg(not(unix))]
+        {
+            // Windows cannot open a directory as a file; NTFS journals
+            // directory entries itself.
+            let _ = dir;
+            Ok(())
+        }
+    }
+
+    pub(crate) fn try_lock(&self, path: &Path, mode: u32) -> io::Result<Option<fs::File>> {
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        set_mode(&mut options, mode);
+        let file = options.open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(options: &mut fs::OpenOptions, mode: u32) {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.mode(mode);
+}
+
+#[cfg(not(unix))]
+fn set_mode(_options: &mut fs::OpenOptions, _mode: u32) {}
+
+impl OsFile {
+    pub(crate) fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file.read_exact_at(buf, offset)
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::FileExt;
+            let mut done = 0;
+            while done < buf.len() {
+                match self.file.seek_read(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(buf, offset)
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::FileExt;
+            let mut done = 0;
+            while done < buf.len() {
+                match self.file.seek_write(&buf[done..], offset + done as u64) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    pub(crate) fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    pub(crate) fn map(&self, len: u64) -> io::Result<OsMap> {
+        if len == 0 {
+            return Ok(OsMap::Empty);
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "map larger than memory"))?;
+        // SAFETY: memmap2 requires that the mapped file is not truncated or
+        // modified by others while the map lives, or reads may see changing
+        // bytes or fault (SIGBUS). 1. The map is read-only, so no Rust
+        // reference we create is ever written through by us. 2. Every file
+        // we map belongs to a log directory that this process holds the
+        // write lock of, or that a read-only handle follows; this crate only
+        // appends to mapped files (pwrite past the published end, which
+        // readers never read) and never shrinks a file while it is mapped
+        // (recovery truncates before mapping; retention unlinks, which keeps
+        // the pages alive). 3. Bytes read through the map are treated as
+        // untrusted input: bounds-checked, length-checked and CRC-validated
+        // before use. Modifying a log's files from outside while it is open
+        // is documented as unsupported.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
+        Ok(OsMap::Mapped(map))
+    }
+}
+
+impl OsMap {
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            OsMap::Empty => &[],
+            OsMap::Mapped(map) => map,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+}

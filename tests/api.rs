@@ -1,0 +1,519 @@
+//! The public contract of `EventLog`, `Options`, `Consumer` and `Cursor`,
+//! exercised on real files.
+
+mod common;
+
+use std::time::Duration;
+
+use backbone::{Durability, Error, EventLog, Options, Raw, Record, Start, Timestamp};
+use common::{checkout, open_raw, payload, read_all, segment_files, Checkout};
+
+/// The calls of the contract, as written, run for real.
+#[test]
+fn the_quick_start_contract_works() -> Result<(), Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkouts");
+    let log: EventLog<Checkout> = EventLog::open(&path)?;
+    drop(log);
+    let log: EventLog<Checkout> = Options::new()
+        .segment_bytes(64 << 20)
+        .durability(Durability::EveryAppend)
+        .open(&path)?;
+    let (a, b, c, e) = (checkout(1), checkout(2), checkout(3), checkout(4));
+    let off: u64 = log.append(&checkout(0))?;
+    assert_eq!(off, 0);
+    let range: std::ops::Range<u64> = log.append_batch(&[a, b, c])?;
+    assert_eq!(range, 1..4);
+    let rec: Option<Record<Checkout>> = log.get(off)?;
+    let rec = rec.expect("record 0");
+    assert_eq!((rec.offset, rec.value), (0, checkout(0)));
+    assert!(rec.timestamp <= Timestamp::now());
+    let mut seen = Vec::new();
+    for rec in log.read(Start::Beginning) {
+        let rec = rec?;
+        seen.push(rec.value);
+    }
+    assert_eq!(seen, (0..4).map(checkout).collect::<Vec<_>>());
+    log.sync()?;
+    let (first, next) = (log.first_offset(), log.next_offset());
+    assert_eq!((first, next), (0, 4));
+    log.append_expected(next, &[e])?;
+    assert!(matches!(
+        log.append_expected(next, &[checkout(9)]),
+        Err(Error::Conflict {
+            expected: 4,
+            actual: 5
+        })
+    ));
+    let inventory = log.consumer("inventory")?;
+    inventory.commit(off + 1)?;
+    let resume_at: u64 = inventory.position();
+    assert_eq!(resume_at, 1);
+    assert_eq!(log.len(), 5);
+    assert!(!log.is_empty());
+    Ok(())
+}
+
+#[test]
+fn records_and_positions_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log: EventLog<Checkout> = EventLog::open(dir.path()).unwrap();
+        for i in 0..100 {
+            assert_eq!(log.append(&checkout(i)).unwrap(), i);
+        }
+        log.consumer("shipping").unwrap().commit(42).unwrap();
+        log.close().unwrap();
+    }
+    let log: EventLog<Checkout> = EventLog::open(dir.path()).unwrap();
+    assert!(
+        log.recovery_report().is_clean(),
+        "{:?}",
+        log.recovery_report()
+    );
+    assert_eq!(log.next_offset(), 100);
+    assert_eq!(log.get(57).unwrap().unwrap().value, checkout(57));
+    assert_eq!(log.consumer("shipping").unwrap().position(), 42);
+    assert_eq!(log.append(&checkout(100)).unwrap(), 100);
+}
+
+#[test]
+fn reads_start_where_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<Checkout> = EventLog::open(dir.path()).unwrap();
+    let before = Timestamp::now();
+    log.append_batch(&(0..10).map(checkout).collect::<Vec<_>>())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let middle = Timestamp::now();
+    std::thread::sleep(Duration::from_millis(5));
+    log.append_batch(&(10..20).map(checkout).collect::<Vec<_>>())
+        .unwrap();
+    let offsets = |start| {
+        log.read(start)
+            .map(|r| r.unwrap().offset)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(Start::Beginning), (0..20).collect::<Vec<_>>());
+    assert_eq!(offsets(Start::Offset(15)), (15..20).collect::<Vec<_>>());
+    assert_eq!(offsets(Start::End), Vec::<u64>::new());
+    assert_eq!(offsets(Start::Offset(20)), Vec::<u64>::new());
+    assert_eq!(offsets(Start::Offset(u64::MAX)), Vec::<u64>::new());
+    assert_eq!(
+        offsets(Start::Timestamp(before)),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        offsets(Start::Timestamp(middle)),
+        (10..20).collect::<Vec<_>>()
+    );
+    let future = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000);
+    assert_eq!(offsets(Start::Timestamp(future)), Vec::<u64>::new());
+    assert!(log.get(20).unwrap().is_none());
+    assert!(log.get(u64::MAX).unwrap().is_none());
+}
+
+#[test]
+fn timestamps_never_decrease() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u64> = Options::new()
+        .durability(Durability::Buffered)
+        .open(dir.path())
+        .unwrap();
+    for i in 0..5000 {
+        log.append(&i).unwrap();
+    }
+    let stamps: Vec<Timestamp> = log
+        .read(Start::Beginning)
+        .map(|r| r.unwrap().timestamp)
+        .collect();
+    assert_eq!(stamps.len(), 5000);
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn segments_roll_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::new()
+            .segment_bytes(4096)
+            .max_record_bytes(1000)
+            .index_interval_bytes(256)
+            .durability(Durability::Buffered)
+            .max_open_segments(2)
+    };
+    let log = open_raw(dir.path(), options()).unwrap();
+    let expected: Vec<(u64, Vec<u8>)> = (0..2000).map(|i| (i, payload(7, i))).collect();
+    for (i, p) in &expected {
+        assert_eq!(log.append(p).unwrap(), *i);
+    }
+    log.sync().unwrap();
+    assert!(segment_files(dir.path()).len() > 10);
+    assert_eq!(read_all(&log).unwrap(), expected);
+    // Random reads open sealed segments on demand, with a bounded number
+    // of them open at once.
+    for i in (0..2000).rev().step_by(37) {
+        assert_eq!(log.get(i).unwrap().unwrap().value, payload(7, i));
+    }
+    assert!(log.stats().open_segments <= 2, "{:?}", log.stats());
+    assert_eq!(log.verify().unwrap(), 2000);
+    drop(log);
+    let log = open_raw(dir.path(), options()).unwrap();
+    assert_eq!(read_all(&log).unwrap(), expected);
+    // A batch that does not fit spans segments.
+    let batch: Vec<Vec<u8>> = (0..200).map(|i| payload(9, i)).collect();
+    let range = log.append_batch(&batch).unwrap();
+    assert_eq!(range, 2000..2200);
+    let tail: Vec<Vec<u8>> = log
+        .read(Start::Offset(2000))
+        .map(|r| r.unwrap().value)
+        .collect();
+    assert_eq!(tail, batch);
+}
+
+#[test]
+fn oversized_and_unencodable_values_write_nothing() {
+    struct Fails;
+    impl serde::Serialize for Fails {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refuses to serialize"))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Fails {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Ok(Fails)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let big = open_raw(
+        &dir.path().join("big"),
+        Options::new().max_record_bytes(100),
+    )
+    .unwrap();
+    big.append(&vec![1; 10]).unwrap();
+    assert!(matches!(
+        big.append(&vec![0; 101]),
+        Err(Error::RecordTooLarge {
+            size: 101,
+            max: 100
+        })
+    ));
+    assert!(matches!(
+        big.append_batch(&[vec![2; 5], vec![0; 500]]),
+        Err(Error::RecordTooLarge { .. })
+    ));
+    assert_eq!(big.append(&vec![3; 100]).unwrap(), 1);
+    assert_eq!(
+        read_all(&big).unwrap(),
+        vec![(0, vec![1; 10]), (1, vec![3; 100])]
+    );
+
+    let fails: EventLog<Fails> = EventLog::open(dir.path().join("fails")).unwrap();
+    let err = fails.append(&Fails).unwrap_err();
+    assert!(matches!(err, Error::Codec { offset: None, .. }), "{err:?}");
+    assert!(err.to_string().contains("encode"));
+    assert_eq!(fails.next_offset(), 0);
+    drop(fails);
+    let reopened: EventLog<u8> = EventLog::open(dir.path().join("fails")).unwrap();
+    assert_eq!(reopened.next_offset(), 0);
+}
+
+#[test]
+fn reading_with_the_wrong_type_names_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log: EventLog<String> = EventLog::open(dir.path()).unwrap();
+        log.append(&"a string, not a checkout".to_string()).unwrap();
+    }
+    let log: EventLog<Checkout> = EventLog::open(dir.path()).unwrap();
+    match log.get(0) {
+        Err(Error::Codec {
+            offset: Some(0), ..
+        }) => {}
+        other => panic!("expected a decode error at offset 0, got {other:?}"),
+    }
+    let first = log.read(Start::Beginning).next().unwrap();
+    assert!(matches!(
+        first,
+        Err(Error::Codec {
+            offset: Some(0),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn another_codec_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_raw(dir.path(), Options::new()).unwrap());
+    let err = EventLog::<Vec<u8>>::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::CodecMismatch { expected, found, .. } if expected == "postcard" && found == "raw"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_second_writer_is_locked_out_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u32> = EventLog::open(dir.path()).unwrap();
+    let second = EventLog::<u32>::open(dir.path());
+    assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
+    let reader: EventLog<u32> = Options::new().read_only().open(dir.path()).unwrap();
+    assert!(matches!(reader.append(&1), Err(Error::ReadOnly { .. })));
+    let clone = log.clone();
+    log.close().unwrap();
+    assert!(matches!(clone.append(&1), Err(Error::Closed)));
+    EventLog::<u32>::open(dir.path()).unwrap();
+}
+
+#[test]
+fn a_directory_that_is_not_a_log_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"my files").unwrap();
+    let err = EventLog::<u32>::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::NotALog { .. }), "{err:?}");
+    assert!(err.to_string().contains(&dir.path().display().to_string()));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("notes.txt")]);
+
+    let garbage = tempfile::tempdir().unwrap();
+    std::fs::write(garbage.path().join("META"), b"definitely not backbone").unwrap();
+    let err = EventLog::<u32>::open(garbage.path()).unwrap_err();
+    assert!(
+        matches!(err, Error::NotALog { ref path, .. } if path.ends_with("META")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn consumer_names_cannot_escape_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u32> = EventLog::open(dir.path().join("log")).unwrap();
+    for name in [
+        "../escape",
+        "a/b",
+        "",
+        "..",
+        "nul\0",
+        "x".repeat(200).as_str(),
+    ] {
+        assert!(
+            matches!(log.consumer(name), Err(Error::InvalidName { .. })),
+            "{name:?} accepted"
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn consumers_commit_durably_and_refuse_positions_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u32> = Options::new()
+        .durability(Durability::Buffered)
+        .open(dir.path())
+        .unwrap();
+    log.append_batch(&[1, 2, 3]).unwrap();
+    let shipping = log.consumer("shipping").unwrap();
+    assert_eq!(shipping.position(), 0);
+    assert!(matches!(
+        shipping.commit(4),
+        Err(Error::OffsetOutOfRange {
+            requested: 4,
+            next: 3
+        })
+    ));
+    shipping.commit(2).unwrap();
+    // Committing a position syncs the records below it, even when Buffered.
+    assert!(log.durable_offset() >= 2);
+    let same = log.consumer("shipping").unwrap();
+    assert_eq!(same.position(), 2);
+    let values: Vec<u32> = same.read().map(|r| r.unwrap().value).collect();
+    assert_eq!(values, vec![3]);
+    shipping.commit(1).unwrap();
+    assert_eq!(same.position(), 1, "handles of one consumer share it");
+}
+
+#[test]
+fn buffered_appends_are_readable_in_process_and_flushed_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log: EventLog<u64> = Options::new()
+            .durability(Durability::Buffered)
+            .open(dir.path())
+            .unwrap();
+        for i in 0..10 {
+            log.append(&i).unwrap();
+        }
+        assert_eq!(log.get(9).unwrap().unwrap().value, 9);
+        assert_eq!(log.read(Start::Beginning).count(), 10);
+        log.append(&10).unwrap();
+    }
+    let log: EventLog<u64> = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.next_offset(), 11);
+}
+
+#[test]
+fn interval_mode_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u64> = Options::new()
+        .durability(Durability::Interval(Duration::from_millis(5)))
+        .open(dir.path())
+        .unwrap();
+    log.append_batch(&[1, 2, 3]).unwrap();
+    assert_eq!(log.get(2).unwrap().unwrap().value, 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.durable_offset() < 3 {
+        assert!(std::time::Instant::now() < deadline, "never synced");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn retention_drops_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .segment_bytes(4096)
+        .max_record_bytes(1024)
+        .durability(Durability::Buffered)
+        .retention_bytes(5 * 4096);
+    let log = open_raw(dir.path(), options).unwrap();
+    for i in 0..3000 {
+        log.append(&payload(1, i)).unwrap();
+    }
+    log.sync().unwrap();
+    let stats = log.stats();
+    assert!(stats.segments <= 6, "{stats:?}");
+    assert!(stats.bytes <= 6 * 4096);
+    let first = log.first_offset();
+    assert!(first > 0);
+    assert!(log.get(first - 1).unwrap().is_none());
+    assert_eq!(log.get(first).unwrap().unwrap().value, payload(1, first));
+    let below = log.read(Start::Offset(first - 1)).next().unwrap();
+    assert!(
+        matches!(below, Err(Error::OffsetTruncated { .. })),
+        "{below:?}"
+    );
+    let all = read_all(&log).unwrap();
+    assert_eq!(all.len() as u64, 3000 - first);
+    assert_eq!(all[0].0, first);
+}
+
+#[test]
+fn truncate_before_and_age_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::new()
+            .segment_bytes(1024)
+            .max_record_bytes(512)
+            .durability(Durability::Buffered)
+    };
+    let log = open_raw(dir.path(), options()).unwrap();
+    for i in 0..500 {
+        log.append(&payload(2, i)).unwrap();
+    }
+    log.flush().unwrap();
+    let first = log.truncate_before(250).unwrap();
+    assert!(first <= 250 && first > 150, "first offset {first}");
+    assert_eq!(log.get(250).unwrap().unwrap().value, payload(2, 250));
+    drop(log);
+    std::thread::sleep(Duration::from_millis(20));
+    let aged = open_raw(
+        dir.path(),
+        options().retention_age(Duration::from_millis(10)),
+    )
+    .unwrap();
+    // Everything is older than 10 ms: all sealed segments go, the active stays.
+    assert_eq!(aged.stats().segments, 1);
+    assert_eq!(aged.next_offset(), 500);
+}
+
+#[test]
+fn a_reader_inside_a_removed_segment_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .segment_bytes(2048)
+        .max_record_bytes(512)
+        .durability(Durability::Buffered);
+    let log = open_raw(dir.path(), options).unwrap();
+    for i in 0..400 {
+        log.append(&payload(3, i)).unwrap();
+    }
+    log.flush().unwrap();
+    let mut cursor = log.read(Start::Beginning);
+    let first = cursor.next().unwrap().unwrap();
+    assert_eq!(first.offset, 0);
+    log.truncate_before(300).unwrap();
+    assert!(log.first_offset() > 50);
+    // The cursor holds the first segment and reads it to its end; the
+    // segments after it that were removed too are reported, not skipped.
+    let mut next = 1;
+    for rec in cursor {
+        match rec {
+            Ok(rec) => {
+                assert_eq!((rec.offset, rec.value), (next, payload(3, next)));
+                next += 1;
+            }
+            Err(Error::OffsetTruncated { requested, first }) => {
+                assert_eq!(requested, next);
+                assert!(first > requested);
+                return;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    panic!("the cursor skipped removed records silently");
+}
+
+#[cfg(unix)]
+#[test]
+fn files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let log: EventLog<u32> = EventLog::open(&path).unwrap();
+    log.append(&1).unwrap();
+    log.consumer("c").unwrap().commit(1).unwrap();
+    for entry in std::fs::read_dir(&path).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?} has mode {mode:o}", entry.file_name());
+    }
+    let dir_mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+}
+
+#[test]
+fn empty_batches_and_empty_payloads_are_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<()> = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.append_batch(&[]).unwrap(), 0..0);
+    assert_eq!(log.append(&()).unwrap(), 0);
+    assert_eq!(log.append_batch(&[(), ()]).unwrap(), 1..3);
+    assert_eq!(log.read(Start::Beginning).count(), 3);
+    let raw = open_raw(&dir.path().join("raw"), Options::new()).unwrap();
+    raw.append(&Vec::new()).unwrap();
+    assert_eq!(read_all(&raw).unwrap(), vec![(0, vec![])]);
+}
+
+#[test]
+fn invalid_options_are_refused_before_touching_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let err = Options::new()
+        .segment_bytes(100)
+        .open::<u32>(&path)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::InvalidOption {
+            name: "segment_bytes",
+            ..
+        }
+    ));
+    assert!(!path.exists());
+    let _ = Raw;
+}
