@@ -131,10 +131,13 @@ impl<T, C: Codec<T>> Consumer<T, C> {
                 next,
             });
         }
-        let Some(file) = &self.state.file else {
-            return Err(Error::ReadOnly {
-                path: engine.dir.clone(),
-            });
+        let file = match &self.state.file {
+            Some(file) if !engine.options.read_only => file,
+            _ => {
+                return Err(Error::ReadOnly {
+                    path: engine.dir.clone(),
+                })
+            }
         };
         if position > engine.durable_offset() {
             engine.sync_to(Some(position))?;
