@@ -65,7 +65,7 @@ pub(crate) struct Engine {
     /// Serializes follower refreshes and retention runs.
     maintenance: Mutex<()>,
     shutdown: AtomicBool,
-    syncer: Mutex<Option<std::thread::Thread>>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     indexes_rebuilt: AtomicU64,
     pub(crate) consumers: Mutex<HashMap<String, Weak<ConsumerState>>>,
 }
@@ -277,7 +277,7 @@ impl Engine {
         }
         let ts = now_micros().max(w.last_ts);
         let start = w.buf.len();
-        let max = self.options.max_record_bytes;
+        let max = self.options.record_limit();
         // A panicking Serialize impl must not leave half a frame behind.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for i in 0..count {
@@ -311,7 +311,12 @@ impl Engine {
             }
         }
         w.last_ts = ts;
-        self.place(&mut w, start, first)?;
+        if let Err(e) = self.place(&mut w, start, first) {
+            // A roll failed midway: the frames placed before it were
+            // written and published, the rest dropped.
+            self.assigned.store(w.placed, Ordering::Release);
+            return Err(e);
+        }
         let end = first + count as u64;
         debug_assert_eq!(w.placed, end);
         self.assigned.store(end, Ordering::Release);
@@ -698,9 +703,22 @@ impl Engine {
 
     fn stop_syncer(&self) {
         self.shutdown.store(true, Ordering::Release);
-        if let Some(thread) = self.syncer.lock().take() {
-            thread.unpark();
+        let syncer = self.syncer.lock().take();
+        if let Some(handle) = syncer {
+            handle.thread().unpark();
+            // Waits at most for the background sync in flight, so that no
+            // thread of this log outlives its last handle.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
+    }
+
+    /// The last handle is going: stop the background threads and wait for
+    /// them, so the directory lock and every file of the log are released
+    /// in the caller's thread, before a reopen can race with them.
+    pub(crate) fn release(&self) {
+        self.stop_syncer();
     }
 
     // ---- reading ----------------------------------------------------------
@@ -713,7 +731,11 @@ impl Engine {
         } else if self.options.durability == Durability::Buffered
             && self.assigned.load(Ordering::Acquire) > self.next.load(Ordering::Acquire)
         {
-            self.flush()?;
+            match self.flush() {
+                // What was published before the failure stays readable.
+                Ok(()) | Err(Error::Poisoned { .. } | Error::Closed) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(self.next.load(Ordering::Acquire))
     }
@@ -1025,8 +1047,8 @@ impl Drop for Engine {
     /// appends so a clean exit keeps them (they reach the OS, not the disk).
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::Release);
-        if let Some(thread) = self.syncer.get_mut().take() {
-            thread.unpark();
+        if let Some(handle) = self.syncer.get_mut().take() {
+            handle.thread().unpark();
         }
         if self.options.read_only {
             return;
@@ -1052,6 +1074,6 @@ fn start_syncer(engine: &Arc<Engine>, every: Duration) -> io::Result<()> {
             }
             engine.background_sync();
         })?;
-    *engine.syncer.lock() = Some(handle.thread().clone());
+    *engine.syncer.lock() = Some(handle);
     Ok(())
 }

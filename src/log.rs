@@ -46,6 +46,9 @@ use crate::time::Timestamp;
 /// # Ok::<(), backbone::Error>(())
 /// ```
 pub struct EventLog<T, C = Postcard> {
+    // Declared first, so it drops first: when the last handle goes, it
+    // stops the log's threads while `engine` is still alive.
+    _last: Arc<LastHandle>,
     pub(crate) engine: Arc<Engine>,
     pub(crate) codec: Arc<C>,
     // `fn(T) -> T`: the handle stores no `T`, so it is `Send + Sync`
@@ -82,9 +85,23 @@ pub enum Start {
     Timestamp(Timestamp),
 }
 
+/// Shared by every clone of a user's handle; dropped with the last one.
+/// Internal threads hold the engine too, but never this.
+#[derive(Debug)]
+struct LastHandle(std::sync::Weak<Engine>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        if let Some(engine) = self.0.upgrade() {
+            engine.release();
+        }
+    }
+}
+
 impl<T, C> Clone for EventLog<T, C> {
     fn clone(&self) -> Self {
         EventLog {
+            _last: self._last.clone(),
             engine: self.engine.clone(),
             codec: self.codec.clone(),
             _marker: PhantomData,
@@ -122,8 +139,10 @@ impl<T, C: Codec<T>> EventLog<T, C> {
             codec: codec.name().to_owned(),
             type_name: std::any::type_name::<T>().to_owned(),
         };
+        let engine = Engine::open(options, dir, meta)?;
         Ok(EventLog {
-            engine: Engine::open(options, dir, meta)?,
+            _last: Arc::new(LastHandle(Arc::downgrade(&engine))),
+            engine,
             codec: Arc::new(codec),
             _marker: PhantomData,
         })

@@ -76,7 +76,8 @@ pub enum RecoveryMode {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub(crate) segment_bytes: u64,
-    pub(crate) max_record_bytes: u32,
+    /// `None`: 1 MiB, or what fits in a segment if that is less.
+    max_record_bytes: Option<u32>,
     pub(crate) durability: Durability,
     pub(crate) recovery: RecoveryMode,
     pub(crate) retention_bytes: Option<u64>,
@@ -107,7 +108,7 @@ impl Options {
     pub fn new() -> Options {
         Options {
             segment_bytes: 64 << 20,
-            max_record_bytes: 1 << 20,
+            max_record_bytes: None,
             durability: Durability::EveryAppend,
             recovery: RecoveryMode::Strict,
             retention_bytes: None,
@@ -129,12 +130,25 @@ impl Options {
         self
     }
 
-    /// The largest encoded record accepted (default 1 MiB). Larger appends
-    /// fail with [`Error::RecordTooLarge`] and write nothing. Must leave
-    /// room for the record in a segment.
+    /// The largest encoded record accepted (default 1 MiB, or the room in
+    /// a segment when segments are smaller). Larger appends fail with
+    /// [`Error::RecordTooLarge`] and write nothing. Must leave room for the
+    /// record in a segment.
     pub fn max_record_bytes(mut self, bytes: u32) -> Options {
-        self.max_record_bytes = bytes;
+        self.max_record_bytes = Some(bytes);
         self
+    }
+
+    /// The record size limit in force.
+    pub(crate) fn record_limit(&self) -> u32 {
+        let room = self.segment_room();
+        self.max_record_bytes
+            .unwrap_or_else(|| (1 << 20).min(room.min(u64::from(u32::MAX)) as u32))
+    }
+
+    fn segment_room(&self) -> u64 {
+        self.segment_bytes
+            .saturating_sub((SEGMENT_HEADER_LEN + FRAME_OVERHEAD) as u64)
     }
 
     /// When appends reach stable storage (default
@@ -255,13 +269,14 @@ impl Options {
                 ),
             );
         }
-        let room = self.segment_bytes - (SEGMENT_HEADER_LEN + FRAME_OVERHEAD) as u64;
-        if u64::from(self.max_record_bytes) > room {
+        let room = self.segment_room();
+        if u64::from(self.record_limit()) > room {
             return invalid(
                 "max_record_bytes",
                 format!(
                     "{} does not fit in a segment of {} bytes (at most {room})",
-                    self.max_record_bytes, self.segment_bytes
+                    self.record_limit(),
+                    self.segment_bytes
                 ),
             );
         }
@@ -324,6 +339,14 @@ mod tests {
                 other => panic!("{expected}: expected InvalidOption, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_default_record_limit_shrinks_to_fit_small_segments() {
+        assert_eq!(Options::new().record_limit(), 1 << 20);
+        let small = Options::new().segment_bytes(4096);
+        small.validate().unwrap();
+        assert_eq!(small.record_limit(), 4096 - 88);
     }
 
     #[test]

@@ -231,10 +231,21 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
                 .map_err(|e| Error::io("open", &path, e))?;
             file.read_at(&mut header, 0)
                 .map_err(|e| Error::io("read", &path, e))?;
-            !matches!(
+            let incomplete = matches!(
                 format::decode_segment_header(&header),
                 Err(format::HeaderError::Incomplete)
-            )
+            );
+            if incomplete && holds_data(&file, len).map_err(|e| Error::io("read", &path, e))? {
+                // The header is synced before any record is written, so a
+                // zeroed header in front of records is damage, not a crash.
+                return Err(Error::Corrupt {
+                    path,
+                    position: 0,
+                    offset: None,
+                    kind: CorruptionKind::Zeroed,
+                });
+            }
+            !incomplete
         };
         if complete {
             check_header(&header, &path, base)?;
@@ -283,7 +294,7 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
 
 pub(crate) fn segment_config(options: &Options) -> SegmentConfig {
     SegmentConfig {
-        max_payload: options.max_record_bytes,
+        max_payload: options.record_limit(),
         index_interval: options.index_interval_bytes,
         file_mode: options.file_mode,
     }
@@ -501,7 +512,16 @@ fn recover_active(
     // used); entries for the scanned records are regenerated.
     let index_path = dir.join(format::index_name(base));
     let index_len = index::file_len_for(capacity, options.index_interval_bytes);
-    let mut kept = existing_entries(storage, &index_path, base, start_pos, mode, options);
+    let mut kept = match existing_entries(storage, &index_path, base, start_pos, mode, options) {
+        Some(entries) => entries,
+        // Missing or damaged: rebuild the entries before the scan start
+        // (the scan below adds the rest).
+        None if start_pos > HEADER => {
+            report.rebuilt_indexes.push(index_path.clone());
+            segment::rebuild_entries(&bytes[..start_pos as usize], base, config)
+        }
+        None => Vec::new(),
+    };
     let mut builder = IndexBuilder::new(
         options.index_interval_bytes,
         kept.last().map(|e| u64::from(e.pos)),
@@ -610,7 +630,7 @@ fn recover_active(
     Ok((segment, tail))
 }
 
-/// The plausible index entries for records before `limit`, or none if the
+/// The plausible index entries for records before `limit`; `None` if the
 /// index file is missing or its header is damaged.
 fn existing_entries(
     storage: &Storage,
@@ -619,26 +639,39 @@ fn existing_entries(
     limit: u64,
     mode: OpenMode,
     options: &Options,
-) -> Vec<IndexEntry> {
-    let Ok(file) = storage.open(path, mode, options.file_mode) else {
-        return Vec::new();
-    };
-    let Ok(len) = file.len() else {
-        return Vec::new();
-    };
+) -> Option<Vec<IndexEntry>> {
+    let file = storage.open(path, mode, options.file_mode).ok()?;
+    let len = file.len().ok()?;
     if len < INDEX_HEADER_LEN as u64 || len > 1 << 32 {
-        return Vec::new();
+        return None;
     }
     let mut bytes = vec![0; len as usize];
     if file.read_at(&mut bytes, 0).is_err() || !format::index_header_ok(&bytes, base) {
-        return Vec::new();
+        return None;
     }
     let body = &bytes[INDEX_HEADER_LEN..];
     let count = index::valid_prefix(body, limit) as usize;
-    body.chunks_exact(format::INDEX_ENTRY_LEN)
-        .take(count)
-        .filter_map(format::decode_index_entry)
-        .collect()
+    Some(
+        body.chunks_exact(format::INDEX_ENTRY_LEN)
+            .take(count)
+            .filter_map(format::decode_index_entry)
+            .collect(),
+    )
+}
+
+/// Whether any byte after the header of a segment file is not zero.
+fn holds_data(file: &crate::storage::File, len: u64) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut at = HEADER;
+    while at < len {
+        let n = chunk.len().min((len - at) as usize);
+        file.read_at(&mut chunk[..n], at)?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(true);
+        }
+        at += n as u64;
+    }
+    Ok(false)
 }
 
 /// Writes the active segment's index afresh at its full size, so the writer

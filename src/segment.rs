@@ -357,75 +357,88 @@ impl Segment {
                 u64::from(entry.pos),
                 self.base + u64::from(entry.rel_offset),
             );
-            if let Some(pos) = self.walk(start, offset) {
-                return Ok(pos);
+            // The index is a cache: trust where it leads only if the frame
+            // found there is whole and holds the offset asked for.
+            if let Ok(pos) = self.walk(start, offset) {
+                if self.frame_at(pos).is_some_and(|f| f.offset == offset) {
+                    return Ok(pos);
+                }
             }
         }
         // No usable index entry: walk from the first record. A failure here
         // is real damage, reported by reading the record where it stops.
-        let (pos, at) = match self.walk_to_damage((HEADER, self.base), offset) {
-            Ok(pos) => return Ok(pos),
-            Err(stop) => stop,
-        };
-        match self.read(pos, at, |_| ())? {
-            ReadFrame::Record { .. } => Err(self.corrupt(pos, at, CorruptionKind::BadHeader)),
+        match self.walk((HEADER, self.base), offset) {
+            Ok(pos) => Ok(pos),
+            Err((pos, at)) => match self.read(pos, at, |_| ())? {
+                ReadFrame::Record { .. } => Err(self.corrupt(pos, at, CorruptionKind::BadHeader)),
+            },
         }
     }
 
-    /// Walks frame lengths from `start` to `offset`, trusting only offsets
-    /// (the final read checks the CRC). `None` if the walk goes wrong.
-    fn walk(&self, start: (u64, u64), offset: u64) -> Option<u64> {
-        self.walk_to_damage(start, offset).ok()
-    }
-
-    fn walk_to_damage(
-        &self,
-        (mut pos, mut at): (u64, u64),
-        offset: u64,
-    ) -> Result<u64, (u64, u64)> {
+    /// Walks frame lengths from `start` to `offset`, checking every frame's
+    /// length and offset fields on the way, the target's included (the
+    /// caller or the final read checks the CRC). On failure, the position
+    /// and offset of the frame that did not check out.
+    fn walk(&self, (mut pos, mut at): (u64, u64), offset: u64) -> Result<u64, (u64, u64)> {
         let limit = self.limit();
         let bytes = self.map.bytes();
         let region = bytes.get(..limit as usize).unwrap_or(&[]);
-        while at < offset {
+        loop {
             let len = format::read_u32(region, pos as usize).ok_or((pos, at))?;
             let found = format::read_u64(region, pos as usize + 8).ok_or((pos, at))?;
             if len < 16 || len - 16 > self.max_payload || found != at {
                 return Err((pos, at));
             }
+            if at == offset {
+                return Ok(pos);
+            }
+            if at > offset {
+                return Err((pos, at));
+            }
             pos += 8 + u64::from(len);
             at += 1;
         }
-        if pos >= limit {
-            return Err((pos, at));
+    }
+
+    /// The valid frame at `pos`, if there is one below the limit.
+    fn frame_at(&self, pos: u64) -> Option<Frame<'_>> {
+        let limit = self.limit();
+        let bytes = self.map.bytes();
+        let region = bytes.get(pos as usize..limit as usize)?;
+        match decode_frame(region, self.max_payload) {
+            // Copy out what callers need; the guard ends here.
+            Scan::Frame(frame) => Some(Frame {
+                offset: frame.offset,
+                timestamp: frame.timestamp,
+                payload: &[],
+                len: frame.len,
+            }),
+            _ => None,
         }
-        Ok(pos)
     }
 
     /// The first record in this segment with a timestamp of at least
     /// `micros`: its position and offset, or `None` if there is none.
     pub(crate) fn locate_time(&self, micros: u64) -> Result<Option<(u64, u64)>> {
         let next = self.next();
-        let (mut pos, mut offset) = match self.index.seek_time(micros) {
-            Some(entry) => (
-                u64::from(entry.pos),
-                self.base + u64::from(entry.rel_offset),
-            ),
-            None => (HEADER, self.base),
-        };
+        let (mut pos, mut offset) = (HEADER, self.base);
+        if let Some(entry) = self.index.seek_time(micros) {
+            let at = self.base + u64::from(entry.rel_offset);
+            // Start from the entry only if the record there really is older
+            // than `micros`: an index claiming too small a timestamp must
+            // not make the search skip records.
+            if self
+                .frame_at(u64::from(entry.pos))
+                .is_some_and(|f| f.offset == at && f.timestamp < micros)
+            {
+                (pos, offset) = (u64::from(entry.pos), at);
+            }
+        }
         while offset < next {
-            let found = self.read(pos, offset, |frame| frame.timestamp);
             let ReadFrame::Record {
                 value: ts,
                 next_pos,
-            } = match found {
-                Ok(read) => read,
-                // A stale index entry: start over from the first record.
-                Err(_) if pos != HEADER && offset != self.base => {
-                    (pos, offset) = (HEADER, self.base);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            } = self.read(pos, offset, |frame| frame.timestamp)?;
             if ts >= micros {
                 return Ok(Some((pos, offset)));
             }

@@ -1,0 +1,1676 @@
+//! Damage tests of the storage core: every kind of on-disk damage must end
+//! in either the log opening with exactly the longest intact prefix of what
+//! was appended, or a clear typed error naming the file (and byte position).
+//! Never a wrong record, a panic, or a silently shortened log.
+//!
+//! Byte-level payloads (the `Raw` codec) keep every expected byte known.
+//! Exhaustive and random sweeps run on the simulator; the rest on real files.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use backbone::sim::SimStorage;
+use backbone::{CorruptionKind, Error, EventLog, Options, Raw, RecoveryMode, Start, Timestamp};
+use common::{open_raw, payload};
+
+const SEED: u64 = 0xDA3A_6E5E;
+const HEADER: usize = 64;
+const SIM_DIR: &str = "/log";
+
+type RawLog = EventLog<Vec<u8>, Raw>;
+
+fn small() -> Options {
+    Options::new()
+        .segment_bytes(4096)
+        .max_record_bytes(512)
+        .index_interval_bytes(256)
+}
+
+// ---- a tiny deterministic RNG ------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+// ---- the disk under test: the simulator or a real directory -----------------
+
+enum Disk {
+    Sim(SimStorage),
+    Real,
+}
+
+impl Disk {
+    fn options(&self, options: Options) -> Options {
+        match self {
+            Disk::Sim(storage) => options.simulated(storage),
+            Disk::Real => options,
+        }
+    }
+
+    fn read(&self, path: &Path) -> Vec<u8> {
+        match self {
+            Disk::Sim(storage) => storage
+                .read_file(path)
+                .unwrap_or_else(|| panic!("no file {}", path.display())),
+            Disk::Real => std::fs::read(path).unwrap(),
+        }
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) {
+        match self {
+            Disk::Sim(storage) => storage.write_file(path, bytes),
+            Disk::Real => std::fs::write(path, bytes).unwrap(),
+        }
+    }
+
+    fn remove(&self, path: &Path) {
+        match self {
+            Disk::Sim(storage) => storage.remove_file_durably(path),
+            Disk::Real => std::fs::remove_file(path).unwrap(),
+        }
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        match self {
+            Disk::Sim(storage) => storage.read_file(path).is_some(),
+            Disk::Real => path.exists(),
+        }
+    }
+
+    /// File names in `dir`, sorted.
+    fn names(&self, dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = match self {
+            Disk::Sim(storage) => storage
+                .files()
+                .into_iter()
+                .filter(|(p, _)| p.parent() == Some(dir))
+                .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect(),
+            Disk::Real => std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+        };
+        names.sort();
+        names
+    }
+}
+
+/// A simulator disk holding exactly `files`.
+fn sim_from(files: &[(PathBuf, Vec<u8>)]) -> SimStorage {
+    let storage = SimStorage::new();
+    for (path, bytes) in files {
+        storage.write_file(path, bytes);
+    }
+    storage
+}
+
+fn sim_snapshot(storage: &SimStorage) -> Vec<(PathBuf, Vec<u8>)> {
+    storage
+        .files()
+        .into_iter()
+        .map(|(path, _)| {
+            let bytes = storage.read_file(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+// ---- building logs -----------------------------------------------------------
+
+fn expected(n: u64) -> Vec<Vec<u8>> {
+    (0..n).map(|i| payload(SEED, i)).collect()
+}
+
+/// Appends records `0..n` (`payload(SEED, i)`) in batches of `batch`, then
+/// closes the log cleanly. Returns the payloads.
+fn build(disk: &Disk, dir: &Path, options: Options, n: u64, batch: usize) -> Vec<Vec<u8>> {
+    let values = expected(n);
+    let log = open_raw(dir, disk.options(options)).unwrap();
+    for chunk in values.chunks(batch) {
+        log.append_batch(chunk).unwrap();
+    }
+    assert_eq!(log.next_offset(), n);
+    log.close().unwrap();
+    values
+}
+
+/// Like [`build`], one append at a time and with strictly increasing
+/// timestamps (it waits for the clock to move between appends).
+fn build_distinct_times(disk: &Disk, dir: &Path, n: u64) -> Vec<Vec<u8>> {
+    let values = expected(n);
+    let log = open_raw(dir, disk.options(small())).unwrap();
+    let mut last = Timestamp::from_micros(0);
+    for value in &values {
+        while Timestamp::now() <= last {
+            std::hint::spin_loop();
+        }
+        let offset = log.append(value).unwrap();
+        last = log.get(offset).unwrap().unwrap().timestamp;
+    }
+    log.close().unwrap();
+    values
+}
+
+// ---- the format, parsed independently of the crate ---------------------------
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FrameAt {
+    pos: usize,
+    /// The whole frame: 8 + `len`.
+    size: usize,
+    offset: u64,
+    ts: u64,
+}
+
+impl FrameAt {
+    fn end(&self) -> usize {
+        self.pos + self.size
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Seg {
+    path: PathBuf,
+    idx: PathBuf,
+    base: u64,
+    bytes: Vec<u8>,
+    frames: Vec<FrameAt>,
+}
+
+impl Seg {
+    /// Where the records end.
+    fn end(&self) -> usize {
+        self.frames.last().map_or(HEADER, FrameAt::end)
+    }
+
+    fn next(&self) -> u64 {
+        self.base + self.frames.len() as u64
+    }
+
+    fn frame_of(&self, offset: u64) -> FrameAt {
+        self.frames[(offset - self.base) as usize]
+    }
+}
+
+fn parse_frames(bytes: &[u8]) -> Vec<FrameAt> {
+    let mut frames = Vec::new();
+    let mut pos = HEADER;
+    while pos + 8 <= bytes.len() {
+        let len = u32_at(bytes, pos) as usize;
+        if len == 0 {
+            break;
+        }
+        frames.push(FrameAt {
+            pos,
+            size: 8 + len,
+            offset: u64_at(bytes, pos + 8),
+            ts: u64_at(bytes, pos + 16),
+        });
+        pos += 8 + len;
+    }
+    frames
+}
+
+/// The segments of a pristine log, oldest first, checked to be contiguous.
+fn layout(disk: &Disk, dir: &Path) -> Vec<Seg> {
+    let mut segs = Vec::new();
+    for name in disk.names(dir) {
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        let base: u64 = stem.parse().unwrap();
+        let path = dir.join(&name);
+        let bytes = disk.read(&path);
+        let frames = parse_frames(&bytes);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.offset, base + i as u64, "pristine layout of {name}");
+        }
+        segs.push(Seg {
+            idx: dir.join(format!("{stem}.idx")),
+            path,
+            base,
+            bytes,
+            frames,
+        });
+    }
+    for pair in segs.windows(2) {
+        assert_eq!(pair[0].next(), pair[1].base, "pristine segments contiguous");
+    }
+    segs
+}
+
+/// Sets the durable watermark slot (bytes 32..64) of a segment image.
+fn set_watermark(bytes: &mut [u8], pos: u64, next: u64, last_ts: u64) {
+    bytes[32..40].copy_from_slice(&pos.to_le_bytes());
+    bytes[40..48].copy_from_slice(&next.to_le_bytes());
+    bytes[48..56].copy_from_slice(&last_ts.to_le_bytes());
+    bytes[56..60].fill(0);
+    let crc = crc32fast::hash(&bytes[32..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Recomputes a segment header's CRC (bytes 24..28 over 0..24).
+fn fix_header_crc(bytes: &mut [u8]) {
+    let crc = crc32fast::hash(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Index entries (after the 32-byte header) up to the first all-zero one.
+fn index_entries(bytes: &[u8]) -> Vec<[u8; 16]> {
+    bytes
+        .get(32..)
+        .unwrap_or(&[])
+        .chunks_exact(16)
+        .take_while(|e| e.iter().any(|&b| b != 0))
+        .map(|e| e.try_into().unwrap())
+        .collect()
+}
+
+// ---- reading and checking ----------------------------------------------------
+
+/// Every record from `start` up to the first error, and that error.
+fn read_from(log: &RawLog, start: Start) -> (Vec<(u64, Vec<u8>)>, Option<Error>) {
+    let mut records = Vec::new();
+    for rec in log.read(start) {
+        match rec {
+            Ok(rec) => records.push((rec.offset, rec.value)),
+            Err(e) => return (records, Some(e)),
+        }
+    }
+    (records, None)
+}
+
+fn read_until_error(log: &RawLog) -> (Vec<(u64, Vec<u8>)>, Option<Error>) {
+    read_from(log, Start::Beginning)
+}
+
+/// The log holds exactly `values` (offsets `0..values.len()`).
+fn assert_holds(log: &RawLog, values: &[Vec<u8>], what: &str) {
+    let (records, err) = read_until_error(log);
+    assert!(err.is_none(), "{what}: read failed: {err:?}");
+    assert_eq!(
+        log.next_offset(),
+        values.len() as u64,
+        "{what}: next_offset"
+    );
+    assert_eq!(records.len(), values.len(), "{what}: record count");
+    for (i, (offset, value)) in records.iter().enumerate() {
+        assert_eq!(*offset, i as u64, "{what}: offsets contiguous");
+        assert_eq!(value, &values[i], "{what}: record {i}");
+    }
+}
+
+/// `records` are exactly `values[first..]` in order.
+fn assert_run(records: &[(u64, Vec<u8>)], values: &[Vec<u8>], first: u64, what: &str) {
+    for (i, (offset, value)) in records.iter().enumerate() {
+        let want = first + i as u64;
+        assert_eq!(*offset, want, "{what}: offsets contiguous");
+        assert_eq!(value, &values[want as usize], "{what}: record {want}");
+    }
+}
+
+fn assert_get(log: &RawLog, offset: u64, values: &[Vec<u8>]) {
+    let rec = log
+        .get(offset)
+        .unwrap_or_else(|e| panic!("get({offset}): {e}"))
+        .unwrap_or_else(|| panic!("get({offset}): None"));
+    assert_eq!(rec.offset, offset);
+    assert_eq!(rec.value, values[offset as usize], "get({offset})");
+}
+
+/// The parts of an `Error::Corrupt`, or a panic naming what came instead.
+fn corrupt(err: Option<Error>, what: &str) -> (PathBuf, u64, Option<u64>, CorruptionKind) {
+    match err {
+        Some(Error::Corrupt {
+            path,
+            position,
+            offset,
+            kind,
+        }) => (path, position, offset, kind),
+        other => panic!("{what}: expected Error::Corrupt, got {other:?}"),
+    }
+}
+
+fn get_corrupt(log: &RawLog, offset: u64) -> (PathBuf, u64, Option<u64>, CorruptionKind) {
+    match log.get(offset) {
+        Err(e) => corrupt(Some(e), &format!("get({offset})")),
+        Ok(rec) => panic!(
+            "get({offset}): expected Error::Corrupt, got Ok({:?})",
+            rec.map(|r| r.offset)
+        ),
+    }
+}
+
+fn is_record_damage(kind: &CorruptionKind) -> bool {
+    matches!(
+        kind,
+        CorruptionKind::Checksum { .. }
+            | CorruptionKind::Length { .. }
+            | CorruptionKind::OffsetMismatch { .. }
+            | CorruptionKind::Zeroed
+    )
+}
+
+/// After a recovery that kept `values`, a further append gets the next
+/// offset, reads back, and survives a reopen that reports a clean log.
+fn assert_appends_continue(disk: &Disk, dir: &Path, options: Options, values: &[Vec<u8>]) {
+    let next = values.len() as u64;
+    let extra = b"after recovery".to_vec();
+    let log = open_raw(dir, disk.options(options.clone())).unwrap();
+    assert!(
+        log.recovery_report().is_clean(),
+        "the second open must be clean (recovery is idempotent): {:?}",
+        log.recovery_report()
+    );
+    assert_holds(&log, values, "second open");
+    assert_eq!(log.append(&extra).unwrap(), next);
+    assert_eq!(log.get(next).unwrap().unwrap().value, extra);
+    log.close().unwrap();
+    let log = open_raw(dir, disk.options(options)).unwrap();
+    assert!(
+        log.recovery_report().is_clean(),
+        "{:?}",
+        log.recovery_report()
+    );
+    let mut all = values.to_vec();
+    all.push(extra);
+    assert_holds(&log, &all, "after the append");
+    log.close().unwrap();
+}
+
+/// The report of a torn tail cut at `at` in `seg`, whose cut bytes were
+/// `cut` (as they were on disk, before the recovery).
+fn assert_cut_reported(disk: &Disk, log: &RawLog, seg: &Seg, at: usize, cut: &[u8], what: &str) {
+    let report = log.recovery_report();
+    let last = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if last == 0 {
+        assert!(report.is_clean(), "{what}: nothing was cut: {report:?}");
+        return;
+    }
+    assert_eq!(report.truncated_segment.as_ref(), Some(&seg.path), "{what}");
+    assert_eq!(report.truncated_at, Some(at as u64), "{what}: truncated_at");
+    assert_eq!(
+        report.truncated_bytes, last as u64,
+        "{what}: truncated_bytes"
+    );
+    // A frame (or garbage) starts at the cut, or only zeros do (an
+    // unfinished write that left no frame: no damage to name).
+    let starts_a_frame = cut.iter().take(4).any(|&b| b != 0);
+    assert_eq!(
+        report.damage.is_some(),
+        starts_a_frame,
+        "{what}: damage: {report:?}"
+    );
+    let copy = seg
+        .path
+        .with_file_name(format!("{:020}.{at}.damaged", seg.base));
+    assert_eq!(report.damaged_copy.as_ref(), Some(&copy), "{what}");
+    assert_eq!(disk.read(&copy), &cut[..last], "{what}: the .damaged copy");
+}
+
+fn sim_dir() -> PathBuf {
+    PathBuf::from(SIM_DIR)
+}
+
+// =============================================================================
+// 1. Exhaustive tail truncation
+// =============================================================================
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// The watermark slot says the segment was durable up to the
+    /// third-last record: the cut is in the torn tail.
+    Early,
+    /// The watermark slot fails its CRC (a torn slot): the whole segment is
+    /// scanned.
+    Torn,
+    /// The watermark close wrote (at the end of the records): the cut
+    /// bytes were durable, so this is damage, reported when read.
+    AtEnd,
+}
+
+fn apply_mark(bytes: &mut [u8], seg: &Seg, mark: Mark) {
+    let r = seg.frames.len();
+    match mark {
+        Mark::Early => {
+            let from = seg.frames[r - 3];
+            let ts = seg.frames[r - 4].ts;
+            set_watermark(bytes, from.pos as u64, from.offset, ts);
+        }
+        Mark::Torn => bytes[60] ^= 0x5A,
+        Mark::AtEnd => {}
+    }
+}
+
+/// Checks one cut of the newest segment at `cut` (the bytes from `cut` on
+/// are gone), on a log already damaged on `disk`.
+fn check_tail_cut(disk: &Disk, dir: &Path, values: &[Vec<u8>], seg: &Seg, cut: usize, mark: Mark) {
+    let what = format!("cut at {cut}, watermark {mark:?}");
+    let kept_local = seg.frames.iter().filter(|f| f.end() <= cut).count();
+    let kept = seg.base + kept_local as u64;
+    let log = open_raw(dir, disk.options(small())).unwrap_or_else(|e| panic!("{what}: {e}"));
+    if mark == Mark::AtEnd {
+        // The cut bytes were below the durable watermark: the log still
+        // claims them, and reading them is an error, never a wrong record.
+        assert!(log.recovery_report().is_clean(), "{what}");
+        assert_eq!(log.next_offset(), values.len() as u64, "{what}");
+        let (records, err) = read_until_error(&log);
+        assert_run(&records, values, 0, &what);
+        if kept == values.len() as u64 {
+            assert!(err.is_none(), "{what}: {err:?}");
+            assert_eq!(records.len(), values.len());
+        } else {
+            let (path, position, offset, _) = corrupt(err, &what);
+            assert_eq!(records.len() as u64, kept, "{what}");
+            assert_eq!(path, seg.path, "{what}");
+            assert_eq!(position, seg.frame_of(kept).pos as u64, "{what}");
+            assert_eq!(offset, Some(kept), "{what}");
+            let (path, ..) = get_corrupt(&log, kept);
+            assert_eq!(path, seg.path, "{what}");
+            for o in kept + 1..values.len() as u64 {
+                assert!(
+                    !matches!(log.get(o), Ok(Some(ref r)) if r.value != values[o as usize]),
+                    "{what}: get({o}) returned a wrong record"
+                );
+            }
+        }
+        return;
+    }
+    assert_holds(&log, &values[..kept as usize], &what);
+    let at = seg.frames.get(kept_local).map_or(seg.end(), |f| f.pos);
+    let cut_bytes = &seg.bytes[at..cut.max(at)];
+    assert_cut_reported(disk, &log, seg, at, cut_bytes, &what);
+    log.close().unwrap();
+    assert_appends_continue(disk, dir, small(), &values[..kept as usize]);
+}
+
+#[test]
+fn every_tail_cut_of_the_newest_segment_recovers_the_intact_prefix() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    assert!(segs.len() >= 3, "several segments: {}", segs.len());
+    let seg = segs.last().unwrap().clone();
+    assert!(seg.frames.len() >= 4, "the newest segment holds 4+ records");
+    let from = seg.frames[seg.frames.len() - 3].pos;
+    let mut positions = 0;
+    for cut in from..=seg.end() {
+        for mark in [Mark::Early, Mark::Torn, Mark::AtEnd] {
+            let storage = sim_from(&snapshot);
+            let mut bytes = seg.bytes.clone();
+            bytes[cut..].fill(0);
+            apply_mark(&mut bytes, &seg, mark);
+            storage.write_file(&seg.path, &bytes);
+            check_tail_cut(&Disk::Sim(storage), &dir, &values, &seg, cut, mark);
+            positions += 1;
+        }
+    }
+    eprintln!(
+        "tail truncation: {} byte positions x 3 watermarks = {positions} cases",
+        seg.end() + 1 - from
+    );
+}
+
+#[test]
+fn real_file_truncation_of_the_newest_segment_recovers_the_intact_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, small(), 300, 10);
+    let segs = layout(&Disk::Real, &template);
+    let seg = segs.last().unwrap().clone();
+    let r = seg.frames.len();
+    let (a, b) = (seg.frames[r - 3], seg.frames[r - 2]);
+    let cuts = [
+        a.pos,
+        a.pos + 1,
+        a.pos + 7,
+        a.pos + 24,
+        b.pos,
+        b.pos + b.size / 2,
+        seg.end() - 1,
+        seg.end(),
+    ];
+    for (i, &cut) in cuts.iter().enumerate() {
+        for mark in [Mark::Early, Mark::Torn, Mark::AtEnd] {
+            let dir = tmp.path().join(format!("cut{i}-{mark:?}"));
+            copy_dir(&template, &dir);
+            let path = dir.join(seg.path.file_name().unwrap());
+            let mut header = seg.bytes[..HEADER].to_vec();
+            apply_mark(&mut header, &seg, mark);
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(cut as u64).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &header, 0).unwrap();
+            drop(file);
+            let mut seg_here = seg.clone();
+            seg_here.path = path;
+            check_tail_cut(&Disk::Real, &dir, &values, &seg_here, cut, mark);
+        }
+    }
+}
+
+// =============================================================================
+// 2. Garbage after the last frame
+// =============================================================================
+
+#[test]
+fn garbage_after_the_last_frame_is_cut_reported_and_saved() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let seg = segs.last().unwrap().clone();
+    let end = seg.end();
+    assert!(end + 200 <= seg.bytes.len(), "room after the records");
+    let n = values.len() as u64;
+
+    let mut rng = Rng(SEED);
+    let stale = seg.bytes[seg.frames[1].pos..seg.frames[1].end()].to_vec();
+    let mut random = rng.bytes(150);
+    *random.last_mut().unwrap() = 0x77;
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("random bytes", random, false),
+        ("0xFF bytes", vec![0xFF; 150], false),
+        ("a stale valid frame", stale, false),
+        // Past the preallocated capacity: the file grew.
+        ("random bytes past the capacity", rng.bytes(100), true),
+    ];
+    for (what, garbage, past_capacity) in cases {
+        let storage = sim_from(&snapshot);
+        let mut bytes = seg.bytes.clone();
+        let at = if past_capacity { bytes.len() } else { end };
+        if past_capacity {
+            bytes.extend_from_slice(&garbage);
+        } else {
+            bytes[at..at + garbage.len()].copy_from_slice(&garbage);
+        }
+        storage.write_file(&seg.path, &bytes);
+        let disk = Disk::Sim(storage.clone());
+        let log = open_raw(&dir, disk.options(small())).unwrap();
+        assert_holds(&log, &values, what);
+        // The whole region after the last frame is what was cut.
+        assert_cut_reported(&disk, &log, &seg, end, &bytes[end..], what);
+        if what == "a stale valid frame" {
+            assert_eq!(
+                log.recovery_report().damage,
+                Some(CorruptionKind::OffsetMismatch {
+                    expected: n,
+                    found: seg.base + 1
+                }),
+                "{what}"
+            );
+        }
+        if what == "0xFF bytes" {
+            assert_eq!(
+                log.recovery_report().damage,
+                Some(CorruptionKind::Length { len: u32::MAX }),
+                "{what}"
+            );
+        }
+        log.close().unwrap();
+        // The tail is zeroed on disk after the cut.
+        let now = storage.read_file(&seg.path).unwrap();
+        assert!(now[end..].iter().all(|&b| b == 0), "{what}: tail zeroed");
+        assert_appends_continue(&disk, &dir, small(), &values);
+    }
+}
+
+// =============================================================================
+// 3. Random single-bit flips
+// =============================================================================
+
+#[derive(Default, Debug)]
+struct FlipCounts {
+    flips: u64,
+    in_sealed: u64,
+    in_newest: u64,
+    /// Detected exactly at the damaged record, every record before it right.
+    detected: u64,
+    /// Open refused the log with Error::Corrupt.
+    refused_at_open: u64,
+    /// Read the whole log back, every record right (the flip went unseen).
+    intact: u64,
+    /// A wrong record, a silently short read, or an error at the wrong place.
+    wrong: u64,
+    kinds: std::collections::BTreeMap<String, u64>,
+}
+
+#[test]
+fn a_thousand_random_bit_flips_never_yield_a_wrong_record() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 400, 1);
+    let n = values.len() as u64;
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    assert!(segs.len() >= 4);
+    // Every byte of the record areas, sealed and newest.
+    let areas: Vec<(usize, usize)> = segs.iter().map(|s| (HEADER, s.end())).collect();
+    let total: usize = areas.iter().map(|(a, b)| b - a).sum();
+
+    let mut rng = Rng(SEED ^ 0xF11F);
+    let mut counts = FlipCounts::default();
+    let mut failures = Vec::new();
+    const FLIPS: u64 = 1500;
+    for trial in 0..FLIPS {
+        let mut at = rng.below(total as u64) as usize;
+        let mut s = 0;
+        while at >= areas[s].1 - areas[s].0 {
+            at -= areas[s].1 - areas[s].0;
+            s += 1;
+        }
+        let seg = &segs[s];
+        let pos = HEADER + at;
+        let bit = rng.below(8) as u8;
+        let frame = *seg
+            .frames
+            .iter()
+            .find(|f| f.pos <= pos && pos < f.end())
+            .unwrap();
+        let damaged = frame.offset;
+        counts.flips += 1;
+        if s + 1 == segs.len() {
+            counts.in_newest += 1;
+        } else {
+            counts.in_sealed += 1;
+        }
+
+        let storage = sim_from(&snapshot);
+        let mut bytes = seg.bytes.clone();
+        bytes[pos] ^= 1 << bit;
+        storage.write_file(&seg.path, &bytes);
+        let what = format!(
+            "trial {trial}: bit {bit} of byte {pos} of {} (record {damaged})",
+            seg.path.display()
+        );
+        let log = match open_raw(&dir, small().simulated(&storage)) {
+            Ok(log) => log,
+            Err(Error::Corrupt { .. }) => {
+                counts.refused_at_open += 1;
+                continue;
+            }
+            Err(e) => panic!("{what}: open: {e:?}"),
+        };
+        let mut wrong = Vec::new();
+        if log.next_offset() != n {
+            wrong.push(format!("next_offset {} != {n}", log.next_offset()));
+        }
+        let (records, err) = read_until_error(&log);
+        for (i, (offset, value)) in records.iter().enumerate() {
+            if *offset != i as u64 || value != &values[i] {
+                wrong.push(format!("read: wrong record at {i} (offset {offset})"));
+                break;
+            }
+        }
+        match err {
+            None if records.len() as u64 == n => counts.intact += 1,
+            None => wrong.push(format!("read silently ended at {}", records.len())),
+            Some(Error::Corrupt {
+                path,
+                position,
+                offset,
+                kind,
+            }) => {
+                *counts
+                    .kinds
+                    .entry(
+                        format!("{kind:?}")
+                            .split([' ', '{'])
+                            .next()
+                            .unwrap()
+                            .to_owned(),
+                    )
+                    .or_default() += 1;
+                if path == seg.path
+                    && position == frame.pos as u64
+                    && offset == Some(damaged)
+                    && records.len() as u64 == damaged
+                    && is_record_damage(&kind)
+                {
+                    counts.detected += 1;
+                } else {
+                    wrong.push(format!(
+                        "read: Corrupt at {} byte {position} offset {offset:?} {kind:?} after {} records",
+                        path.display(),
+                        records.len()
+                    ));
+                }
+            }
+            Some(e) => wrong.push(format!("read: unexpected error {e:?}")),
+        }
+        // Random reads: the damaged record, its neighbours, and samples.
+        let mut sample: Vec<u64> = (0..12).map(|_| rng.below(n)).collect();
+        sample.extend([damaged, damaged.saturating_sub(1), (damaged + 1).min(n - 1)]);
+        for o in sample {
+            match log.get(o) {
+                Ok(Some(rec)) if rec.offset == o && rec.value == values[o as usize] => {
+                    if o == damaged {
+                        wrong.push(format!("get({o}) returned the damaged record"));
+                    }
+                }
+                Ok(other) => wrong.push(format!("get({o}) = {:?}", other.map(|r| r.offset))),
+                Err(Error::Corrupt { .. }) => {}
+                Err(e) => wrong.push(format!("get({o}): unexpected error {e:?}")),
+            }
+        }
+        match log.verify() {
+            Err(Error::Corrupt { offset, .. }) if offset == Some(damaged) => {}
+            other => wrong.push(format!("verify() = {other:?}")),
+        }
+        if !wrong.is_empty() {
+            counts.wrong += 1;
+            failures.push(format!("{what}: {wrong:?}"));
+        }
+    }
+    eprintln!("bit flips: {counts:?}");
+    assert_eq!(counts.flips, FLIPS);
+    assert!(counts.in_sealed > 0 && counts.in_newest > 0, "{counts:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {FLIPS} flips went wrong; first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert_eq!(counts.wrong, 0);
+    // Every byte of a frame is covered by its CRC: every flip is detected.
+    assert_eq!(
+        counts.detected + counts.refused_at_open,
+        FLIPS,
+        "{counts:?}"
+    );
+}
+
+// =============================================================================
+// 4. A zeroed page in a sealed segment
+// =============================================================================
+
+#[test]
+fn a_zeroed_page_in_a_sealed_segment_is_reported_when_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let options = Options::new()
+        .segment_bytes(16384)
+        .max_record_bytes(512)
+        .index_interval_bytes(256);
+    let values = build(&Disk::Real, &dir, options.clone(), 900, 50);
+    let segs = layout(&Disk::Real, &dir);
+    assert!(segs.len() >= 3, "{}", segs.len());
+    let seg = &segs[0];
+    let page = 4096..8192;
+    assert!(seg.end() > page.end);
+    let mut bytes = seg.bytes.clone();
+    bytes[page.clone()].fill(0);
+    std::fs::write(&seg.path, &bytes).unwrap();
+    let hit: Vec<u64> = seg
+        .frames
+        .iter()
+        .filter(|f| f.pos < page.end && f.end() > page.start)
+        .map(|f| f.offset)
+        .collect();
+    let first_hit = hit[0];
+
+    let log = open_raw(&dir, options).unwrap();
+    assert!(log.recovery_report().is_clean());
+    let (records, err) = read_until_error(&log);
+    assert_run(&records, &values, 0, "read");
+    assert_eq!(records.len() as u64, first_hit);
+    let (path, position, offset, kind) = corrupt(err, "read into the page");
+    assert_eq!(path, seg.path);
+    assert_eq!(position, seg.frame_of(first_hit).pos as u64);
+    assert_eq!(offset, Some(first_hit));
+    assert!(
+        matches!(
+            kind,
+            CorruptionKind::Zeroed
+                | CorruptionKind::SegmentTruncated { .. }
+                | CorruptionKind::Checksum { .. }
+                | CorruptionKind::Length { .. }
+        ),
+        "{kind:?}"
+    );
+    for o in 0..values.len() as u64 {
+        if o < first_hit || o >= seg.next() {
+            assert_get(&log, o, &values);
+        } else if hit.contains(&o) {
+            let (path, ..) = get_corrupt(&log, o);
+            assert_eq!(path, seg.path);
+        } else {
+            // After the page: reachable through the index, or an error.
+            match log.get(o) {
+                Ok(Some(rec)) => assert_eq!(rec.value, values[o as usize]),
+                Err(Error::Corrupt { .. }) => {}
+                other => panic!("get({o}) = {other:?}"),
+            }
+        }
+    }
+    let (records, err) = read_from(&log, Start::Offset(segs[1].base));
+    assert!(err.is_none(), "{err:?}");
+    assert_run(
+        &records,
+        &values,
+        segs[1].base,
+        "read from the next segment",
+    );
+    assert_eq!(records.len() as u64, values.len() as u64 - segs[1].base);
+    assert!(matches!(log.verify(), Err(Error::Corrupt { offset: Some(o), .. }) if o == first_hit));
+}
+
+// =============================================================================
+// 5. A truncated sealed segment
+// =============================================================================
+
+#[test]
+fn a_truncated_sealed_segment_is_reported_never_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, small(), 400, 20);
+    let segs = layout(&Disk::Real, &template);
+    assert!(segs.len() >= 4);
+    let (seg, after) = (&segs[1], &segs[2]);
+    let j = seg.frames.len() / 2;
+    let frame = seg.frames[j];
+    // (length, first offset lost, whether the cut is at a frame boundary)
+    let cases = [
+        (frame.pos, frame.offset, true),
+        (frame.pos + 10, frame.offset, false),
+        (seg.end() - 1, seg.next() - 1, false),
+        (HEADER, seg.base, true),
+        (0, seg.base, true),
+    ];
+    for (i, &(len, lost, boundary)) in cases.iter().enumerate() {
+        let what = format!("sealed segment cut to {len} bytes");
+        let dir = tmp.path().join(format!("case{i}"));
+        copy_dir(&template, &dir);
+        let path = dir.join(seg.path.file_name().unwrap());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len as u64).unwrap();
+        drop(file);
+
+        let log = open_raw(&dir, small()).unwrap();
+        assert_eq!(log.next_offset(), values.len() as u64);
+        let (records, err) = read_until_error(&log);
+        assert_run(&records, &values, 0, &what);
+        assert_eq!(records.len() as u64, lost, "{what}");
+        let (p, _, offset, kind) = corrupt(err, &what);
+        assert_eq!(p, path, "{what}");
+        if len >= HEADER {
+            assert_eq!(offset, Some(lost), "{what}");
+        }
+        if boundary && len >= HEADER {
+            assert_eq!(
+                kind,
+                CorruptionKind::SegmentTruncated {
+                    expected_end: after.base,
+                    found_end: lost
+                },
+                "{what}"
+            );
+        } else {
+            assert!(
+                matches!(
+                    kind,
+                    CorruptionKind::SegmentTruncated { .. } | CorruptionKind::Length { .. }
+                ),
+                "{what}: {kind:?}"
+            );
+        }
+        // Never an offset gap: every lost offset is an error, not None.
+        for o in lost..after.base {
+            let (p, ..) = get_corrupt(&log, o);
+            assert_eq!(p, path, "{what}");
+        }
+        for o in (0..lost).chain(after.base..values.len() as u64) {
+            assert_get(&log, o, &values);
+        }
+        let (records, err) = read_from(&log, Start::Offset(after.base));
+        assert!(err.is_none(), "{what}: {err:?}");
+        assert_eq!(records.len() as u64, values.len() as u64 - after.base);
+        assert!(matches!(log.verify(), Err(Error::Corrupt { .. })), "{what}");
+    }
+}
+
+// =============================================================================
+// 6. Segment header damage
+// =============================================================================
+
+fn header_case(
+    tmp: &Path,
+    template: &Path,
+    name: &str,
+    seg: &Seg,
+    damage: impl FnOnce(&mut Vec<u8>),
+) -> (PathBuf, PathBuf) {
+    let dir = tmp.join(name);
+    copy_dir(template, &dir);
+    let path = dir.join(seg.path.file_name().unwrap());
+    let mut bytes = seg.bytes.clone();
+    damage(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    (dir, path)
+}
+
+/// Opening succeeds, reading reaches `seg` and fails with `want` at
+/// position 0; everything before it is right.
+fn assert_sealed_header_error(dir: &Path, path: &Path, seg: &Seg, values: &[Vec<u8>], want: &str) {
+    let log = open_raw(dir, small()).unwrap();
+    let (records, err) = read_until_error(&log);
+    assert_run(&records, values, 0, want);
+    assert_eq!(records.len() as u64, seg.base, "{want}");
+    match (want, err) {
+        (
+            "version",
+            Some(Error::UnsupportedVersion {
+                path: p,
+                found,
+                supported,
+            }),
+        ) => {
+            assert_eq!((p.as_path(), found, supported), (path, 2, 1));
+        }
+        (_, err) => {
+            let (p, position, _, kind) = corrupt(err, want);
+            assert_eq!(p, path, "{want}");
+            assert_eq!(position, 0, "{want}");
+            assert_eq!(format!("{kind:?}"), want);
+        }
+    }
+    assert!(log.get(seg.base).is_err(), "{want}: get into the segment");
+    assert_get(&log, seg.base - 1, values);
+    assert_get(&log, seg.next(), values);
+}
+
+fn assert_open_refused(dir: &Path, path: &Path, want: &str) {
+    match open_raw(dir, small()) {
+        Err(Error::UnsupportedVersion {
+            path: p,
+            found,
+            supported,
+        }) if want == "version" => {
+            assert_eq!((p.as_path(), found, supported), (path, 2, 1));
+        }
+        Err(e) => {
+            let (p, position, _, kind) = corrupt(Some(e), want);
+            assert_eq!(p, path, "{want}");
+            assert_eq!(position, 0, "{want}");
+            assert_eq!(format!("{kind:?}"), want);
+        }
+        Ok(log) => panic!("{want}: the log opened with next {}", log.next_offset()),
+    }
+}
+
+#[test]
+fn damaged_segment_headers_are_reported_naming_the_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, small(), 400, 20);
+    let segs = layout(&Disk::Real, &template);
+    let (sealed, newest) = (&segs[1], segs.last().unwrap());
+
+    let (dir, path) = header_case(tmp.path(), &template, "sealed-magic", sealed, |b| {
+        b[0] ^= 0xFF
+    });
+    assert_sealed_header_error(&dir, &path, sealed, &values, "BadMagic");
+    let (dir, path) = header_case(tmp.path(), &template, "sealed-crc", sealed, |b| {
+        b[25] ^= 0x10
+    });
+    assert_sealed_header_error(&dir, &path, sealed, &values, "HeaderChecksum");
+    let (dir, path) = header_case(tmp.path(), &template, "sealed-base", sealed, |b| {
+        b[16] ^= 0x01
+    });
+    assert_sealed_header_error(&dir, &path, sealed, &values, "HeaderChecksum");
+    let (dir, path) = header_case(tmp.path(), &template, "sealed-flags", sealed, |b| {
+        b[12] = 1;
+        fix_header_crc(b);
+    });
+    assert_sealed_header_error(&dir, &path, sealed, &values, "BadHeader");
+
+    let (dir, path) = header_case(tmp.path(), &template, "newest-magic", newest, |b| {
+        b[3] ^= 0x01
+    });
+    assert_open_refused(&dir, &path, "BadMagic");
+    let (dir, path) = header_case(tmp.path(), &template, "newest-crc", newest, |b| {
+        b[24] ^= 0x80
+    });
+    assert_open_refused(&dir, &path, "HeaderChecksum");
+    let (dir, path) = header_case(tmp.path(), &template, "newest-base", newest, |b| {
+        b[17] ^= 0x01;
+        fix_header_crc(b);
+    });
+    assert_open_refused(&dir, &path, "BadHeader");
+}
+
+#[test]
+fn an_unfinished_newest_segment_is_removed_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, small(), 400, 20);
+    let segs = layout(&Disk::Real, &template);
+    let newest = segs.last().unwrap();
+    let kept = &values[..newest.base as usize];
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("all zeros at capacity", vec![0; newest.bytes.len()]),
+        ("empty", Vec::new()),
+        ("short", vec![0; 20]),
+        ("a short partial header", newest.bytes[..40].to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let dir = tmp.path().join(what.replace(' ', "-"));
+        copy_dir(&template, &dir);
+        let path = dir.join(newest.path.file_name().unwrap());
+        std::fs::write(&path, &bytes).unwrap();
+        let log = open_raw(&dir, small()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let report = log.recovery_report().clone();
+        assert!(report.removed_files.contains(&path), "{what}: {report:?}");
+        assert_holds(&log, kept, what);
+        log.close().unwrap();
+        assert_appends_continue(&Disk::Real, &dir, small(), kept);
+    }
+}
+
+/// A zeroed header in front of records was first taken for an unfinished
+/// create and the segment deleted with its acknowledged records. The header
+/// is synced before any record is written, so records behind a zeroed
+/// header mean damage: the open is refused and nothing is deleted.
+#[test]
+fn a_zeroed_header_in_front_of_records_is_damage_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    build(&Disk::Real, &template, small(), 400, 20);
+    let segs = layout(&Disk::Real, &template);
+    let newest = segs.last().unwrap();
+    let mut zero_header = newest.bytes.clone();
+    zero_header[..HEADER].fill(0);
+    let dir = tmp.path().join("zeroed-header");
+    copy_dir(&template, &dir);
+    let path = dir.join(newest.path.file_name().unwrap());
+    std::fs::write(&path, &zero_header).unwrap();
+    match open_raw(&dir, small()) {
+        Err(Error::Corrupt {
+            path: p,
+            position: 0,
+            kind: CorruptionKind::Zeroed,
+            ..
+        }) => assert_eq!(p, path),
+        other => panic!("expected Corrupt(Zeroed) naming {path:?}, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        zero_header,
+        "the segment was changed"
+    );
+}
+
+// =============================================================================
+// 7. Newer format versions
+// =============================================================================
+
+#[test]
+fn a_newer_format_version_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, small(), 400, 20);
+    {
+        let log = open_raw(&template, small()).unwrap();
+        log.consumer("shipping").unwrap().commit(7).unwrap();
+        log.close().unwrap();
+    }
+    let segs = layout(&Disk::Real, &template);
+    let v2 = |b: &mut Vec<u8>| {
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        fix_header_crc(b);
+    };
+    let (dir, path) = header_case(tmp.path(), &template, "sealed-v2", &segs[1], v2);
+    assert_sealed_header_error(&dir, &path, &segs[1], &values, "version");
+    let (dir, path) = header_case(tmp.path(), &template, "newest-v2", segs.last().unwrap(), v2);
+    assert_open_refused(&dir, &path, "version");
+
+    let dir = tmp.path().join("meta-v2");
+    copy_dir(&template, &dir);
+    let meta = dir.join("META");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&meta, &bytes).unwrap();
+    assert_open_refused(&dir, &meta, "version");
+
+    let dir = tmp.path().join("consumer-v2");
+    copy_dir(&template, &dir);
+    let file = dir.join("shipping.consumer");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let log = open_raw(&dir, small()).unwrap();
+    match log.consumer("shipping") {
+        Err(Error::UnsupportedVersion {
+            path,
+            found,
+            supported,
+        }) => assert_eq!((path, found, supported), (file, 2, 1)),
+        other => panic!("consumer of version 2: {other:?}"),
+    }
+}
+
+// =============================================================================
+// 8. Index damage
+// =============================================================================
+
+#[derive(Clone, Copy, Debug)]
+enum IndexDamage {
+    Deleted,
+    TruncatedInHeader,
+    TruncatedInEntries,
+    Garbage,
+    NonMonotonic,
+    WrongPosition,
+    MidFramePosition,
+    WrongOffset,
+    UnderstatedTimestamps,
+}
+
+const INDEX_DAMAGE: [IndexDamage; 9] = [
+    IndexDamage::Deleted,
+    IndexDamage::TruncatedInHeader,
+    IndexDamage::TruncatedInEntries,
+    IndexDamage::Garbage,
+    IndexDamage::NonMonotonic,
+    IndexDamage::WrongPosition,
+    IndexDamage::MidFramePosition,
+    IndexDamage::WrongOffset,
+    IndexDamage::UnderstatedTimestamps,
+];
+
+/// Damages the index of `seg` on `disk`; returns whether its header is no
+/// longer valid (so the index must be rebuilt).
+fn damage_index(disk: &Disk, seg: &Seg, damage: IndexDamage, rng: &mut Rng) -> bool {
+    let mut bytes = disk.read(&seg.idx);
+    let entries = index_entries(&bytes).len();
+    assert!(entries >= 4, "{} entries", entries);
+    let set_u32 = |b: &mut Vec<u8>, i: usize, field: usize, v: u32| {
+        let at = 32 + i * 16 + field;
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    };
+    let entry_pos = |b: &[u8], i: usize| u32_at(b, 32 + i * 16 + 4) as usize;
+    match damage {
+        IndexDamage::Deleted => {
+            disk.remove(&seg.idx);
+            return true;
+        }
+        IndexDamage::TruncatedInHeader => {
+            bytes.truncate(20);
+            disk.write(&seg.idx, &bytes);
+            return true;
+        }
+        IndexDamage::TruncatedInEntries => bytes.truncate(32 + 16 + 8),
+        IndexDamage::Garbage => {
+            let garbage = rng.bytes(bytes.len());
+            disk.write(&seg.idx, &garbage);
+            return true;
+        }
+        IndexDamage::NonMonotonic => {
+            let (a, b) = (32 + 16, 32 + 2 * 16);
+            let first: [u8; 16] = bytes[a..a + 16].try_into().unwrap();
+            bytes.copy_within(b..b + 16, a);
+            bytes[b..b + 16].copy_from_slice(&first);
+        }
+        IndexDamage::WrongPosition | IndexDamage::MidFramePosition => {
+            // Every entry but the first points one frame later (or three
+            // bytes into its frame): still monotonic, inside the segment.
+            for i in 1..entries {
+                let pos = entry_pos(&bytes, i);
+                let frame = seg.frames.iter().find(|f| f.pos == pos).unwrap();
+                let new = match damage {
+                    IndexDamage::WrongPosition => frame.end(),
+                    _ => frame.pos + 3,
+                };
+                set_u32(&mut bytes, i, 4, new as u32);
+            }
+        }
+        IndexDamage::WrongOffset => {
+            for i in 1..entries {
+                let rel = u32_at(&bytes, 32 + i * 16);
+                set_u32(&mut bytes, i, 0, rel + 1);
+            }
+        }
+        IndexDamage::UnderstatedTimestamps => {
+            // Each entry claims the timestamp of the record five before
+            // its own: non-decreasing, so it passes the plausibility check.
+            for i in 1..entries {
+                let rel = u32_at(&bytes, 32 + i * 16) as usize;
+                let ts = seg.frames[rel.saturating_sub(5)].ts;
+                let at = 32 + i * 16 + 8;
+                bytes[at..at + 8].copy_from_slice(&ts.to_le_bytes());
+            }
+        }
+    }
+    disk.write(&seg.idx, &bytes);
+    false
+}
+
+/// Every lookup that does not return the right records: get of every
+/// offset, reads from several offsets, and reads from every record's
+/// timestamp (and from just before it). One line per kind of lookup, with
+/// the first wrong answer and how many were wrong.
+fn lookup_failures(log: &RawLog, values: &[Vec<u8>], times: &[u64]) -> Vec<String> {
+    let n = values.len() as u64;
+    let mut failures = Vec::new();
+    let mut note = |kind: &str, count: usize, total: usize, first: Option<String>| {
+        if let Some(first) = first {
+            failures.push(format!("{kind}: {count} of {total} wrong, first: {first}"));
+        }
+    };
+    let (mut count, mut first) = (0, None);
+    for o in 0..n {
+        match log.get(o) {
+            Ok(Some(rec)) if rec.offset == o && rec.value == values[o as usize] => {}
+            other => {
+                count += 1;
+                first.get_or_insert(format!("get({o}) = {other:?}"));
+            }
+        }
+    }
+    note("get", count, n as usize, first);
+    let starts = [0, 1, 37, 97, n / 3, n / 2, n - 37, n - 5, n - 1, n];
+    let (mut count, mut first) = (0, None);
+    for start in starts {
+        let (records, err) = read_from(log, Start::Offset(start));
+        let right = err.is_none()
+            && records.len() as u64 == n - start
+            && records
+                .iter()
+                .enumerate()
+                .all(|(i, (o, v))| *o == start + i as u64 && *v == values[*o as usize]);
+        if !right {
+            count += 1;
+            first.get_or_insert(format!(
+                "read from {start}: {} records, then {err:?}",
+                records.len()
+            ));
+        }
+    }
+    note("read from an offset", count, starts.len(), first);
+    let (mut count, mut first) = (0, None);
+    for (k, &ts) in times.iter().enumerate() {
+        for micros in [ts, ts - 1] {
+            let want = times.iter().position(|&t| t >= micros).unwrap() as u64;
+            let mut cursor = log.read(Start::Timestamp(Timestamp::from_micros(micros)));
+            match cursor.next() {
+                Some(Ok(rec)) if rec.offset == want && rec.value == values[want as usize] => {}
+                other => {
+                    count += 1;
+                    first.get_or_insert(format!(
+                        "read from the time of record {k} ({micros}) must start at {want}, got {:?}",
+                        other.map(|r| r.map(|r| r.offset))
+                    ));
+                }
+            }
+        }
+    }
+    note("read from a time", count, 2 * times.len(), first);
+    failures
+}
+
+#[test]
+fn damaged_indexes_never_change_what_lookups_return() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build_distinct_times(&Disk::Sim(pristine.clone()), &dir, 400);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let times: Vec<u64> = segs
+        .iter()
+        .flat_map(|s| s.frames.iter().map(|f| f.ts))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "distinct timestamps");
+    let mut rng = Rng(SEED ^ 0x1D);
+    let mut failures = Vec::new();
+    for (target, seg) in [("sealed", &segs[1]), ("newest", segs.last().unwrap())] {
+        for damage in INDEX_DAMAGE {
+            let what = format!("{damage:?} index of the {target} segment");
+            let storage = sim_from(&snapshot);
+            let disk = Disk::Sim(storage.clone());
+            let rebuild = damage_index(&disk, seg, damage, &mut rng);
+            let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+            let wrong = lookup_failures(&log, &values, &times);
+            if !wrong.is_empty() {
+                failures.push(format!("{what}:\n    {}", wrong.join("\n    ")));
+                continue;
+            }
+            if target == "sealed" && rebuild {
+                assert_eq!(log.stats().indexes_rebuilt, 1, "{what}");
+                // The rebuilt index is the one the writer wrote.
+                assert_eq!(
+                    index_entries(&storage.read_file(&seg.idx).unwrap()),
+                    index_entries(&seg_idx(&snapshot, seg)),
+                    "{what}: rebuilt entries"
+                );
+            }
+            log.close().unwrap();
+            // And again after a reopen.
+            let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+            assert_holds(&log, &values, &what);
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+fn seg_idx(snapshot: &[(PathBuf, Vec<u8>)], seg: &Seg) -> Vec<u8> {
+    snapshot
+        .iter()
+        .find(|(p, _)| *p == seg.idx)
+        .map(|(_, b)| b.clone())
+        .unwrap()
+}
+
+/// FORMAT.md: "a missing or damaged index | rebuilt from the segment (on
+/// open for the newest segment, ...)", and `RecoveryReport::rebuilt_indexes`
+/// lists "Indexes rebuilt from their segments because they were missing or
+/// damaged".
+#[test]
+fn a_missing_newest_index_is_rebuilt_at_open_and_reported() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 400, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let newest = segs.last().unwrap();
+    let mut failures = Vec::new();
+    for damage in [
+        IndexDamage::Deleted,
+        IndexDamage::TruncatedInHeader,
+        IndexDamage::Garbage,
+    ] {
+        let storage = sim_from(&snapshot);
+        assert!(damage_index(
+            &Disk::Sim(storage.clone()),
+            newest,
+            damage,
+            &mut Rng(3)
+        ));
+        let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+        assert_holds(&log, &values, "newest index damaged");
+        let report = log.recovery_report();
+        if !report.rebuilt_indexes.contains(&newest.idx) {
+            failures.push(format!(
+                "{damage:?}: recovery_report().rebuilt_indexes = {:?}",
+                report.rebuilt_indexes
+            ));
+        }
+        let rebuilt = index_entries(&storage.read_file(&newest.idx).unwrap());
+        let original = index_entries(&seg_idx(&snapshot, newest));
+        if rebuilt != original {
+            failures.push(format!(
+                "{damage:?}: the newest index holds {} entries after open, the writer wrote {}",
+                rebuilt.len(),
+                original.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+// =============================================================================
+// 9. Stray files
+// =============================================================================
+
+#[test]
+fn stray_files_are_tidied_or_left_alone() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let mut rng = Rng(SEED ^ 0x5);
+
+    let storage = sim_from(&snapshot);
+    let foreign = [
+        (dir.join("foo.txt"), b"hello".to_vec()),
+        (dir.join(".DS_Store"), rng.bytes(300)),
+    ];
+    let removed = [
+        (dir.join("junk.tmp"), rng.bytes(10)),
+        (dir.join("00000000000000000123.idx.tmp"), rng.bytes(50)),
+        (dir.join("00000000000000777777.idx"), rng.bytes(64)),
+    ];
+    for (path, bytes) in foreign.iter().chain(&removed) {
+        storage.write_file(path, bytes);
+    }
+    let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+    assert_holds(&log, &values, "with stray files");
+    let reported: BTreeSet<PathBuf> = log
+        .recovery_report()
+        .removed_files
+        .iter()
+        .cloned()
+        .collect();
+    let want: BTreeSet<PathBuf> = removed.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(reported, want);
+    assert!(log.recovery_report().truncated_segment.is_none());
+    for (path, bytes) in &foreign {
+        assert_eq!(
+            storage.read_file(path).as_ref(),
+            Some(bytes),
+            "{}",
+            path.display()
+        );
+    }
+    for (path, _) in &removed {
+        assert!(storage.read_file(path).is_none(), "{}", path.display());
+    }
+    log.close().unwrap();
+    assert_appends_continue(&Disk::Sim(storage), &dir, small(), &values);
+}
+
+#[test]
+fn a_file_named_like_a_segment_is_refused_or_removed() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let mut rng = Rng(SEED ^ 0x99);
+
+    // Newest by name, random bytes: refused at open, naming it.
+    let stray = dir.join("00000000000000099999.seg");
+    let storage = sim_from(&snapshot);
+    storage.write_file(&stray, &rng.bytes(4096));
+    match open_raw(&dir, small().simulated(&storage)) {
+        Err(Error::Corrupt {
+            path,
+            position,
+            kind,
+            ..
+        }) => {
+            assert_eq!(path, stray);
+            assert_eq!(position, 0);
+            assert_eq!(kind, CorruptionKind::BadMagic);
+        }
+        other => panic!(
+            "random segment-named file: {:?}",
+            other.map(|l| l.next_offset())
+        ),
+    }
+
+    // Newest by name, all zeros: an unfinished create, removed.
+    let storage = sim_from(&snapshot);
+    storage.write_file(&stray, &[0; 4096]);
+    let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+    assert_eq!(log.recovery_report().removed_files, vec![stray.clone()]);
+    assert_holds(&log, &values, "zeroed segment-named file");
+    log.close().unwrap();
+    assert!(storage.read_file(&stray).is_none());
+    assert_appends_continue(&Disk::Sim(storage), &dir, small(), &values);
+
+    // Inside the log's range, random bytes: reading reaches it and fails.
+    let inside = segs[1].base + 5;
+    let stray = dir.join(format!("{inside:020}.seg"));
+    let storage = sim_from(&snapshot);
+    storage.write_file(&stray, &rng.bytes(4096));
+    let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+    let (records, err) = read_until_error(&log);
+    assert_run(&records, &values, 0, "stray inside");
+    assert_eq!(records.len() as u64, inside);
+    let (path, _, _, kind) = corrupt(err, "stray inside");
+    assert_eq!((path, kind), (stray, CorruptionKind::BadMagic));
+    assert!(matches!(log.get(inside), Err(Error::Corrupt { .. })));
+}
+
+// =============================================================================
+// 10. Consumer files
+// =============================================================================
+
+#[test]
+fn a_damaged_consumer_slot_falls_back_to_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    build(&Disk::Real, &template, small(), 50, 50);
+    {
+        let log = open_raw(&template, small()).unwrap();
+        let shipping = log.consumer("shipping").unwrap();
+        shipping.commit(10).unwrap(); // generation 1, slot B
+        shipping.commit(20).unwrap(); // generation 2, slot A
+        log.close().unwrap();
+    }
+    let (slot_a, slot_b) = (16, 40);
+    let cases: [(&str, Vec<usize>, Option<u64>); 4] = [
+        ("newest slot damaged", vec![slot_a + 9], Some(10)),
+        ("older slot damaged", vec![slot_b + 9], Some(20)),
+        ("newest slot's CRC damaged", vec![slot_a + 17], Some(10)),
+        ("both slots damaged", vec![slot_a + 9, slot_b + 2], None),
+    ];
+    for (what, flips, want) in cases {
+        let dir = tmp.path().join(what.replace(' ', "-").replace('\'', ""));
+        copy_dir(&template, &dir);
+        let file = dir.join("shipping.consumer");
+        let mut bytes = std::fs::read(&file).unwrap();
+        for at in flips {
+            bytes[at] ^= 0x04;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let log = open_raw(&dir, small()).unwrap();
+        match (want, log.consumer("shipping")) {
+            (Some(position), Ok(consumer)) => {
+                assert_eq!(consumer.position(), position, "{what}");
+                consumer.commit(30).unwrap();
+                drop(consumer);
+                log.close().unwrap();
+                let log = open_raw(&dir, small()).unwrap();
+                assert_eq!(log.consumer("shipping").unwrap().position(), 30, "{what}");
+            }
+            (None, Err(Error::Corrupt { path, .. })) => assert_eq!(path, file, "{what}"),
+            (want, other) => panic!(
+                "{what}: want {want:?}, got {:?}",
+                other.map(|c| c.position())
+            ),
+        }
+    }
+    // A consumer file cut short keeps slot A.
+    let dir = tmp.path().join("short");
+    copy_dir(&template, &dir);
+    let file = dir.join("shipping.consumer");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..slot_b]).unwrap();
+    let log = open_raw(&dir, small()).unwrap();
+    assert_eq!(log.consumer("shipping").unwrap().position(), 20);
+}
+
+// =============================================================================
+// 11. Salvage mode
+// =============================================================================
+
+#[test]
+fn salvage_mode_cuts_the_log_at_the_first_damaged_record() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 400, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    assert!(segs.len() >= 4);
+    let salvage = || small().recovery(RecoveryMode::TruncateAtFirstCorruption);
+
+    for (what, s) in [
+        ("a sealed segment", 1),
+        ("the newest segment", segs.len() - 1),
+    ] {
+        let seg = &segs[s];
+        let frame = seg.frames[seg.frames.len() / 2];
+        let storage = sim_from(&snapshot);
+        let mut bytes = seg.bytes.clone();
+        bytes[frame.pos + 30] ^= 0x20; // in the payload
+        storage.write_file(&seg.path, &bytes);
+        let disk = Disk::Sim(storage.clone());
+
+        // Strict: opens, and reading reports the damage.
+        let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+        let (p, _, offset, _) = corrupt(read_until_error(&log).1, what);
+        assert_eq!((p, offset), (seg.path.clone(), Some(frame.offset)));
+        drop(log);
+
+        let log = open_raw(&dir, salvage().simulated(&storage)).unwrap();
+        let kept = &values[..frame.offset as usize];
+        assert_holds(&log, kept, what);
+        let report = log.recovery_report().clone();
+        let mut want_removed = Vec::new();
+        for later in segs[s + 1..].iter().rev() {
+            want_removed.push(later.path.clone());
+            want_removed.push(later.idx.clone());
+        }
+        assert_eq!(report.removed_files, want_removed, "{what}");
+        assert!(
+            matches!(report.damage, Some(CorruptionKind::Checksum { .. })),
+            "{what}: {report:?}"
+        );
+        assert_cut_reported(&disk, &log, seg, frame.pos, &bytes[frame.pos..], what);
+        for later in &segs[s + 1..] {
+            assert!(
+                !disk.exists(&later.path),
+                "{what}: {}",
+                later.path.display()
+            );
+        }
+        log.close().unwrap();
+        assert_appends_continue(&disk, &dir, salvage(), kept);
+        // And a strict open agrees.
+        let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+        assert!(log.recovery_report().is_clean());
+        assert_eq!(log.next_offset(), frame.offset + 1);
+    }
+}
