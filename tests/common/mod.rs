@@ -62,3 +62,210 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+// ---- helpers of the crash, process and concurrency tests -----------------
+
+/// A 64-bit mix (splitmix64's finalizer): a deterministic hash of `x`.
+pub fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The payload a writer appends as its record number `seq`: `seq` as 8
+/// little-endian bytes, then `0..=max_extra` bytes derived from a hash of
+/// `seq`. A verifier recomputes it from the first 8 bytes of what it reads.
+pub fn seq_payload(seq: u64, max_extra: u64) -> Vec<u8> {
+    let mut x = mix64(seq ^ 0x5EED_BAC4_B0E0_0001) | 1;
+    let extra = x % (max_extra + 1);
+    let mut out = Vec::with_capacity(8 + extra as usize);
+    out.extend_from_slice(&seq.to_le_bytes());
+    for _ in 0..extra {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push((x >> 24) as u8);
+    }
+    out
+}
+
+/// The writer sequence number at the start of a [`seq_payload`].
+pub fn seq_of(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
+/// A small deterministic generator for workloads (xorshift64*).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(mix64(seed) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..hi` (`hi > lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// True with probability `1 / n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.next_u64() % n == 0
+    }
+}
+
+/// A copy of this test binary running one test as a child process (the
+/// self-exec trick: no extra binary to build). The child test reads its
+/// instructions from the environment variables given, and does nothing
+/// when they are absent. It speaks to the parent in stdout lines.
+pub struct ChildProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<()>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl ChildProcess {
+    /// Runs the test `test_name` of this binary in a child process with
+    /// the extra environment `env`.
+    pub fn spawn(test_name: &str, env: &[(&str, std::ffi::OsString)]) -> ChildProcess {
+        use std::io::{BufRead, Read};
+        use std::process::{Command, Stdio};
+
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut command = Command::new(exe);
+        command
+            .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn the child test process");
+        let out = child.stdout.take().expect("piped stdout");
+        let mut err = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Drain both pipes continuously, so the child never blocks on a
+        // full pipe (which would change what it is doing when killed).
+        let stdout = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        ChildProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits up to `timeout` for a stdout line starting with `prefix` and
+    /// returns it; `None` on timeout or if the child closed its stdout.
+    pub fn wait_for_line(
+        &mut self,
+        prefix: &str,
+        timeout: std::time::Duration,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the child with SIGKILL (if it still runs), waits for it, and
+    /// returns how it ended with every stdout line it wrote and its stderr.
+    pub fn kill(mut self) -> ChildOutput {
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait for the child");
+        if let Some(stdout) = self.stdout.take() {
+            stdout.join().expect("stdout reader");
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().expect("stderr reader"))
+            .unwrap_or_default();
+        let mut lines = std::mem::take(&mut self.seen);
+        lines.extend(self.lines.try_iter());
+        ChildOutput {
+            status,
+            lines,
+            stderr,
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        // A failing parent must not leave its child running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a killed child left: its exit status, stdout lines and stderr.
+#[derive(Debug)]
+pub struct ChildOutput {
+    pub status: std::process::ExitStatus,
+    pub lines: Vec<String>,
+    pub stderr: String,
+}
+
+impl ChildOutput {
+    /// Whether the child died of SIGKILL (and so did not exit by itself).
+    #[cfg(unix)]
+    pub fn was_killed(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.signal() == Some(9)
+    }
+}
+
+/// Writes one line to stdout and flushes it, for a child process talking
+/// to its parent. A parent that went away ends the child.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(line).is_err() || out.write_all(b"\n").is_err() || out.flush().is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// The `p`-th percentile (0..=100) of sorted `values`.
+pub fn percentile<T: Copy>(sorted: &[T], p: usize) -> T {
+    let i = (sorted.len() * p / 100).min(sorted.len() - 1);
+    sorted[i]
+}
