@@ -20,6 +20,7 @@ use crate::log::{EventLog, Start};
 use crate::name;
 use crate::recovery;
 use crate::storage::{File, OpenMode};
+use crate::subscribe::ConsumerSubscription;
 
 /// A durable, named read position in a log, from [`EventLog::consumer`].
 ///
@@ -171,6 +172,19 @@ impl<T, C: Codec<T>> Consumer<T, C> {
         inner.generation = generation;
         inner.position = position;
         Ok(())
+    }
+
+    /// A live subscription from the committed position: after a restart,
+    /// the consumer resumes with the first record it had not committed.
+    ///
+    /// # Errors
+    ///
+    /// As [`EventLog::subscribe`].
+    pub fn subscribe(&self) -> Result<ConsumerSubscription<T, C>>
+    where
+        T: Send + 'static,
+    {
+        crate::subscribe::subscribe_consumer(self)
     }
 
     /// Reads the log from the committed position to its current end.

@@ -116,6 +116,24 @@ impl RawCursor {
         cursor
     }
 
+    /// A cursor for a subscription: like [`RawCursor::new`], except that a
+    /// start past the end waits there instead of being clamped, and the end
+    /// moves with [`extend_to`](RawCursor::extend_to).
+    pub(crate) fn subscription(engine: &Engine, start: Start) -> RawCursor {
+        let mut cursor = RawCursor::new(engine, start);
+        if let Start::Offset(offset) = start {
+            if offset > cursor.next {
+                cursor.next = offset;
+            }
+        }
+        cursor
+    }
+
+    /// Lets the cursor read up to `end`.
+    pub(crate) fn extend_to(&mut self, end: u64) {
+        self.end = self.end.max(end);
+    }
+
     /// The next frame, handed to `f`.
     pub(crate) fn next_frame<R>(
         &mut self,

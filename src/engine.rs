@@ -20,7 +20,7 @@ use std::mem;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
@@ -37,6 +37,7 @@ use crate::recovery::{self, RecoveryReport};
 use crate::retention;
 use crate::segment::{IndexBuilder, ReadFrame, Segment, SegmentConfig};
 use crate::storage::DirLock;
+use crate::subscribe::{Hub, Task};
 use crate::time::now_micros;
 
 const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
@@ -68,6 +69,7 @@ pub(crate) struct Engine {
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     indexes_rebuilt: AtomicU64,
     pub(crate) consumers: Mutex<HashMap<String, Weak<ConsumerState>>>,
+    hub: OnceLock<Hub>,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +215,7 @@ impl Engine {
             syncer: Mutex::new(None),
             indexes_rebuilt: AtomicU64::new(0),
             consumers: Mutex::new(HashMap::new()),
+            hub: OnceLock::new(),
             options,
         });
         if !engine.options.read_only {
@@ -326,6 +329,10 @@ impl Engine {
             Durability::Buffered => {
                 if w.buf.len() >= self.options.buffer_bytes {
                     self.commit(&mut w, end, false)?;
+                } else {
+                    // Live subscribers see buffered appends: the delivery
+                    // thread flushes them when it wakes.
+                    self.wake_subscribers();
                 }
                 Ok(())
             }
@@ -469,6 +476,7 @@ impl Engine {
                     self.durable.store(end, Ordering::Release);
                 }
                 self.next.store(end, Ordering::Release);
+                self.wake_subscribers();
             }
             Err((op, e)) => self.poison(w, op, &segment.path, e),
         }
@@ -585,6 +593,7 @@ impl Engine {
         w.durable = seal_next;
         self.durable.store(seal_next, Ordering::Release);
         self.next.store(seal_next, Ordering::Release);
+        self.wake_subscribers();
 
         let storage = &self.options.storage;
         let new = Segment::create(
@@ -672,6 +681,7 @@ impl Engine {
     pub(crate) fn close(&self) -> Result<()> {
         if self.options.read_only {
             self.shutdown.store(true, Ordering::Release);
+            self.wake_subscribers();
             return Ok(());
         }
         let mut w = self.writer.lock();
@@ -696,7 +706,7 @@ impl Engine {
         w.closed = true;
         self.io_done.notify_all();
         drop(w);
-        self.stop_syncer();
+        self.release();
         *self.lock.lock() = None;
         result.map_err(|e| Error::io("fdatasync", &active.path, e))
     }
@@ -719,6 +729,46 @@ impl Engine {
     /// in the caller's thread, before a reopen can race with them.
     pub(crate) fn release(&self) {
         self.stop_syncer();
+        self.wake_subscribers();
+        if let Some(hub) = self.hub.get() {
+            hub.join();
+        }
+    }
+
+    // ---- subscriptions -----------------------------------------------------
+
+    pub(crate) fn hub(&self) -> &Hub {
+        self.hub.get_or_init(Hub::default)
+    }
+
+    pub(crate) fn add_subscriber(self: &Arc<Self>, task: Box<dyn Task>) -> Result<()> {
+        self.hub().add(self, task)
+    }
+
+    /// Tells the delivery thread that records were published (cheap when
+    /// there is no subscription: one atomic load).
+    #[inline]
+    pub(crate) fn wake_subscribers(&self) {
+        if let Some(hub) = self.hub.get() {
+            hub.wake();
+        }
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// The end the delivery thread delivers up to: flushes `Buffered`
+    /// appends and picks up another process's appends when following.
+    pub(crate) fn subscription_end(&self) -> Result<u64> {
+        if self.is_shut_down() {
+            return Ok(self.published_end());
+        }
+        self.readable_end()
+    }
+
+    pub(crate) fn published_end(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
     }
 
     // ---- reading ----------------------------------------------------------
@@ -1050,6 +1100,7 @@ impl Drop for Engine {
         if let Some(handle) = self.syncer.get_mut().take() {
             handle.thread().unpark();
         }
+        self.wake_subscribers();
         if self.options.read_only {
             return;
         }

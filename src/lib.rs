@@ -98,6 +98,7 @@ mod options;
 mod recovery;
 mod retention;
 mod segment;
+mod subscribe;
 // The one place with `unsafe`: mapping files (see `storage::os`).
 #[allow(unsafe_code)]
 mod storage;
@@ -115,6 +116,7 @@ pub use error::{CorruptionKind, Error, Result};
 pub use log::{EventLog, Record, Start};
 pub use options::{Durability, Options, RecoveryMode};
 pub use recovery::RecoveryReport;
+pub use subscribe::{ConsumerSubscription, Iter, SubscribeOptions, Subscription};
 pub use time::Timestamp;
 
 /// The crash-simulating, fault-injecting storage this crate's tests run

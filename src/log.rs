@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{Frame, Meta};
 use crate::options::Options;
 use crate::recovery::RecoveryReport;
+use crate::subscribe::{SubscribeOptions, Subscription};
 use crate::time::Timestamp;
 
 /// A durable, typed, append-only log of events of type `T`, stored in one
@@ -240,6 +241,45 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// segment removed by retention under it is read to its end safely.
     pub fn read(&self, start: Start) -> Cursor<T, C> {
         Cursor::new(self.clone(), start)
+    }
+
+    /// A live subscription from `start`: every record from there on,
+    /// history first, then each new record as it is appended, exactly once
+    /// and in order. See [`Subscription`].
+    ///
+    /// ```
+    /// use backbone::{EventLog, Start};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let log: EventLog<String> = EventLog::open(dir.path())?;
+    /// log.append(&"before".to_string())?;
+    /// let sub = log.subscribe(Start::Beginning)?;
+    /// log.append(&"after".to_string())?;
+    /// assert_eq!(sub.recv()?.value, "before");
+    /// assert_eq!(sub.recv()?.value, "after");
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the delivery thread cannot be started. Errors met
+    /// while reading arrive through the subscription.
+    pub fn subscribe(&self, start: Start) -> Result<Subscription<T>>
+    where
+        T: Send + 'static,
+    {
+        self.subscribe_with(SubscribeOptions::new(start))
+    }
+
+    /// A live subscription with a start, a channel capacity and a filter.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](EventLog::subscribe).
+    pub fn subscribe_with(&self, options: SubscribeOptions<T>) -> Result<Subscription<T>>
+    where
+        T: Send + 'static,
+    {
+        crate::subscribe::subscribe(self, options)
     }
 
     /// Makes every record appended so far durable, whatever the
