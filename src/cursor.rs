@@ -195,7 +195,7 @@ impl RawCursor {
                     }
                 }
                 Some((segment, pos)) => {
-                    let ReadFrame::Record { value, next_pos } = segment.read(*pos, self.next, f)?;
+                    let ReadFrame { value, next_pos } = segment.read(*pos, self.next, f)?;
                     self.at = Some((segment.clone(), next_pos));
                     self.next += 1;
                     return Ok(value);

@@ -35,7 +35,7 @@ use crate::format::{
 use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryReport};
 use crate::retention;
-use crate::segment::{IndexBuilder, ReadFrame, Segment, SegmentConfig};
+use crate::segment::{IndexBuilder, Segment, SegmentConfig};
 use crate::storage::DirLock;
 use crate::subscribe::{Hub, Task};
 use crate::time::now_micros;
@@ -879,9 +879,7 @@ impl Engine {
             return Ok(None);
         }
         let pos = segment.locate(offset)?;
-        match segment.read(pos, offset, f)? {
-            ReadFrame::Record { value, .. } => Ok(Some(value)),
-        }
+        Ok(Some(segment.read(pos, offset, f)?.value))
     }
 
     /// The offset of the first record with a timestamp of at least `micros`

@@ -42,10 +42,11 @@ pub(crate) struct Segment {
     max_payload: u32,
 }
 
-/// Where one read ended.
-pub(crate) enum ReadFrame<R> {
-    /// The record at the requested offset, and where the next one starts.
-    Record { value: R, next_pos: u64 },
+/// What one read found: the value made of the record at the requested
+/// offset, and where the next record starts.
+pub(crate) struct ReadFrame<R> {
+    pub(crate) value: R,
+    pub(crate) next_pos: u64,
 }
 
 /// Decides which records get an index entry: the first of a segment, and
@@ -310,7 +311,7 @@ impl Segment {
         let bytes = self.map.bytes();
         let region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
         match decode_frame(region, self.max_payload) {
-            Scan::Frame(frame) if frame.offset == offset => Ok(ReadFrame::Record {
+            Scan::Frame(frame) if frame.offset == offset => Ok(ReadFrame {
                 value: f(&frame),
                 next_pos: pos + frame.len as u64,
             }),
@@ -357,21 +358,22 @@ impl Segment {
                 u64::from(entry.pos),
                 self.base + u64::from(entry.rel_offset),
             );
-            // The index is a cache: trust where it leads only if the frame
-            // found there is whole and holds the offset asked for.
+            // The index is a cache: the walk checks every frame's length and
+            // offset from the entry to the target, and the read checks the
+            // target's CRC.
             if let Ok(pos) = self.walk(start, offset) {
-                if self.frame_at(pos).is_some_and(|f| f.offset == offset) {
-                    return Ok(pos);
-                }
+                return Ok(pos);
             }
         }
         // No usable index entry: walk from the first record. A failure here
         // is real damage, reported by reading the record where it stops.
         match self.walk((HEADER, self.base), offset) {
             Ok(pos) => Ok(pos),
-            Err((pos, at)) => match self.read(pos, at, |_| ())? {
-                ReadFrame::Record { .. } => Err(self.corrupt(pos, at, CorruptionKind::BadHeader)),
-            },
+            Err((pos, at)) => {
+                // The read reports the damage the walk stopped at.
+                self.read(pos, at, |_| ())?;
+                Err(self.corrupt(pos, at, CorruptionKind::BadHeader))
+            }
         }
     }
 
@@ -435,7 +437,7 @@ impl Segment {
             }
         }
         while offset < next {
-            let ReadFrame::Record {
+            let ReadFrame {
                 value: ts,
                 next_pos,
             } = self.read(pos, offset, |frame| frame.timestamp)?;
@@ -453,9 +455,9 @@ impl Segment {
         if self.next() <= self.base {
             return Ok(None);
         }
-        match self.read(HEADER, self.base, |frame| frame.timestamp)? {
-            ReadFrame::Record { value, .. } => Ok(Some(value)),
-        }
+        Ok(Some(
+            self.read(HEADER, self.base, |frame| frame.timestamp)?.value,
+        ))
     }
 
     /// Scans the published records from the start, to verify every one.
