@@ -48,6 +48,9 @@
 //!   beginning, an offset, a time, or the end.
 //! - **Consumer**: [`EventLog::consumer`] is a durable, named position, so
 //!   a service resumes where it left off.
+//! - **Subscription**: [`EventLog::subscribe`] delivers history and then
+//!   every new record, live, over a bounded channel; many subscriptions
+//!   share one delivery thread per log.
 //!
 //! # Guarantees
 //!
@@ -76,6 +79,7 @@
 //!
 //! - `bincode`: the [`Bincode`] codec (bincode 2.0.1, serde API).
 //! - `json`: the [`Json`] codec.
+//! - `async`: [`Subscription`] is also a `futures_core::Stream`.
 //! - `sim`: test-only; the crash-simulating storage used by this crate's
 //!   own tests. Never enable it in production.
 //!

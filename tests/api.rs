@@ -517,3 +517,44 @@ fn invalid_options_are_refused_before_touching_disk() {
     assert!(!path.exists());
     let _ = Raw;
 }
+
+/// Opening reads the directory listing and the newest segment's tail only:
+/// after a clean close nothing is scanned and no sealed segment is opened,
+/// however long the log.
+#[test]
+fn opening_does_not_read_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::new()
+            .segment_bytes(64 << 10)
+            .durability(Durability::Buffered)
+    };
+    let log = open_raw(dir.path(), options()).unwrap();
+    for i in 0..40_000 {
+        log.append(&payload(5, i)).unwrap();
+    }
+    log.close().unwrap();
+    let segments = segment_files(dir.path()).len();
+    assert!(segments > 20, "{segments} segments");
+    let log = open_raw(dir.path(), options()).unwrap();
+    let report = log.recovery_report();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.scanned_bytes, 0);
+    assert_eq!(log.stats().open_segments, 0, "a sealed segment was opened");
+    assert_eq!(log.next_offset(), 40_000);
+    // Without a clean close (the handle is dropped, so no final watermark),
+    // recovery scans what was written since the watermark: at most the
+    // newest segment.
+    for i in 40_000..41_000 {
+        log.append(&payload(5, i)).unwrap();
+    }
+    drop(log);
+    let log = open_raw(dir.path(), options()).unwrap();
+    let scanned = log.recovery_report().scanned_bytes;
+    assert!(
+        scanned > 0 && scanned <= 64 << 10,
+        "scanned {scanned} bytes"
+    );
+    assert_eq!(log.stats().open_segments, 0);
+    assert_eq!(log.get(40_999).unwrap().unwrap().value, payload(5, 40_999));
+}
