@@ -529,6 +529,17 @@ impl Hub {
     pub(crate) fn wake(&self) {
         if let Some(thread) = self.thread.get() {
             thread.unpark();
+            return;
+        }
+        // The first subscription is starting the thread: `add` holds this
+        // lock until the thread is registered, so an append published
+        // meanwhile either wakes it here or was published before the thread
+        // took its first look. (Found by the loom model in
+        // tests/loom_handover.rs: without this, such a record waited for
+        // the idle timeout.)
+        let _registering = self.handle.lock();
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
         }
     }
 }
