@@ -5,7 +5,8 @@
 //! State accumulates across kills: every child continues the same log.
 //!
 //! `BACKBONE_CRASH_KILLS` sets the number of kills of the `EveryAppend`
-//! campaign (default 200; the `Interval` campaign runs a quarter of it).
+//! campaign (default 1,000, the CI tier; the `Interval` campaign runs a
+//! quarter of it).
 //!
 //! The child (`child_crash_writer`) is this test binary run again with
 //! `--exact child_crash_writer` and `BACKBONE_CRASH_DIR` set; it prints:
@@ -398,7 +399,7 @@ fn verify(dir: &Path, mode: Mode, kill: usize, c: &mut Campaign, tail: &str) {
 /// consumer commits, not only in plain appends.
 #[test]
 fn sigkill_loses_no_acknowledged_append_every_append() {
-    let kills = kills_from_env(200);
+    let kills = kills_from_env(1000);
     let c = campaign(Mode::EveryAppend, kills, 0xC0FFEE);
     assert_eq!(c.mispredictions, 0, "the child's phase labels are wrong");
     let needed = kills * 3 / 200;
@@ -418,7 +419,7 @@ fn sigkill_loses_no_acknowledged_append_every_append() {
 /// the operating system, so a process crash loses none of them.
 #[test]
 fn sigkill_loses_no_returned_append_interval() {
-    let kills = (kills_from_env(200) / 4).max(1);
+    let kills = (kills_from_env(1000) / 4).max(1);
     let c = campaign(Mode::Interval, kills, 0xBADC0DE);
     assert_eq!(c.mispredictions, 0, "the child's phase labels are wrong");
     assert!(c.acked_records > 0, "no append was ever acknowledged");
