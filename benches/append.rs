@@ -1,105 +1,100 @@
-//! Append and replay throughput of the typed log, per durability mode.
-//! The comparison with other engines and the machine's limits lives in the
-//! `compare` bench (a later issue); these are the crate's own regressions.
+//! Append throughput of the typed log: single events and batches of 256,
+//! each durability mode, from 1 and from 4 appending threads. With
+//! `EveryAppend` and 4 threads the figure shows group commit: concurrent
+//! appenders share one `fdatasync`. The comparison with other engines and
+//! the machine's limits is the `compare` workspace member.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use serde::{Deserialize, Serialize};
+mod common;
 
-use backbone::{Durability, EventLog, Options, Start};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct Checkout {
-    order_id: u64,
-    customer_id: u64,
-    sku: String,
-    qty: u32,
-    price_cents: u64,
-    ts_micros: u64,
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use backbone::{Durability, EventLog};
+use common::{checkout, open, quick, Checkout};
+
+const BATCH: usize = 256;
+
+fn modes() -> [(&'static str, Durability); 3] {
+    [
+        ("buffered", Durability::Buffered),
+        ("interval", Durability::Interval(Duration::from_millis(10))),
+        ("every_append", Durability::EveryAppend),
+    ]
 }
 
-fn checkout(i: u64) -> Checkout {
-    Checkout {
-        order_id: i,
-        customer_id: i % 9973,
-        sku: format!("SKU-{:08}", i % 5000),
-        qty: (i % 7) as u32 + 1,
-        price_cents: 199 + i % 10_000,
-        ts_micros: 1_700_000_000_000_000 + i,
+/// `iters` appends (or batches) spread over `threads` threads, timed from
+/// a common start to the last thread's end.
+fn concurrent(log: &EventLog<Checkout>, threads: usize, iters: u64, batch: bool) -> Duration {
+    let per_thread = iters.div_ceil(threads as u64);
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let events: Vec<Checkout> = (0..BATCH as u64)
+                    .map(|i| checkout(t as u64 * 1_000_000 + i))
+                    .collect();
+                barrier.wait();
+                for i in 0..per_thread {
+                    if batch {
+                        log.append_batch(&events).unwrap();
+                    } else {
+                        log.append(&events[i as usize % BATCH]).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
     }
-}
-
-fn open(dir: &std::path::Path, durability: Durability) -> EventLog<Checkout> {
-    Options::new()
-        .durability(durability)
-        .open(dir)
-        .expect("open bench log")
+    // Per requested iteration, whatever the rounding up.
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per_thread * threads as u64) as f64)
 }
 
 fn append(c: &mut Criterion) {
-    let mut group = c.benchmark_group("append");
-    group.throughput(Throughput::Elements(1));
-    let events: Vec<Checkout> = (0..256).map(checkout).collect();
-    for (name, durability) in [
-        ("single/buffered", Durability::Buffered),
-        (
-            "single/interval",
-            Durability::Interval(std::time::Duration::from_millis(10)),
-        ),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), durability);
-        let mut i = 0;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                i += 1;
-                log.append(&events[i % events.len()]).unwrap()
-            })
-        });
+    let events: Vec<Checkout> = (0..BATCH as u64).map(checkout).collect();
+    for threads in [1usize, 4] {
+        let mut group = c.benchmark_group(format!("append/{threads}t"));
+        for (mode, durability) in modes() {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path(), durability);
+            group.throughput(Throughput::Elements(1));
+            group.bench_function(format!("single/{mode}"), |b| {
+                if threads == 1 {
+                    let mut i = 0;
+                    b.iter(|| {
+                        i += 1;
+                        log.append(&events[i % BATCH]).unwrap()
+                    })
+                } else {
+                    b.iter_custom(|iters| concurrent(&log, threads, iters, false))
+                }
+            });
+            group.throughput(Throughput::Elements(BATCH as u64));
+            group.bench_function(format!("batch256/{mode}"), |b| {
+                if threads == 1 {
+                    b.iter(|| log.append_batch(&events).unwrap())
+                } else {
+                    b.iter_custom(|iters| concurrent(&log, threads, iters, true))
+                }
+            });
+            log.close().unwrap();
+        }
+        group.finish();
     }
-    group.throughput(Throughput::Elements(events.len() as u64));
-    for (name, durability) in [
-        ("batch256/buffered", Durability::Buffered),
-        ("batch256/every_append", Durability::EveryAppend),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), durability);
-        group.bench_function(name, |b| b.iter(|| log.append_batch(&events).unwrap()));
-    }
-    group.finish();
 }
 
-fn replay(c: &mut Criterion) {
-    const N: u64 = 100_000;
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), Durability::Buffered);
-    let events: Vec<Checkout> = (0..N).map(checkout).collect();
-    for chunk in events.chunks(1024) {
-        log.append_batch(chunk).unwrap();
-    }
-    log.sync().unwrap();
-    let mut group = c.benchmark_group("replay");
-    group.throughput(Throughput::Elements(N));
-    group.bench_function("typed_from_0", |b| {
-        b.iter(|| {
-            log.read(Start::Beginning)
-                .map(|r| r.unwrap().offset)
-                .sum::<u64>()
-        })
-    });
-    group.throughput(Throughput::Elements(1));
-    let mut i = 0u64;
-    group.bench_function("random_get", |b| {
-        b.iter_batched(
-            || {
-                i = (i * 6364136223846793005 + 1442695040888963407) % N;
-                i
-            },
-            |offset| log.get(offset).unwrap().unwrap().offset,
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
+criterion_group! {
+    name = benches;
+    config = quick(2);
+    targets = append
 }
-
-criterion_group!(benches, append, replay);
 criterion_main!(benches);

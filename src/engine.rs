@@ -68,6 +68,7 @@ pub(crate) struct Engine {
     shutdown: AtomicBool,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     indexes_rebuilt: AtomicU64,
+    syncs: AtomicU64,
     pub(crate) consumers: Mutex<HashMap<String, Weak<ConsumerState>>>,
     hub: OnceLock<Hub>,
 }
@@ -150,6 +151,9 @@ pub struct Stats {
     pub bytes: u64,
     /// Indexes rebuilt from their segments since the log was opened.
     pub indexes_rebuilt: u64,
+    /// `fdatasync` calls on segment data since the log was opened: with
+    /// group commit, fewer than the appends that waited for one.
+    pub syncs: u64,
 }
 
 impl Engine {
@@ -214,6 +218,7 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             syncer: Mutex::new(None),
             indexes_rebuilt: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             consumers: Mutex::new(HashMap::new()),
             hub: OnceLock::new(),
             options,
@@ -450,6 +455,7 @@ impl Engine {
                 }
                 if sync {
                     segment.file.sync_data().map_err(|e| ("fdatasync", e))?;
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
                     if write_mark {
                         segment
                             .write_watermark(&mark)
@@ -499,6 +505,7 @@ impl Engine {
         }
         let result = MutexGuard::unlocked(w, || {
             segment.file.sync_data().map_err(|e| ("fdatasync", e))?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             if write_mark {
                 segment
                     .write_watermark(&mark)
@@ -578,6 +585,7 @@ impl Engine {
                 .map_err(fail("write index", &old.index_path))?;
         }
         old.file.sync_data().map_err(fail("fdatasync", &old.path))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         old.index.publish(w.index_assigned);
         old.seal(end_pos, seal_next);
         let mark = Watermark {
@@ -1070,6 +1078,7 @@ impl Engine {
             open_segments: segments.opened.len(),
             bytes: segments.slots.iter().map(|s| s.len).sum(),
             indexes_rebuilt: self.indexes_rebuilt.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
         }
     }
 

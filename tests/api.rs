@@ -558,3 +558,14 @@ fn opening_does_not_read_the_log() {
     assert_eq!(log.stats().open_segments, 0);
     assert_eq!(log.get(40_999).unwrap().unwrap().value, payload(5, 40_999));
 }
+
+#[test]
+fn a_batch_costs_one_sync_and_stats_count_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u64> = EventLog::open(dir.path()).unwrap();
+    let before = log.stats().syncs;
+    log.append_batch(&(0..256).collect::<Vec<_>>()).unwrap();
+    assert_eq!(log.stats().syncs - before, 1);
+    log.append(&1).unwrap();
+    assert_eq!(log.stats().syncs - before, 2);
+}

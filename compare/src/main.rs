@@ -1,0 +1,1855 @@
+//! The comparison program of issue 5: one retail `Checkout` workload run on
+//! backbone, on the machine's own limits and on what a user would pick
+//! instead (SQLite, the `commitlog` crate, NATS JetStream, Redis Streams),
+//! all in the same run. Prints a Markdown table of medians and ratios,
+//! writes them as JSON and draws them as an SVG bar chart.
+//!
+//! ```text
+//! cargo run --release -p compare -- [--events N] [--reps R] [--out DIR]
+//! ```
+//!
+//! See `--help` for the other knobs (caps for the slow, round-trip-bound
+//! workloads, `--only` to run a subset).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use backbone::{Durability, EventLog, Options, Start, SubscribeOptions};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type R<T> = std::result::Result<T, Error>;
+
+fn err(e: impl std::fmt::Debug) -> Error {
+    format!("{e:?}").into()
+}
+
+// ---- the workload -----------------------------------------------------------
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Checkout {
+    order_id: u64,
+    customer_id: u64,
+    sku: String,
+    qty: u32,
+    price_cents: u64,
+    ts_micros: u64,
+}
+
+fn checkout(i: u64) -> Checkout {
+    Checkout {
+        order_id: i,
+        customer_id: i % 9973,
+        sku: format!("SKU-{:08}", i % 5000),
+        qty: (i % 7) as u32 + 1,
+        price_cents: 199 + i % 10_000,
+        ts_micros: 1_700_000_000_000_000 + i,
+    }
+}
+
+fn decode(bytes: &[u8]) -> R<Checkout> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+const BATCH: usize = 256;
+/// The pace of the latency runs, in events per second.
+const PACE: u64 = 50_000;
+const FANOUT: usize = 4;
+
+struct Data {
+    values: Vec<Checkout>,
+    bytes: Vec<Vec<u8>>,
+    /// Pseudo-random offsets for the point reads.
+    gets: Vec<u64>,
+}
+
+impl Data {
+    fn new(n: u64, gets: u64) -> Data {
+        let values: Vec<Checkout> = (0..n).map(checkout).collect();
+        let bytes = values
+            .iter()
+            .map(|v| postcard::to_stdvec(v).expect("encode"))
+            .collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let gets = (0..gets)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (x >> 17) % n
+            })
+            .collect();
+        Data {
+            values,
+            bytes,
+            gets,
+        }
+    }
+    fn payload_bytes(&self) -> u64 {
+        self.bytes.iter().map(|b| b.len() as u64).sum()
+    }
+}
+
+// ---- configuration ----------------------------------------------------------
+
+struct Config {
+    events: u64,
+    reps: usize,
+    out: PathBuf,
+    /// Events for the brokers' pipelined workloads.
+    broker_events: u64,
+    /// Events for workloads that pay one round trip or one fsync per event.
+    slow_events: u64,
+    /// Events of each paced latency run.
+    paced_events: u64,
+    gets: u64,
+    only: Option<Vec<String>>,
+    workloads: Option<String>,
+}
+
+const HELP: &str = "\
+compare: backbone against the machine's limits and the alternatives, one run
+
+USAGE: cargo run --release -p compare -- [OPTIONS]
+
+  --events N          events per workload (default 1000000)
+  --reps R            repetitions; medians are reported (default 3)
+  --out DIR           where latest.json, latest.md and latest.svg go
+                      (default compare/results)
+  --broker-events N   events for NATS and Redis pipelined runs (default min(events, 200000))
+  --slow-events N     events for one-fsync-or-round-trip-per-event runs, per thread
+                      (default min(events, 5000))
+  --paced-events N    events of each 50k/s latency run (default min(events, 100000))
+  --gets N            random point reads (default min(events, 200000))
+  --only LIST         comma-separated systems: limits,backbone,sqlite,commitlog,nats,redis
+  --workloads TEXT    only the workloads whose name contains TEXT (e.g. '4 threads')
+";
+
+fn parse_args() -> R<Config> {
+    let mut args = std::env::args().skip(1);
+    let mut opts: BTreeMap<String, String> = BTreeMap::new();
+    while let Some(a) = args.next() {
+        if a == "-h" || a == "--help" {
+            print!("{HELP}");
+            std::process::exit(0);
+        }
+        let Some(name) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a:?}; see --help").into());
+        };
+        let value = args
+            .next()
+            .ok_or_else(|| format!("--{name} needs a value"))?;
+        opts.insert(name.to_owned(), value);
+    }
+    let num = |name: &str, default: u64| -> R<u64> {
+        match opts.get(name) {
+            Some(v) => Ok(v.replace('_', "").parse()?),
+            None => Ok(default),
+        }
+    };
+    let events = num("events", 1_000_000)?.max(BATCH as u64);
+    let config = Config {
+        events,
+        reps: num("reps", 3)?.max(1) as usize,
+        out: opts
+            .get("out")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+        broker_events: num("broker-events", events.min(200_000))?.max(BATCH as u64),
+        slow_events: num("slow-events", events.min(5_000))?.max(1),
+        paced_events: num("paced-events", events.min(100_000))?.max(1),
+        gets: num("gets", events.min(200_000))?.max(1),
+        only: opts
+            .get("only")
+            .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect()),
+        workloads: opts.get("workloads").cloned(),
+    };
+    for key in opts.keys() {
+        if ![
+            "events",
+            "reps",
+            "out",
+            "broker-events",
+            "slow-events",
+            "paced-events",
+            "gets",
+            "only",
+            "workloads",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(format!("unknown option --{key}; see --help").into());
+        }
+    }
+    Ok(config)
+}
+
+impl Config {
+    fn runs(&self, system: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|s| s == system))
+    }
+}
+
+// ---- measurements -----------------------------------------------------------
+
+/// One repetition of one workload.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    events: u64,
+    secs: f64,
+    fsyncs: Option<u64>,
+    /// Latency percentiles in microseconds: p50, p99, p99.9, max.
+    latency: Option<[f64; 4]>,
+    /// The largest backlog seen by a subscriber (records).
+    max_lag: Option<u64>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.secs
+    }
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct Row {
+    system: String,
+    workload: String,
+    /// The limit this row is compared with, by its `system · workload` label.
+    limit: Option<String>,
+    events: u64,
+    /// Median over repetitions.
+    events_per_sec: f64,
+    samples: Vec<f64>,
+    ratio_to_limit: Option<f64>,
+    fsyncs: Option<u64>,
+    latency_us: Option<Latency>,
+    max_lag: Option<u64>,
+    note: String,
+}
+
+#[derive(Serialize, Clone, Copy, Debug)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Bench<'a> {
+    config: &'a Config,
+    rows: Vec<Row>,
+}
+
+impl Bench<'_> {
+    /// Runs `f` `reps` times and records the medians.
+    fn run(
+        &mut self,
+        system: &str,
+        workload: &str,
+        limit: Option<(&str, &str)>,
+        note: &str,
+        mut f: impl FnMut() -> R<Sample>,
+    ) {
+        if let Some(only) = &self.config.workloads {
+            if !workload.contains(only.as_str()) {
+                return;
+            }
+        }
+        let mut samples = Vec::new();
+        for _ in 0..self.config.reps {
+            match f() {
+                Ok(s) => samples.push(s),
+                Err(e) => {
+                    eprintln!("  {system} / {workload}: FAILED: {e}");
+                    return;
+                }
+            }
+        }
+        let rates: Vec<f64> = samples.iter().map(Sample::rate).collect();
+        let eps = median(rates.clone());
+        let fsyncs = samples[0].fsyncs;
+        let latency = if samples.iter().all(|s| s.latency.is_some()) {
+            let pick = |i: usize| median(samples.iter().map(|s| s.latency.unwrap()[i]).collect());
+            Some(Latency {
+                p50: pick(0),
+                p99: pick(1),
+                p999: pick(2),
+                max: pick(3),
+            })
+        } else {
+            None
+        };
+        let max_lag = samples.iter().filter_map(|s| s.max_lag).max();
+        let row = Row {
+            system: system.to_owned(),
+            workload: workload.to_owned(),
+            limit: limit.map(|(s, w)| format!("{s} · {w}")),
+            events: samples[0].events,
+            events_per_sec: eps,
+            samples: rates,
+            ratio_to_limit: None,
+            fsyncs,
+            latency_us: latency,
+            max_lag,
+            note: note.to_owned(),
+        };
+        let lat = latency
+            .map(|l| format!(", p99 {:.1} µs", l.p99))
+            .unwrap_or_default();
+        eprintln!("  {system} / {workload}: {} events/s{lat}", human(eps));
+        self.rows.push(row);
+    }
+
+    fn finish(&mut self) {
+        // Group commit: 4 appending threads against 1, both EveryAppend.
+        let rate = |w: &str| {
+            self.rows
+                .iter()
+                .find(|r| r.system == "backbone" && r.workload == w)
+                .map(|r| r.events_per_sec)
+        };
+        if let (Some(one), Some(four)) = (rate(W_DURABLE_1), rate(W_DURABLE_4)) {
+            if let Some(row) = self
+                .rows
+                .iter_mut()
+                .find(|r| r.system == "backbone" && r.workload == W_DURABLE_4)
+            {
+                row.note = format!("{}; {:.2}× the 1-thread rate", row.note, four / one);
+            }
+        }
+        let by_label: BTreeMap<String, (f64, Option<Latency>)> = self
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    format!("{} · {}", r.system, r.workload),
+                    (r.events_per_sec, r.latency_us),
+                )
+            })
+            .collect();
+        for row in &mut self.rows {
+            if let Some(limit) = &row.limit {
+                if let Some((eps, lat)) = by_label.get(limit) {
+                    row.ratio_to_limit = match (row.latency_us, lat) {
+                        // For latency rows the ratio is of p99s (lower is better).
+                        (Some(mine), Some(theirs)) => Some(mine.p99 / theirs.p99),
+                        _ => Some(row.events_per_sec / eps),
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn human(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn timed(events: u64, f: impl FnOnce() -> R<()>) -> R<Sample> {
+    let t = Instant::now();
+    f()?;
+    Ok(Sample {
+        events,
+        secs: t.elapsed().as_secs_f64(),
+        ..Sample::default()
+    })
+}
+
+fn tmp() -> R<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("compare-").tempdir()?)
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+fn percentiles(h: &Histogram<u64>) -> [f64; 4] {
+    let us = |v: u64| v as f64 / 1000.0;
+    [
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max()),
+    ]
+}
+
+/// Waits until `deadline` by sleeping, leaving the cores to the receivers
+/// (on two cores, spinning here would delay them). A sleep overshoots by
+/// tens of microseconds, so the pace holds on average, in small bursts.
+fn pace_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+// ---- the machine's limits ---------------------------------------------------
+
+const LIMITS: &str = "limit";
+const W_SINGLE: &str = "append single";
+const W_BATCH: &str = "append batch 256";
+const W_DURABLE: &str = "durable append batch 256";
+const W_DURABLE_1: &str = "durable append single, 1 thread";
+const W_DURABLE_4: &str = "durable append single, 4 threads";
+const W_REPLAY: &str = "replay from 0";
+const W_GET: &str = "random get";
+const W_FANOUT: &str = "fan-out 4 subs, throughput";
+const W_LATENCY: &str = "fan-out 4 subs @50k/s, latency";
+
+const L_FILE_SINGLE: (&str, &str) = ("limit", "BufWriter, one write per record");
+const L_FILE_BATCH: (&str, &str) = ("limit", "BufWriter, one write per 256");
+const L_ENCODE: (&str, &str) = ("limit", "postcard encode + BufWriter, one write per record");
+const L_FSYNC: (&str, &str) = ("limit", "write + fdatasync per 256");
+const L_REPLAY: (&str, &str) = ("limit", "BufReader replay of the bytes");
+const L_REPLAY_DECODE: (&str, &str) = ("limit", "BufReader replay + decode");
+const L_GET: (&str, &str) = ("limit", "in-memory index + pread + decode");
+const L_FANOUT: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 4");
+const L_LATENCY: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 4 @50k/s");
+
+/// Writes the records as (u32 length, bytes) through a `BufWriter`.
+fn write_file(path: &Path, data: &Data, batched: bool) -> R<()> {
+    let mut w = BufWriter::with_capacity(256 << 10, File::create(path)?);
+    if batched {
+        let mut buf = Vec::with_capacity(BATCH * 64);
+        for chunk in data.bytes.chunks(BATCH) {
+            buf.clear();
+            for b in chunk {
+                buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                buf.extend_from_slice(b);
+            }
+            w.write_all(&buf)?;
+        }
+    } else {
+        for b in &data.bytes {
+            w.write_all(&(b.len() as u32).to_le_bytes())?;
+            w.write_all(b)?;
+        }
+    }
+    w.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}
+
+fn fsync_limit(data: &Data, prealloc: bool) -> R<Sample> {
+    let dir = tmp()?;
+    let path = dir.path().join("fsync.bin");
+    let file = File::create(&path)?;
+    if prealloc {
+        // Written and synced once, so the timed writes change no file size.
+        let total = data.payload_bytes() + 4 * data.bytes.len() as u64;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            (&file).write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+    }
+    let mut buf = Vec::with_capacity(BATCH * 64);
+    let mut pos = 0u64;
+    let mut fsyncs = 0;
+    let mut s = timed(data.bytes.len() as u64, || {
+        for chunk in data.bytes.chunks(BATCH) {
+            buf.clear();
+            for b in chunk {
+                buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                buf.extend_from_slice(b);
+            }
+            file.write_all_at(&buf, pos)?;
+            pos += buf.len() as u64;
+            file.sync_data()?;
+            fsyncs += 1;
+        }
+        Ok(())
+    })?;
+    s.fsyncs = Some(fsyncs);
+    Ok(s)
+}
+
+fn limits(b: &mut Bench<'_>, data: &Data) {
+    let n = data.bytes.len() as u64;
+    b.run(L_FILE_SINGLE.0, L_FILE_SINGLE.1, None, "", || {
+        let dir = tmp()?;
+        timed(n, || write_file(&dir.path().join("f"), data, false))
+    });
+    b.run(
+        L_ENCODE.0,
+        L_ENCODE.1,
+        None,
+        "encodes each Checkout into a reused buffer (not a target's limit)",
+        || {
+            let dir = tmp()?;
+            let path = dir.path().join("f");
+            timed(n, || {
+                let mut w = BufWriter::with_capacity(256 << 10, File::create(&path)?);
+                let mut buf = Vec::with_capacity(128);
+                for v in &data.values {
+                    buf.clear();
+                    buf.extend_from_slice(&[0; 4]);
+                    postcard::to_io(v, &mut buf)?;
+                    let len = (buf.len() - 4) as u32;
+                    buf[..4].copy_from_slice(&len.to_le_bytes());
+                    w.write_all(&buf)?;
+                }
+                w.into_inner().map_err(|e| e.into_error())?;
+                Ok(())
+            })
+        },
+    );
+    b.run(L_FILE_BATCH.0, L_FILE_BATCH.1, None, "", || {
+        let dir = tmp()?;
+        timed(n, || write_file(&dir.path().join("f"), data, true))
+    });
+    b.run(
+        L_FSYNC.0,
+        L_FSYNC.1,
+        None,
+        "appending to a growing file",
+        || fsync_limit(data, false),
+    );
+    b.run(
+        LIMITS,
+        "write + fdatasync per 256, preallocated",
+        None,
+        "overwriting a preallocated, synced file",
+        || fsync_limit(data, true),
+    );
+    for (limit, decoding) in [(L_REPLAY, false), (L_REPLAY_DECODE, true)] {
+        let note = if decoding {
+            "decodes each Checkout"
+        } else {
+            "no decode"
+        };
+        b.run(limit.0, limit.1, None, note, || {
+            let dir = tmp()?;
+            let path = dir.path().join("f");
+            write_file(&path, data, true)?;
+            let mut count = 0u64;
+            let mut sum = 0u64;
+            let s = timed(n, || {
+                let mut r = BufReader::with_capacity(256 << 10, File::open(&path)?);
+                let mut len = [0u8; 4];
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match r.read_exact(&mut len) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                    let l = u32::from_le_bytes(len) as usize;
+                    r.read_exact(&mut buf[..l])?;
+                    sum += if decoding {
+                        u64::from(decode(&buf[..l])?.qty)
+                    } else {
+                        u64::from(buf[0])
+                    };
+                    count += 1;
+                }
+                Ok(())
+            })?;
+            check(count == n && sum > 0, "replay count")?;
+            Ok(s)
+        });
+    }
+    b.run(L_GET.0, L_GET.1, None, "pread per get", || {
+        let dir = tmp()?;
+        let path = dir.path().join("f");
+        write_file(&path, data, true)?;
+        let mut index = Vec::with_capacity(data.bytes.len());
+        let mut pos = 0u64;
+        for b in &data.bytes {
+            index.push((pos + 4, b.len() as u32));
+            pos += 4 + b.len() as u64;
+        }
+        let file = File::open(&path)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut qty = 0u64;
+        let s = timed(data.gets.len() as u64, || {
+            for &g in &data.gets {
+                let (at, len) = index[g as usize];
+                let buf = &mut buf[..len as usize];
+                file.read_exact_at(buf, at)?;
+                qty += u64::from(decode(buf)?.qty);
+            }
+            Ok(())
+        })?;
+        check(qty > 0, "gets")?;
+        Ok(s)
+    });
+    b.run(L_FANOUT.0, L_FANOUT.1, None, "decode per receiver", || {
+        crossbeam_fanout(data, data.bytes.len(), None)
+    });
+    let paced = (b.config.paced_events as usize).min(data.bytes.len());
+    b.run(
+        L_LATENCY.0,
+        L_LATENCY.1,
+        None,
+        &format!("{paced} events; decode per receiver"),
+        || crossbeam_fanout(data, paced, Some(PACE)),
+    );
+}
+
+fn check(ok: bool, what: &str) -> R<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("check failed: {what}").into())
+    }
+}
+
+/// The in-memory fan-out limit: a `Vec` of shared, pre-encoded records and
+/// a bounded crossbeam channel per receiver; each receiver decodes.
+fn crossbeam_fanout(data: &Data, n: usize, pace: Option<u64>) -> R<Sample> {
+    let base = Instant::now();
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..FANOUT {
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<[u8]>)>(1024);
+        senders.push(tx);
+        handles.push(std::thread::spawn(move || -> R<(u64, Histogram<u64>)> {
+            let mut h = hist();
+            let mut count = 0;
+            for (sent, bytes) in rx {
+                let value = decode(&bytes)?;
+                let now = base.elapsed().as_nanos() as u64;
+                h.saturating_record(now.saturating_sub(sent).max(1));
+                std::hint::black_box(value);
+                count += 1;
+            }
+            Ok((count, h))
+        }));
+    }
+    let shared: Vec<Arc<[u8]>> = data.bytes[..n].iter().map(|b| Arc::from(&b[..])).collect();
+    let start = Instant::now();
+    let mut log: Vec<Arc<[u8]>> = Vec::with_capacity(n);
+    for (i, bytes) in shared.iter().enumerate() {
+        if let Some(rate) = pace {
+            pace_until(start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate));
+        }
+        let sent = base.elapsed().as_nanos() as u64;
+        log.push(bytes.clone());
+        for tx in &senders {
+            tx.send((sent, bytes.clone())).map_err(err)?;
+        }
+    }
+    drop(senders);
+    let mut all = hist();
+    for h in handles {
+        let (count, h) = h.join().map_err(err)??;
+        check(count == n as u64, "fan-out count")?;
+        all.add(&h).map_err(err)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Sample {
+        events: n as u64,
+        secs,
+        latency: pace.map(|_| percentiles(&all)),
+        ..Sample::default()
+    })
+}
+
+// ---- backbone -----------------------------------------------------------------
+
+fn bb_open(dir: &Path, durability: Durability) -> R<EventLog<Checkout>> {
+    Ok(Options::new().durability(durability).open(dir)?)
+}
+
+fn backbone(b: &mut Bench<'_>, data: &Data) {
+    let n = data.values.len() as u64;
+    let sys = "backbone";
+    b.run(sys, W_SINGLE, Some(L_FILE_SINGLE), "Buffered", || {
+        let dir = tmp()?;
+        let log = bb_open(dir.path(), Durability::Buffered)?;
+        let s = timed(n, || {
+            for v in &data.values {
+                log.append(v)?;
+            }
+            log.flush()?;
+            Ok(())
+        })?;
+        log.close()?;
+        Ok(s)
+    });
+    b.run(sys, W_BATCH, Some(L_FILE_BATCH), "Buffered", || {
+        let dir = tmp()?;
+        let log = bb_open(dir.path(), Durability::Buffered)?;
+        let s = timed(n, || {
+            for chunk in data.values.chunks(BATCH) {
+                log.append_batch(chunk)?;
+            }
+            log.flush()?;
+            Ok(())
+        })?;
+        log.close()?;
+        Ok(s)
+    });
+    b.run(
+        sys,
+        W_DURABLE,
+        Some(L_FSYNC),
+        "EveryAppend; fsyncs not exposed by the API",
+        || {
+            let dir = tmp()?;
+            let log = bb_open(dir.path(), Durability::EveryAppend)?;
+            let s = timed(n, || {
+                for chunk in data.values.chunks(BATCH) {
+                    log.append_batch(chunk)?;
+                }
+                Ok(())
+            })?;
+            log.close()?;
+            Ok(s)
+        },
+    );
+    let slow = (b.config.slow_events as usize).min(data.values.len());
+    for threads in [1usize, 4] {
+        let workload = if threads == 1 {
+            W_DURABLE_1
+        } else {
+            W_DURABLE_4
+        };
+        b.run(
+            sys,
+            workload,
+            None,
+            &format!("EveryAppend; {slow} events per thread"),
+            || {
+                let dir = tmp()?;
+                let log = bb_open(dir.path(), Durability::EveryAppend)?;
+                let barrier = Arc::new(Barrier::new(threads + 1));
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let log = log.clone();
+                        let barrier = barrier.clone();
+                        let values: Vec<Checkout> = data.values[..slow]
+                            .iter()
+                            .map(|v| Checkout {
+                                order_id: v.order_id + (t * slow) as u64,
+                                ..v.clone()
+                            })
+                            .collect();
+                        std::thread::spawn(move || -> R<()> {
+                            barrier.wait();
+                            for v in &values {
+                                log.append(v)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                let s = timed((threads * slow) as u64, || {
+                    barrier.wait();
+                    for h in handles {
+                        h.join().map_err(err)??;
+                    }
+                    Ok(())
+                })?;
+                check(log.next_offset() == (threads * slow) as u64, "offsets")?;
+                log.close()?;
+                Ok(s)
+            },
+        );
+    }
+    b.run(
+        sys,
+        W_REPLAY,
+        Some(L_REPLAY),
+        "typed: decodes each Checkout",
+        || {
+            let dir = tmp()?;
+            let log = bb_open(dir.path(), Durability::Buffered)?;
+            for chunk in data.values.chunks(BATCH) {
+                log.append_batch(chunk)?;
+            }
+            log.close()?;
+            let log = bb_open(dir.path(), Durability::Buffered)?;
+            let mut count = 0;
+            let s = timed(n, || {
+                for rec in log.read(Start::Beginning) {
+                    count += u64::from(rec?.value.qty > 0);
+                }
+                Ok(())
+            })?;
+            check(count == n, "replay count")?;
+            Ok(s)
+        },
+    );
+    b.run(sys, W_GET, Some(L_GET), "typed get(offset)", || {
+        let dir = tmp()?;
+        let log = bb_open(dir.path(), Durability::Buffered)?;
+        for chunk in data.values.chunks(BATCH) {
+            log.append_batch(chunk)?;
+        }
+        log.close()?;
+        let log = bb_open(dir.path(), Durability::Buffered)?;
+        let mut qty = 0u64;
+        let s = timed(data.gets.len() as u64, || {
+            for &g in &data.gets {
+                let rec = log.get(g)?.ok_or("missing record")?;
+                qty += u64::from(rec.value.qty);
+            }
+            Ok(())
+        })?;
+        check(qty > 0, "gets")?;
+        Ok(s)
+    });
+    b.run(
+        sys,
+        W_FANOUT,
+        Some(L_FANOUT),
+        "Buffered, single appends, 4 live subscribers",
+        || bb_fanout(data, data.values.len(), None),
+    );
+    let paced = (b.config.paced_events as usize).min(data.values.len());
+    b.run(
+        sys,
+        W_LATENCY,
+        Some(L_LATENCY),
+        &format!("Buffered; {paced} events; append call → decoded record"),
+        || bb_fanout(data, paced, Some(PACE)),
+    );
+}
+
+fn bb_fanout(data: &Data, n: usize, pace: Option<u64>) -> R<Sample> {
+    let dir = tmp()?;
+    let log = bb_open(dir.path(), Durability::Buffered)?;
+    let base = Instant::now();
+    // When each append was called, by offset (a single appender from 0).
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let max_lag = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..FANOUT {
+        let sub = log.subscribe_with(SubscribeOptions::new(Start::Beginning).capacity(1024))?;
+        let sent = sent.clone();
+        let max_lag = max_lag.clone();
+        handles.push(std::thread::spawn(move || -> R<Histogram<u64>> {
+            let mut h = hist();
+            let mut next = 0u64;
+            while next < n as u64 {
+                let rec = sub.recv()?;
+                let now = base.elapsed().as_nanos() as u64;
+                check(rec.offset == next, "subscription order")?;
+                let at = sent[rec.offset as usize].load(Ordering::Acquire);
+                h.saturating_record(now.saturating_sub(at).max(1));
+                std::hint::black_box(&rec.value);
+                if next.is_multiple_of(1024) {
+                    max_lag.fetch_max(sub.lag(), Ordering::Relaxed);
+                }
+                next += 1;
+            }
+            Ok(h)
+        }));
+    }
+    let start = Instant::now();
+    for (i, v) in data.values[..n].iter().enumerate() {
+        if let Some(rate) = pace {
+            pace_until(start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate));
+        }
+        sent[i].store(base.elapsed().as_nanos() as u64, Ordering::Release);
+        log.append(v)?;
+    }
+    log.flush()?;
+    let mut all = hist();
+    for h in handles {
+        all.add(&h.join().map_err(err)??).map_err(err)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    log.close()?;
+    Ok(Sample {
+        events: n as u64,
+        secs,
+        latency: pace.map(|_| percentiles(&all)),
+        max_lag: Some(max_lag.load(Ordering::Relaxed)),
+        ..Sample::default()
+    })
+}
+
+// ---- SQLite -----------------------------------------------------------------
+
+fn sqlite_open(path: &Path, synchronous: &str) -> R<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    check(mode.eq_ignore_ascii_case("wal"), "WAL mode")?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous};
+         CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY, payload BLOB NOT NULL);"
+    ))?;
+    Ok(conn)
+}
+
+const INSERT: &str = "INSERT INTO log (offset, payload) VALUES (?1, ?2)";
+
+fn sqlite_batches(conn: &mut rusqlite::Connection, data: &Data) -> R<()> {
+    for (c, chunk) in data.bytes.chunks(BATCH).enumerate() {
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(INSERT)?;
+            for (i, bytes) in chunk.iter().enumerate() {
+                st.execute(rusqlite::params![(c * BATCH + i) as i64, bytes])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn sqlite(b: &mut Bench<'_>, data: &Data) {
+    let n = data.bytes.len() as u64;
+    let sys = "SQLite";
+    b.run(
+        sys,
+        W_SINGLE,
+        Some(L_FILE_SINGLE),
+        "WAL, synchronous=OFF, autocommit per insert",
+        || {
+            let dir = tmp()?;
+            let conn = sqlite_open(&dir.path().join("db"), "OFF")?;
+            timed(n, || {
+                let mut st = conn.prepare_cached(INSERT)?;
+                for (i, bytes) in data.bytes.iter().enumerate() {
+                    st.execute(rusqlite::params![i as i64, bytes])?;
+                }
+                Ok(())
+            })
+        },
+    );
+    b.run(
+        sys,
+        W_BATCH,
+        Some(L_FILE_BATCH),
+        "WAL, synchronous=OFF, one transaction per 256",
+        || {
+            let dir = tmp()?;
+            let mut conn = sqlite_open(&dir.path().join("db"), "OFF")?;
+            timed(n, || sqlite_batches(&mut conn, data))
+        },
+    );
+    b.run(
+        sys,
+        W_DURABLE,
+        Some(L_FSYNC),
+        "WAL, synchronous=FULL, one transaction per 256",
+        || {
+            let dir = tmp()?;
+            let mut conn = sqlite_open(&dir.path().join("db"), "FULL")?;
+            timed(n, || sqlite_batches(&mut conn, data))
+        },
+    );
+    b.run(
+        sys,
+        W_REPLAY,
+        Some(L_REPLAY),
+        "SELECT ... ORDER BY offset, decode",
+        || {
+            let dir = tmp()?;
+            let path = dir.path().join("db");
+            sqlite_batches(&mut sqlite_open(&path, "OFF")?, data)?;
+            let conn = sqlite_open(&path, "OFF")?;
+            let mut count = 0;
+            let s = timed(n, || {
+                let mut st = conn.prepare("SELECT payload FROM log ORDER BY offset")?;
+                let mut rows = st.query([])?;
+                while let Some(row) = rows.next()? {
+                    let bytes = row.get_ref(0)?.as_blob()?;
+                    count += u64::from(decode(bytes)?.qty > 0);
+                }
+                Ok(())
+            })?;
+            check(count == n, "replay count")?;
+            Ok(s)
+        },
+    );
+    b.run(
+        sys,
+        W_GET,
+        Some(L_GET),
+        "SELECT ... WHERE offset = ?, decode",
+        || {
+            let dir = tmp()?;
+            let path = dir.path().join("db");
+            sqlite_batches(&mut sqlite_open(&path, "OFF")?, data)?;
+            let conn = sqlite_open(&path, "OFF")?;
+            let mut qty = 0u64;
+            let s = timed(data.gets.len() as u64, || {
+                let mut st = conn.prepare_cached("SELECT payload FROM log WHERE offset = ?1")?;
+                for &g in &data.gets {
+                    qty += st.query_row([g as i64], |row| {
+                        let bytes = row.get_ref(0)?.as_blob()?;
+                        Ok(u64::from(decode(bytes).map(|c| c.qty).unwrap_or(0)))
+                    })?;
+                }
+                Ok(())
+            })?;
+            check(qty > 0, "gets")?;
+            Ok(s)
+        },
+    );
+}
+
+// ---- commitlog ----------------------------------------------------------------
+
+fn commitlog(b: &mut Bench<'_>, data: &Data) {
+    use commitlog::message::{MessageBuf, MessageSet};
+    use commitlog::{CommitLog, LogOptions, ReadLimit};
+    let n = data.bytes.len() as u64;
+    let sys = "commitlog";
+    let open = |dir: &Path| -> R<CommitLog> { CommitLog::new(LogOptions::new(dir)).map_err(err) };
+    let write_batches = |log: &mut CommitLog, flush: bool| -> R<u64> {
+        let mut buf = MessageBuf::default();
+        let mut flushes = 0;
+        for chunk in data.bytes.chunks(BATCH) {
+            buf.clear();
+            for bytes in chunk {
+                buf.push(bytes).map_err(err)?;
+            }
+            log.append(&mut buf).map_err(err)?;
+            if flush {
+                log.flush()?;
+                flushes += 1;
+            }
+        }
+        Ok(flushes)
+    };
+    b.run(sys, W_SINGLE, Some(L_FILE_SINGLE), "append_msg", || {
+        let dir = tmp()?;
+        let mut log = open(dir.path())?;
+        timed(n, || {
+            for bytes in &data.bytes {
+                log.append_msg(bytes).map_err(err)?;
+            }
+            log.flush()?;
+            Ok(())
+        })
+    });
+    b.run(
+        sys,
+        W_BATCH,
+        Some(L_FILE_BATCH),
+        "append(MessageBuf of 256)",
+        || {
+            let dir = tmp()?;
+            let mut log = open(dir.path())?;
+            timed(n, || {
+                write_batches(&mut log, false)?;
+                log.flush()?;
+                Ok(())
+            })
+        },
+    );
+    b.run(
+        sys,
+        "append batch 256 + flush()",
+        None,
+        "NOT durable: flush() per 256 msyncs the index only, never fsyncs the segment",
+        || {
+            let dir = tmp()?;
+            let mut log = open(dir.path())?;
+            timed(n, || write_batches(&mut log, true).map(drop))
+        },
+    );
+    b.run(
+        sys,
+        W_REPLAY,
+        Some(L_REPLAY),
+        "read(offset, 1 MiB) loop, decode",
+        || {
+            let dir = tmp()?;
+            let mut log = open(dir.path())?;
+            write_batches(&mut log, false)?;
+            log.flush()?;
+            drop(log);
+            let log = open(dir.path())?;
+            let mut count = 0u64;
+            let s = timed(n, || {
+                let mut next = 0;
+                while next < n {
+                    let msgs = log.read(next, ReadLimit::max_bytes(1 << 20)).map_err(err)?;
+                    let before = count;
+                    for m in msgs.iter() {
+                        count += u64::from(decode(m.payload())?.qty > 0);
+                        next = m.offset() + 1;
+                    }
+                    check(count > before, "commitlog read progress")?;
+                }
+                Ok(())
+            })?;
+            check(count == n, "replay count")?;
+            Ok(s)
+        },
+    );
+    b.run(
+        sys,
+        W_GET,
+        Some(L_GET),
+        "read(offset, 128 B), decode",
+        || {
+            let dir = tmp()?;
+            let mut log = open(dir.path())?;
+            write_batches(&mut log, false)?;
+            log.flush()?;
+            drop(log);
+            let log = open(dir.path())?;
+            let mut qty = 0u64;
+            let s = timed(data.gets.len() as u64, || {
+                for &g in &data.gets {
+                    let msgs = log.read(g, ReadLimit::max_bytes(128)).map_err(err)?;
+                    let m = msgs.iter().next().ok_or("missing message")?;
+                    check(m.offset() == g, "commitlog offset")?;
+                    qty += u64::from(decode(m.payload())?.qty);
+                }
+                Ok(())
+            })?;
+            check(qty > 0, "gets")?;
+            Ok(s)
+        },
+    );
+}
+
+// ---- servers: NATS JetStream and Redis Streams ----------------------------------
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> R<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A server this program started; killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(
+    binary: &Path,
+    args: impl FnOnce(u16, &Path) -> Vec<String>,
+    ready: impl Fn(u16) -> bool,
+) -> R<Server> {
+    let dir = tmp()?;
+    let port = free_port()?;
+    let child = Command::new(binary)
+        .args(args(port, dir.path()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut server = Server {
+        child,
+        port,
+        _dir: dir,
+    };
+    for _ in 0..200 {
+        if let Some(status) = server.child.try_wait()? {
+            return Err(format!("{} exited: {status}", binary.display()).into());
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() && ready(port) {
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = server.child.kill();
+    Err(format!("{} did not start on 127.0.0.1:{port}", binary.display()).into())
+}
+
+fn nats(b: &mut Bench<'_>, data: &Data) {
+    let Some(binary) = find_binary("nats-server") else {
+        eprintln!(
+            "NOTE: nats-server not found; NATS JetStream skipped (apt-get install nats-server)"
+        );
+        return;
+    };
+    let server = match start_server(
+        &binary,
+        |port, dir| {
+            vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-js".into(),
+                "-sd".into(),
+                dir.display().to_string(),
+            ]
+        },
+        |_| true,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("NOTE: NATS JetStream skipped: {e}");
+            return;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("NOTE: NATS JetStream skipped: {e}");
+            return;
+        }
+    };
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let client = match rt.block_on(async_nats::connect(&url)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("NOTE: NATS JetStream skipped: {e}");
+            return;
+        }
+    };
+    let _runtime = rt.enter();
+    let js = async_nats::jetstream::new(client);
+    let version = rt.block_on(async {
+        let c = async_nats::connect(&url).await.ok()?;
+        c.flush().await.ok()?;
+        Some(c.server_info().version.clone())
+    });
+    let sys = "NATS JetStream";
+    let big = (b.config.broker_events as usize).min(data.bytes.len());
+    let slow = (b.config.slow_events as usize).min(data.bytes.len());
+    let seq = AtomicU64::new(0);
+    let note_v = version
+        .map(|v| format!("nats-server {v}, "))
+        .unwrap_or_default();
+    // A fresh stream per repetition.
+    let new_stream = |js: &async_nats::jetstream::Context| {
+        let name = format!("CHECKOUT{}", seq.fetch_add(1, Ordering::Relaxed));
+        let js = js.clone();
+        async move {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{name}.new")],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+            R::Ok(name)
+        }
+    };
+    let publish =
+        |js: &async_nats::jetstream::Context, subject: String, n: usize, window: usize| {
+            let js = js.clone();
+            async move {
+                let mut pending = Vec::with_capacity(window);
+                for bytes in &data.bytes[..n] {
+                    pending.push(
+                        js.publish(subject.clone(), bytes.clone().into())
+                            .await
+                            .map_err(err)?,
+                    );
+                    if pending.len() == window {
+                        for ack in pending.drain(..) {
+                            ack.await.map_err(err)?;
+                        }
+                    }
+                }
+                for ack in pending.drain(..) {
+                    ack.await.map_err(err)?;
+                }
+                R::Ok(())
+            }
+        };
+    b.run(
+        sys,
+        W_SINGLE,
+        Some(L_FILE_SINGLE),
+        &format!("{note_v}file storage; publish, await ack; {slow} events"),
+        || {
+            rt.block_on(async {
+                let name = new_stream(&js).await?;
+                let t = Instant::now();
+                publish(&js, format!("{name}.new"), slow, 1).await?;
+                Ok(Sample {
+                    events: slow as u64,
+                    secs: t.elapsed().as_secs_f64(),
+                    ..Sample::default()
+                })
+            })
+        },
+    );
+    b.run(
+        sys,
+        W_BATCH,
+        Some(L_FILE_BATCH),
+        &format!("256 publishes in flight, then their acks; {big} events; not fsynced per ack"),
+        || {
+            rt.block_on(async {
+                let name = new_stream(&js).await?;
+                let t = Instant::now();
+                publish(&js, format!("{name}.new"), big, BATCH).await?;
+                Ok(Sample {
+                    events: big as u64,
+                    secs: t.elapsed().as_secs_f64(),
+                    ..Sample::default()
+                })
+            })
+        },
+    );
+    b.run(
+        sys,
+        W_REPLAY,
+        Some(L_REPLAY),
+        &format!("ordered pull consumer, decode; {big} events"),
+        || {
+            rt.block_on(async {
+                use futures_util::StreamExt;
+                let name = new_stream(&js).await?;
+                publish(&js, format!("{name}.new"), big, BATCH).await?;
+                let stream = js.get_stream(&name).await.map_err(err)?;
+                let t = Instant::now();
+                let consumer = stream
+                    .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                        deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(err)?;
+                let mut messages = consumer.messages().await.map_err(err)?;
+                let mut count = 0;
+                while count < big {
+                    let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                        .await
+                        .map_err(|_| "NATS replay timed out")?
+                        .ok_or("NATS replay ended early")?
+                        .map_err(err)?;
+                    count += usize::from(decode(&m.payload)?.qty > 0);
+                }
+                Ok(Sample {
+                    events: big as u64,
+                    secs: t.elapsed().as_secs_f64(),
+                    ..Sample::default()
+                })
+            })
+        },
+    );
+    drop(js);
+    drop(rt);
+    drop(server);
+}
+
+fn redis_bench(b: &mut Bench<'_>, data: &Data) {
+    let Some(binary) = find_binary("redis-server") else {
+        eprintln!(
+            "NOTE: redis-server not found; Redis Streams skipped (apt-get install redis-server)"
+        );
+        return;
+    };
+    let ping = |port: u16| {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    };
+    let server = match start_server(
+        &binary,
+        |port, dir| {
+            [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        ping,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("NOTE: Redis Streams skipped: {e}");
+            return;
+        }
+    };
+    let connect = || -> R<redis::Connection> {
+        Ok(redis::Client::open(format!("redis://127.0.0.1:{}/", server.port))?.get_connection()?)
+    };
+    let mut con = match connect() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("NOTE: Redis Streams skipped: {e}");
+            return;
+        }
+    };
+    let version: String = redis::cmd("INFO")
+        .arg("server")
+        .query::<String>(&mut con)
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("redis_version:")
+                    .map(|v| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let sys = "Redis Streams";
+    let big = (b.config.broker_events as usize).min(data.bytes.len());
+    let slow = (b.config.slow_events as usize).min(data.bytes.len());
+    let seq = AtomicU64::new(0);
+    let key = || format!("checkout{}", seq.fetch_add(1, Ordering::Relaxed));
+    let xadd_pipelined = |con: &mut redis::Connection, key: &str, n: usize| -> R<()> {
+        for chunk in data.bytes[..n].chunks(BATCH) {
+            let mut p = redis::pipe();
+            for bytes in chunk {
+                p.cmd("XADD")
+                    .arg(key)
+                    .arg("*")
+                    .arg("p")
+                    .arg(&bytes[..])
+                    .ignore();
+            }
+            p.query::<()>(con)?;
+        }
+        Ok(())
+    };
+    let cleanup = |con: &mut redis::Connection, key: &str| {
+        let _ = redis::cmd("DEL").arg(key).query::<()>(con);
+    };
+    b.run(
+        sys,
+        W_SINGLE,
+        Some(L_FILE_SINGLE),
+        &format!("redis {version}, no persistence; XADD round trip each; {slow} events"),
+        || {
+            let k = key();
+            let s = timed(slow as u64, || {
+                for bytes in &data.bytes[..slow] {
+                    redis::cmd("XADD")
+                        .arg(&k)
+                        .arg("*")
+                        .arg("p")
+                        .arg(&bytes[..])
+                        .query::<String>(&mut con)?;
+                }
+                Ok(())
+            })?;
+            cleanup(&mut con, &k);
+            Ok(s)
+        },
+    );
+    b.run(
+        sys,
+        W_BATCH,
+        Some(L_FILE_BATCH),
+        &format!("no persistence; pipelines of 256 XADD; {big} events"),
+        || {
+            let k = key();
+            let s = timed(big as u64, || xadd_pipelined(&mut con, &k, big))?;
+            cleanup(&mut con, &k);
+            Ok(s)
+        },
+    );
+    b.run(
+        sys,
+        W_REPLAY,
+        Some(L_REPLAY),
+        &format!("XRANGE pages of 1000, decode; {big} events"),
+        || {
+            let k = key();
+            xadd_pipelined(&mut con, &k, big)?;
+            let mut count = 0u64;
+            let s = timed(big as u64, || {
+                let mut from = "-".to_owned();
+                loop {
+                    let page: redis::Value = redis::cmd("XRANGE")
+                        .arg(&k)
+                        .arg(&from)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(&mut con)?;
+                    let entries = match page {
+                        redis::Value::Array(entries) => entries,
+                        other => return Err(format!("XRANGE returned {other:?}").into()),
+                    };
+                    if entries.is_empty() {
+                        break;
+                    }
+                    for entry in &entries {
+                        let redis::Value::Array(parts) = entry else {
+                            return Err("XRANGE entry".into());
+                        };
+                        let id: String = redis::from_redis_value_ref(&parts[0])?;
+                        let redis::Value::Array(fields) = &parts[1] else {
+                            return Err("XRANGE fields".into());
+                        };
+                        let bytes: Vec<u8> = redis::from_redis_value_ref(&fields[1])?;
+                        count += u64::from(decode(&bytes)?.qty > 0);
+                        from = format!("({id}");
+                    }
+                }
+                Ok(())
+            })?;
+            check(count == big as u64, "Redis replay count")?;
+            cleanup(&mut con, &k);
+            Ok(s)
+        },
+    );
+    // Durable: AOF with appendfsync always. Redis fsyncs once per event-loop
+    // pass, so a pipeline of 256 costs about one fsync.
+    let aof = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("always")
+        .query::<()>(&mut con)
+        .and_then(|()| {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("appendonly")
+                .arg("yes")
+                .query::<()>(&mut con)
+        });
+    if let Err(e) = aof {
+        eprintln!("NOTE: Redis durable run skipped: {e}");
+        return;
+    }
+    // Enabling the AOF at run time starts a rewrite; wait for it.
+    for _ in 0..100 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(&mut con)
+            .unwrap_or_default();
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_enabled:1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.run(
+        sys,
+        W_DURABLE,
+        Some(L_FSYNC),
+        &format!("AOF, appendfsync always; pipelines of 256 XADD; {big} events"),
+        || {
+            let k = key();
+            let s = timed(big as u64, || xadd_pipelined(&mut con, &k, big))?;
+            cleanup(&mut con, &k);
+            Ok(s)
+        },
+    );
+    drop(server);
+}
+
+// ---- output -------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Machine {
+    nproc: usize,
+    cpu: String,
+    kernel: String,
+    tmp_dir: String,
+    tmp_filesystem: String,
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let tmp_dir = std::env::temp_dir();
+    let tmp_filesystem = filesystem(&tmp_dir).unwrap_or_else(|| "unknown".into());
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu,
+        kernel,
+        tmp_dir: tmp_dir.display().to_string(),
+        tmp_filesystem,
+    }
+}
+
+/// The filesystem type and device of the mount holding `path`, from
+/// /proc/self/mounts (the longest matching mount point).
+fn filesystem(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = File::open("/proc/self/mounts").ok()?;
+    let mut best: Option<(usize, String)> = None;
+    for line in BufReader::new(mounts).lines() {
+        let line = line.ok()?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if path.starts_with(f[1]) && best.as_ref().is_none_or(|(len, _)| f[1].len() > *len) {
+            best = Some((f[1].len(), format!("{} ({} on {})", f[2], f[0], f[1])));
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| system | workload | events | events/s (median) | vs limit | fsyncs | latency p50 / p99 / p99.9 µs | note |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | --- | --- |\n",
+    );
+    for r in rows {
+        let ratio = match (r.ratio_to_limit, r.latency_us) {
+            (Some(x), Some(_)) => format!("p99 {x:.2}×"),
+            (Some(x), None) => format!("{:.0}%", x * 100.0),
+            (None, _) => String::new(),
+        };
+        let lat = r
+            .latency_us
+            .map(|l| format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.p999))
+            .unwrap_or_default();
+        let mut note = r.note.clone();
+        if let Some(lag) = r.max_lag {
+            note = format!("{note}; max lag {lag}");
+        }
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.system,
+            r.workload,
+            r.events,
+            human(r.events_per_sec),
+            ratio,
+            r.fsyncs.map(|f| f.to_string()).unwrap_or_default(),
+            lat,
+            note.trim_start_matches("; "),
+        ));
+    }
+    s
+}
+
+fn chart(rows: &[Row], path: &Path, title: &str) -> R<()> {
+    use plotters::prelude::*;
+    let rows: Vec<&Row> = rows.iter().filter(|r| r.latency_us.is_none()).collect();
+    let n = rows.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let max = rows.iter().map(|r| r.events_per_sec).fold(1.0, f64::max);
+    let min = rows.iter().map(|r| r.events_per_sec).fold(max, f64::min);
+    let lo = 10f64.powf((min / 2.0).log10().floor());
+    let hi = 10f64.powf((max * 3.0).log10().ceil());
+    let height = 90 + 24 * n as u32;
+    let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} · {}", r.system, r.workload))
+        .collect();
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .margin_right(40)
+        .x_label_area_size(40)
+        .y_label_area_size(400)
+        .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
+        .map_err(err)?;
+    c.configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i < n => labels[n - 1 - *i].clone(),
+            _ => String::new(),
+        })
+        .x_desc("events per second (log scale)")
+        .x_label_formatter(&|x| human(*x))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    let colour = |system: &str| match system {
+        "backbone" => RGBColor(0x1f, 0x77, 0xb4),
+        "limit" => RGBColor(0x99, 0x99, 0x99),
+        "SQLite" => RGBColor(0xff, 0x7f, 0x0e),
+        "commitlog" => RGBColor(0x2c, 0xa0, 0x2c),
+        "NATS JetStream" => RGBColor(0x94, 0x67, 0xbd),
+        _ => RGBColor(0xd6, 0x27, 0x28),
+    };
+    c.draw_series(rows.iter().enumerate().map(|(k, r)| {
+        let i = n - 1 - k;
+        let mut bar = Rectangle::new(
+            [
+                (lo, SegmentValue::Exact(i)),
+                (r.events_per_sec, SegmentValue::Exact(i + 1)),
+            ],
+            colour(&r.system).filled(),
+        );
+        bar.set_margin(3, 3, 0, 0);
+        bar
+    }))
+    .map_err(err)?;
+    c.draw_series(rows.iter().enumerate().map(|(k, r)| {
+        Text::new(
+            human(r.events_per_sec),
+            (r.events_per_sec * 1.08, SegmentValue::CenterOf(n - 1 - k)),
+            ("sans-serif", 12).into_font(),
+        )
+    }))
+    .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    command: String,
+    events: u64,
+    reps: usize,
+    broker_events: u64,
+    slow_events: u64,
+    paced_events: u64,
+    gets: u64,
+    payload_bytes_per_event: f64,
+    backbone_bytes_per_event: Option<f64>,
+    machine: Machine,
+    unix_time: u64,
+    rows: &'a [Row],
+}
+
+/// Bytes allocated on disk per event by a backbone log of the whole workload.
+fn backbone_bytes_per_event(data: &Data) -> R<f64> {
+    let dir = tmp()?;
+    let log = bb_open(dir.path(), Durability::Buffered)?;
+    for chunk in data.values.chunks(BATCH) {
+        log.append_batch(chunk)?;
+    }
+    log.close()?;
+    // Segments are preallocated sparse files: count allocated blocks
+    // (segments, indexes and metadata), not file lengths.
+    let mut used = 0u64;
+    for entry in std::fs::read_dir(dir.path())? {
+        use std::os::unix::fs::MetadataExt;
+        used += entry?.metadata()?.blocks() * 512;
+    }
+    Ok(used as f64 / data.values.len() as f64)
+}
+
+fn main() -> R<()> {
+    let config = parse_args()?;
+    let command = std::iter::once("cargo run --release -p compare --".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let m = machine();
+    eprintln!(
+        "compare: {} events, {} repetitions, medians; {} cores, {}; temp dir {} on {}",
+        config.events, config.reps, m.nproc, m.cpu, m.tmp_dir, m.tmp_filesystem
+    );
+    let data = Data::new(config.events, config.gets);
+    let payload = data.payload_bytes() as f64 / data.bytes.len() as f64;
+    eprintln!("Checkout payload: {payload:.1} bytes on average (postcard)");
+    let mut bench = Bench {
+        config: &config,
+        rows: Vec::new(),
+    };
+    if config.runs("limits") {
+        eprintln!("limits:");
+        limits(&mut bench, &data);
+    }
+    let mut bb_bytes = None;
+    if config.runs("backbone") {
+        eprintln!("backbone:");
+        backbone(&mut bench, &data);
+        bb_bytes = backbone_bytes_per_event(&data).ok();
+    }
+    if config.runs("sqlite") {
+        eprintln!("SQLite (rusqlite, bundled {}):", rusqlite::version());
+        sqlite(&mut bench, &data);
+    }
+    if config.runs("commitlog") {
+        eprintln!("commitlog:");
+        commitlog(&mut bench, &data);
+    }
+    if config.runs("nats") {
+        eprintln!("NATS JetStream:");
+        nats(&mut bench, &data);
+    }
+    if config.runs("redis") {
+        eprintln!("Redis Streams:");
+        redis_bench(&mut bench, &data);
+    }
+    bench.finish();
+    let rows = bench.rows;
+
+    std::fs::create_dir_all(&config.out)?;
+    let table = markdown(&rows);
+    println!("{table}");
+    let md = format!(
+        "Command: `{command}`\n\nMachine: {} cores, {}, Linux {}, temp dir on {}\n\n{table}",
+        m.nproc, m.cpu, m.kernel, m.tmp_filesystem
+    );
+    std::fs::write(config.out.join("latest.md"), md)?;
+    let report = Report {
+        command,
+        events: config.events,
+        reps: config.reps,
+        broker_events: config.broker_events,
+        slow_events: config.slow_events,
+        paced_events: config.paced_events,
+        gets: config.gets,
+        payload_bytes_per_event: payload,
+        backbone_bytes_per_event: bb_bytes,
+        machine: m,
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        rows: &rows,
+    };
+    let json = config.out.join("latest.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let svg = config.out.join("latest.svg");
+    let title = format!(
+        "Checkout events/s, medians of {} runs ({} cores, {})",
+        config.reps, report.machine.nproc, report.machine.cpu
+    );
+    chart(&rows, &svg, &title)?;
+    eprintln!("wrote {}, {} and latest.md", json.display(), svg.display());
+    if let Some(b) = bb_bytes {
+        eprintln!("bytes on disk per event: backbone {b:.1}, payload {payload:.1}");
+    }
+    Ok(())
+}
