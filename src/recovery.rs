@@ -231,21 +231,29 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
                 .map_err(|e| Error::io("open", &path, e))?;
             file.read_at(&mut header, 0)
                 .map_err(|e| Error::io("read", &path, e))?;
-            let incomplete = matches!(
-                format::decode_segment_header(&header),
-                Err(format::HeaderError::Incomplete)
-            );
-            if incomplete && holds_data(&file, len).map_err(|e| Error::io("read", &path, e))? {
-                // The header is synced before any record is written, so a
-                // zeroed header in front of records is damage, not a crash.
-                return Err(Error::Corrupt {
-                    path,
-                    position: 0,
-                    offset: None,
-                    kind: CorruptionKind::Zeroed,
-                });
+            // A header that is missing, zeroed or torn (bad magic or CRC):
+            // the create may not have finished.
+            let torn = match format::decode_segment_header(&header) {
+                Err(format::HeaderError::Incomplete) => Some(CorruptionKind::Zeroed),
+                Err(format::HeaderError::Corrupt(
+                    kind @ (CorruptionKind::BadMagic | CorruptionKind::HeaderChecksum),
+                )) => Some(kind),
+                _ => None,
+            };
+            if let Some(kind) = torn.clone() {
+                if holds_data(&file, len).map_err(|e| Error::io("read", &path, e))? {
+                    // The header is synced before any record is written, so
+                    // a damaged header in front of records is damage, not
+                    // an unfinished create.
+                    return Err(Error::Corrupt {
+                        path,
+                        position: 0,
+                        offset: None,
+                        kind,
+                    });
+                }
             }
-            !incomplete
+            torn.is_none()
         };
         if complete {
             check_header(&header, &path, base)?;
@@ -278,7 +286,10 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
         &config,
         &mut report,
     )?;
-    if !report.removed_files.is_empty() && !read_only {
+    if !read_only {
+        // Always: the newest segment's directory entry may never have been
+        // synced (a roll that failed after creating it), and records
+        // acknowledged from now on must not vanish with it.
         storage
             .sync_dir(dir)
             .map_err(|e| Error::io("fsync directory", dir, e))?;
@@ -522,6 +533,38 @@ fn recover_active(
         }
         None => Vec::new(),
     };
+    // A watermark is written by this crate after the data before it was
+    // synced, so it must agree with the frames: walking them from the last
+    // index entry (or the first record) must land exactly on it. One that
+    // does not is damage (or a misdirected write), not a crash.
+    let reached = match &watermark {
+        Some(w) => frames_reach(&bytes, &kept, base, w, config.max_payload),
+        None => Ok(()),
+    };
+    let (start_pos, start_next, start_ts) = match reached {
+        Ok(()) => (start_pos, start_next, start_ts),
+        Err((position, offset, kind)) => {
+            if options.recovery == RecoveryMode::Strict {
+                // The walk trusts length and offset fields; to name the
+                // first damaged record, check the CRCs up to where it
+                // stopped.
+                let limit = (position as usize).min(bytes.len());
+                let first = scan(&bytes[..limit], HEADER, base, config.max_payload, |_, _| {});
+                let (position, offset, kind) = match first.damage {
+                    Some(damage) if first.pos < position => (first.pos, first.next, damage),
+                    _ => (position, offset, kind),
+                };
+                return Err(Error::Corrupt {
+                    path,
+                    position,
+                    offset: Some(offset),
+                    kind,
+                });
+            }
+            kept.clear();
+            (HEADER, base, None)
+        }
+    };
     let mut builder = IndexBuilder::new(
         options.index_interval_bytes,
         kept.last().map(|e| u64::from(e.pos)),
@@ -589,8 +632,18 @@ fn recover_active(
             }
         }
     }
+    // The records scanned past the old watermark are read from the page
+    // cache, which after a failed fdatasync may hold pages the kernel will
+    // never write ("fsyncgate"). Writing them again makes them dirty, so
+    // the sync below really puts them on disk before the new watermark
+    // claims them.
+    let rescanned = bytes[start_pos as usize..end.pos as usize].to_vec();
     drop(bytes);
     drop(map);
+    if !rescanned.is_empty() {
+        file.write_at(&rescanned, start_pos)
+            .map_err(io("rewrite the tail of"))?;
+    }
     // Zero the tail unconditionally: after a crash the bytes past the end
     // may hold a later part of a torn write that starts with zeros.
     file.set_len(end.pos).map_err(io("truncate"))?;
@@ -657,6 +710,53 @@ fn existing_entries(
             .filter_map(format::decode_index_entry)
             .collect(),
     )
+}
+
+/// Checks that the frames of a segment lead exactly to the watermark
+/// `mark`: a walk of length and offset fields from the last index entry
+/// (or, if that entry is stale, from the first record) must reach
+/// `mark.pos` with the next offset `mark.next`. Otherwise, where the walk
+/// from the first record went wrong: position, offset expected, damage.
+fn frames_reach(
+    bytes: &[u8],
+    entries: &[IndexEntry],
+    base: u64,
+    mark: &Watermark,
+    max_payload: u32,
+) -> std::result::Result<(), (u64, u64, CorruptionKind)> {
+    let walk = |mut pos: u64, mut at: u64| -> std::result::Result<(), (u64, u64, CorruptionKind)> {
+        loop {
+            if pos == mark.pos && at == mark.next {
+                return Ok(());
+            }
+            if pos >= mark.pos {
+                return Err((pos, at, CorruptionKind::BadHeader));
+            }
+            let len = format::read_u32(bytes, pos as usize).unwrap_or(0);
+            let found = format::read_u64(bytes, pos as usize + 8);
+            let kind = if len == 0 {
+                CorruptionKind::Zeroed
+            } else if len < 16 || len - 16 > max_payload {
+                CorruptionKind::Length { len }
+            } else if found != Some(at) {
+                CorruptionKind::OffsetMismatch {
+                    expected: at,
+                    found: found.unwrap_or(0),
+                }
+            } else {
+                pos += 8 + u64::from(len);
+                at += 1;
+                continue;
+            };
+            return Err((pos, at, kind));
+        }
+    };
+    if let Some(e) = entries.last() {
+        if walk(u64::from(e.pos), base + u64::from(e.rel_offset)).is_ok() {
+            return Ok(());
+        }
+    }
+    walk(HEADER, base)
 }
 
 /// Whether any byte after the header of a segment file is not zero.

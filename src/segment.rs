@@ -466,8 +466,20 @@ impl Segment {
         let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
         let end = scan(region, HEADER, self.base, self.max_payload, |_, _| {});
         let expected = self.next();
-        if end.next >= expected {
+        if end.next == expected {
             return Ok(end.next - self.base);
+        }
+        if end.next > expected {
+            // Records past the offset where the next segment starts: the
+            // two segments overlap.
+            return Err(self.corrupt(
+                end.pos,
+                expected,
+                CorruptionKind::SegmentSequence {
+                    expected,
+                    found: end.next,
+                },
+            ));
         }
         let kind = end.damage.unwrap_or(CorruptionKind::SegmentTruncated {
             expected_end: expected,
