@@ -210,7 +210,15 @@ fn open_state<T, C>(log: &EventLog<T, C>, name: &str) -> Result<ConsumerState> {
     };
     let (file, slot) = match storage.open(&path, mode, options.file_mode) {
         Ok(file) => {
-            let slot = read_slot(&file, &path)?;
+            let (slot, bytes) = read_slot(&file, &path)?;
+            if !options.read_only {
+                // The slot may come from the page cache of a commit whose
+                // fdatasync failed ("fsyncgate"): writing it again and
+                // syncing makes the position reported true on disk.
+                file.write_at(&bytes, 0)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| Error::io("rewrite", &path, e))?;
+            }
             (Some(file), slot)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -261,7 +269,8 @@ fn open_state<T, C>(log: &EventLog<T, C>, name: &str) -> Result<ConsumerState> {
     })
 }
 
-fn read_slot(file: &File, path: &std::path::Path) -> Result<ConsumerSlot> {
+/// The newest valid slot of a consumer file, and the file's bytes.
+fn read_slot(file: &File, path: &std::path::Path) -> Result<(ConsumerSlot, Vec<u8>)> {
     let len = file.len().map_err(|e| Error::io("stat", path, e))?;
     let mut bytes = vec![0u8; len.min(format::CONSUMER_FILE_LEN as u64) as usize];
     file.read_at(&mut bytes, 0)
@@ -272,7 +281,7 @@ fn read_slot(file: &File, path: &std::path::Path) -> Result<ConsumerSlot> {
         offset: None,
         kind,
     };
-    format::decode_consumer(&bytes).map_err(|e| match e {
+    let slot = format::decode_consumer(&bytes).map_err(|e| match e {
         ConsumerError::Magic => corrupt(CorruptionKind::BadMagic),
         ConsumerError::Version(found) => Error::UnsupportedVersion {
             path: path.to_path_buf(),
@@ -280,5 +289,6 @@ fn read_slot(file: &File, path: &std::path::Path) -> Result<ConsumerSlot> {
             supported: format::FORMAT_VERSION,
         },
         ConsumerError::NoValidSlot => corrupt(CorruptionKind::HeaderChecksum),
-    })
+    })?;
+    Ok((slot, bytes))
 }

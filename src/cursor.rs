@@ -72,6 +72,9 @@ pub(crate) struct RawCursor {
     pub(crate) end: u64,
     at: Option<(Arc<Segment>, u64)>,
     pending: Option<Error>,
+    /// Reported once the cursor reaches its end: records were appended
+    /// past it that a failed write lost.
+    trailing: Option<Error>,
     done: bool,
 }
 
@@ -82,6 +85,7 @@ impl RawCursor {
             end: 0,
             at: None,
             pending: None,
+            trailing: None,
             done: false,
         };
         let end = match engine.readable_end() {
@@ -113,6 +117,7 @@ impl RawCursor {
         };
         cursor.next = next;
         cursor.end = end;
+        cursor.trailing = engine.lost_tail();
         cursor
     }
 
@@ -121,6 +126,9 @@ impl RawCursor {
     /// moves with [`extend_to`](RawCursor::extend_to).
     pub(crate) fn subscription(engine: &Engine, start: Start) -> RawCursor {
         let mut cursor = RawCursor::new(engine, start);
+        // A subscription waits at the end for what comes next; a writer
+        // failure reaches it as the end of the log.
+        cursor.trailing = None;
         if let Start::Offset(offset) = start {
             if offset > cursor.next {
                 cursor.next = offset;
@@ -144,8 +152,14 @@ impl RawCursor {
             self.done = true;
             return Some(Err(e));
         }
-        if self.done || self.next >= self.end {
+        if self.done {
             return None;
+        }
+        if self.next >= self.end {
+            return self.trailing.take().map(|e| {
+                self.done = true;
+                Err(e)
+            });
         }
         match self.step(engine, f) {
             Ok(value) => Some(Ok(value)),

@@ -828,8 +828,29 @@ impl Engine {
         }
         if self.options.read_only || offset < self.assigned.load(Ordering::Acquire) {
             self.readable_end()?;
+            if offset >= self.next.load(Ordering::Acquire)
+                && offset < self.assigned.load(Ordering::Acquire)
+            {
+                if let Some(lost) = self.lost_tail() {
+                    return Err(lost);
+                }
+            }
         }
         Ok(offset < self.next.load(Ordering::Acquire))
+    }
+
+    /// When the writer failed with `Buffered` appends acknowledged but never
+    /// written, the failure, which reads of those offsets report instead of
+    /// "no such record". (In the other modes an append whose write failed
+    /// returned the error itself and was never acknowledged.)
+    pub(crate) fn lost_tail(&self) -> Option<Error> {
+        if self.options.read_only
+            || self.options.durability != Durability::Buffered
+            || self.assigned.load(Ordering::Acquire) <= self.next.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        self.writer.lock().poisoned.as_ref().map(Poison::error)
     }
 
     /// The segment holding `offset`, opening it if needed; `None` if the

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
     self, decode_meta, decode_watermark, encode_meta, IndexEntry, Meta, MetaError, Watermark,
-    FORMAT_VERSION, INDEX_HEADER_LEN, SEGMENT_HEADER_LEN,
+    FORMAT_VERSION, INDEX_HEADER_LEN, SEGMENT_HEADER_LEN, WATERMARK_AT,
 };
 use crate::index::{self, Index};
 use crate::options::{Options, RecoveryMode};
@@ -638,8 +638,13 @@ fn recover_active(
     // the sync below really puts them on disk before the new watermark
     // claims them.
     let rescanned = bytes[start_pos as usize..end.pos as usize].to_vec();
+    // The same goes for the header of a segment whose create was not
+    // synced (a roll whose sync failed): it is written again too.
+    let header = bytes[..WATERMARK_AT].to_vec();
     drop(bytes);
     drop(map);
+    file.write_at(&header, 0)
+        .map_err(io("rewrite the header of"))?;
     if !rescanned.is_empty() {
         file.write_at(&rescanned, start_pos)
             .map_err(io("rewrite the tail of"))?;
@@ -648,17 +653,18 @@ fn recover_active(
     // may hold a later part of a torn write that starts with zeros.
     file.set_len(end.pos).map_err(io("truncate"))?;
     file.set_len(capacity).map_err(io("preallocate"))?;
+    // Only once the cut is durable may new records be acknowledged after
+    // it, and only then may the watermark claim the records before it: if
+    // this sync fails, the old watermark still stands and the next open
+    // scans (and rewrites) the tail again.
+    file.sync_data().map_err(io("fdatasync"))?;
     let mark = Watermark {
         pos: end.pos,
         next: end.next,
         last_ts,
     };
-    file.write_at(
-        &format::encode_watermark(&mark),
-        format::WATERMARK_AT as u64,
-    )
-    .map_err(io("write header of"))?;
-    // Only once the cut is durable may new records be acknowledged after it.
+    file.write_at(&format::encode_watermark(&mark), WATERMARK_AT as u64)
+        .map_err(io("write header of"))?;
     file.sync_data().map_err(io("fdatasync"))?;
     let map = file.map(capacity).map_err(io("map"))?;
 

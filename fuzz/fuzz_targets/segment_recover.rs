@@ -1,0 +1,14 @@
+//! Fuzz target `segment_recover`: see `oracles::segment_recover` in `tests/oracles/mod.rs`, the
+//! oracle this target shares with `tests/fuzz_oracles.rs`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/oracles/mod.rs"]
+mod oracles;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = oracles::segment_recover(data) {
+        panic!("segment_recover: {e}");
+    }
+});
