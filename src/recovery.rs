@@ -584,7 +584,7 @@ fn recover_active(
     let last_ts = end.last_ts.or(start_ts).unwrap_or(0);
 
     if read_only {
-        drop(bytes);
+        bytes.release();
         // A follower never writes; it keeps the index it checked in memory.
         let index = Index::memory(&kept);
         let segment = Segment::from_recovered(
@@ -641,7 +641,7 @@ fn recover_active(
     // The same goes for the header of a segment whose create was not
     // synced (a roll whose sync failed): it is written again too.
     let header = bytes[..WATERMARK_AT].to_vec();
-    drop(bytes);
+    bytes.release();
     drop(map);
     file.write_at(&header, 0)
         .map_err(io("rewrite the header of"))?;

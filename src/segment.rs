@@ -496,7 +496,7 @@ impl Segment {
         let (limit, next) = (self.limit(), self.next());
         let bytes = self.map.bytes();
         let end = scan(&bytes, limit, next, self.max_payload, |_, _| {});
-        drop(bytes);
+        bytes.release();
         if end.next == next {
             return false;
         }
@@ -584,7 +584,7 @@ fn open_or_rebuild_index(
                 let bytes = map.bytes();
                 if format::index_header_ok(&bytes, base) {
                     let count = index::valid_prefix(&bytes[INDEX_HEADER_LEN..], segment.len());
-                    drop(bytes);
+                    bytes.release();
                     return Ok((Index::mapped(file, map, count), false));
                 }
             }

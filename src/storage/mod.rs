@@ -78,6 +78,13 @@ pub(crate) enum MapRef<'a> {
     Sim(parking_lot::MappedRwLockReadGuard<'a, [u8]>),
 }
 
+impl MapRef<'_> {
+    /// Ends the borrow now. With the simulator the borrow holds a lock on
+    /// the file, which a write to the same file would wait for.
+    #[inline]
+    pub(crate) fn release(self) {}
+}
+
 impl Deref for MapRef<'_> {
     type Target = [u8];
 
