@@ -77,8 +77,8 @@
 //!
 //! # Feature flags
 //!
-//! - `bincode`: the [`Bincode`] codec (bincode 2.0.1, serde API).
-//! - `json`: the [`Json`] codec.
+//! - `bincode`: the `Bincode` codec (bincode 2.0.1, serde API).
+//! - `json`: the `Json` codec.
 //! - `async`: [`Subscription`] is also a `futures_core::Stream`.
 //! - `sim`: test-only; the crash-simulating storage used by this crate's
 //!   own tests. Never enable it in production.

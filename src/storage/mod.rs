@@ -161,13 +161,6 @@ impl Storage {
             Storage::Sim(s) => Ok(s.try_lock(path)?.map(DirLock::Sim)),
         }
     }
-
-    /// Whether writes through this backend reach real files (used to pick
-    /// the slow, exhaustive paths only in simulation).
-    #[allow(dead_code)]
-    pub(crate) fn is_simulated(&self) -> bool {
-        !matches!(self, Storage::Os(_))
-    }
 }
 
 impl File {
@@ -192,12 +185,6 @@ impl File {
     /// `fdatasync`: the file's data, and the metadata needed to read it back.
     pub(crate) fn sync_data(&self) -> io::Result<()> {
         dispatch!(self, File, f => f.sync_data())
-    }
-
-    /// `fsync`: data and all metadata.
-    #[allow(dead_code)]
-    pub(crate) fn sync_all(&self) -> io::Result<()> {
-        dispatch!(self, File, f => f.sync_all())
     }
 
     /// Maps the first `len` bytes read-only. `len` must not exceed the file's

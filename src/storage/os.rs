@@ -177,10 +177,6 @@ impl OsFile {
         self.file.sync_data()
     }
 
-    pub(crate) fn sync_all(&self) -> io::Result<()> {
-        self.file.sync_all()
-    }
-
     pub(crate) fn map(&self, len: u64) -> io::Result<OsMap> {
         if len == 0 {
             return Ok(OsMap::Empty);

@@ -112,33 +112,33 @@ impl FaultKind {
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {
-    /// [`SimStorage::open`].
+    /// `SimStorage::open`.
     Open,
-    /// [`SimStorage::remove`].
+    /// `SimStorage::remove`.
     Remove,
-    /// [`SimStorage::rename`].
+    /// `SimStorage::rename`.
     Rename,
-    /// [`SimStorage::list`].
+    /// `SimStorage::list`.
     List,
-    /// [`SimStorage::create_dir_all`].
+    /// `SimStorage::create_dir_all`.
     CreateDir,
-    /// [`SimStorage::sync_dir`].
+    /// `SimStorage::sync_dir`.
     SyncDir,
-    /// [`SimStorage::try_lock`].
+    /// `SimStorage::try_lock`.
     Lock,
-    /// [`SimFile::len`].
+    /// `SimFile::len`.
     Len,
-    /// [`SimFile::read_at`].
+    /// `SimFile::read_at`.
     Read,
-    /// [`SimFile::write_at`].
+    /// `SimFile::write_at`.
     Write,
-    /// [`SimFile::set_len`].
+    /// `SimFile::set_len`.
     SetLen,
-    /// [`SimFile::sync_data`].
+    /// `SimFile::sync_data`.
     SyncData,
-    /// [`SimFile::sync_all`].
+    /// `SimFile::sync_all`.
     SyncAll,
-    /// [`SimFile::map`].
+    /// `SimFile::map`.
     Map,
 }
 
@@ -830,7 +830,8 @@ impl SimFile {
     }
 
     /// `fsync`: the same as [`SimFile::sync_data`], as metadata is not
-    /// modelled apart from data.
+    /// modelled apart from data. (The log itself only uses `fdatasync`.)
+    #[cfg(test)]
     pub(crate) fn sync_all(&self) -> io::Result<()> {
         self.sync(OpKind::SyncAll)
     }
