@@ -374,6 +374,11 @@ impl Engine {
             let pos = w.buf_pos + at as u64;
             if pos + len > w.active.capacity() {
                 let tail = w.buf.split_off(at);
+                // The roll publishes the frames placed so far; the offset
+                // the next append gets must not lag behind what readers
+                // then see (a consumer could not commit past a record it
+                // was given).
+                self.assigned.store(offset, Ordering::Release);
                 self.roll(w, offset)?;
                 at = w.buf.len();
                 w.buf.extend_from_slice(&tail);
