@@ -37,8 +37,10 @@ use crate::log::{EventLog, Record, Start};
 /// subscriber catching up on history does not delay the live ones.
 const PASS_BUDGET: usize = 1024;
 /// How often the delivery thread looks again at subscribers whose channel
-/// was full, and how often a read-only handle looks for another process's
-/// appends. Caught-up subscribers of a writer are woken by the append.
+/// was full (a receive through the `Subscription` wakes it sooner; one
+/// through `receiver()` does not), and how often a read-only handle looks
+/// for another process's appends. Caught-up subscribers of a writer are
+/// woken by the append.
 const POLL_FULL: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -113,6 +115,9 @@ struct Shared {
     dispatched: AtomicU64,
     /// The subscription was dropped: the task should go.
     dropped: AtomicBool,
+    /// The delivery task found the channel full and waits for room: the
+    /// next receive wakes it instead of leaving it to its next poll.
+    full: AtomicBool,
     #[cfg(feature = "async")]
     waker: AtomicWaker,
 }
@@ -167,9 +172,22 @@ impl<T> Subscription<T> {
     /// or [`Error::Io`] met while reading, after which it ends.
     pub fn recv(&self) -> Result<Record<T>> {
         match self.receiver.recv() {
-            Ok(item) => item,
+            Ok(item) => self.received(item),
             Err(_) => Err(Error::Closed),
         }
+    }
+
+    /// Wakes the delivery thread if it is waiting for room in this channel.
+    #[inline]
+    fn received<R>(&self, item: R) -> R {
+        if self.shared.full.load(Ordering::Relaxed)
+            && self.shared.full.swap(false, Ordering::AcqRel)
+        {
+            if let Some(engine) = self.engine.upgrade() {
+                engine.wake_subscribers();
+            }
+        }
+        item
     }
 
     /// The next record if one is waiting, `Ok(None)` if none is.
@@ -179,7 +197,7 @@ impl<T> Subscription<T> {
     /// As [`recv`](Subscription::recv).
     pub fn try_recv(&self) -> Result<Option<Record<T>>> {
         match self.receiver.try_recv() {
-            Ok(item) => item.map(Some),
+            Ok(item) => self.received(item).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Error::Closed),
         }
@@ -192,7 +210,7 @@ impl<T> Subscription<T> {
     /// As [`recv`](Subscription::recv).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Record<T>>> {
         match self.receiver.recv_timeout(timeout) {
-            Ok(item) => item.map(Some),
+            Ok(item) => self.received(item).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
         }
@@ -420,6 +438,7 @@ impl<T: Send, C: Codec<T>> Task for Deliver<T, C> {
                     }
                     Err(TrySendError::Full(item)) => {
                         self.pending = Some(item);
+                        self.shared.full.store(true, Ordering::Release);
                         return if sent > 0 { Pump::Sent } else { Pump::Full };
                     }
                     Err(TrySendError::Disconnected(_)) => return Pump::Finished,
@@ -629,7 +648,7 @@ impl<T> futures_core::Stream for Subscription<T> {
         // the two looks wakes this task instead of being missed.
         for attempt in 0..2 {
             match self.receiver.try_recv() {
-                Ok(item) => return Poll::Ready(Some(item)),
+                Ok(item) => return Poll::Ready(Some(self.received(item))),
                 Err(TryRecvError::Disconnected) => return Poll::Ready(None),
                 Err(TryRecvError::Empty) if attempt == 0 => self.shared.waker.register(cx.waker()),
                 Err(TryRecvError::Empty) => {}
