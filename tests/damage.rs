@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use backbone::sim::SimStorage;
 use backbone::{CorruptionKind, Error, EventLog, Options, Raw, RecoveryMode, Start, Timestamp};
-use common::{open_raw, payload};
+use common::{open_raw, payload, SplitMix as Rng};
 
 const SEED: u64 = 0xDA3A_6E5E;
 const HEADER: usize = 64;
@@ -26,29 +26,6 @@ fn small() -> Options {
         .segment_bytes(4096)
         .max_record_bytes(512)
         .index_interval_bytes(256)
-}
-
-// ---- a tiny deterministic RNG ------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 // ---- the disk under test: the simulator or a real directory -----------------

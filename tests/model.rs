@@ -29,6 +29,8 @@
 //! Knobs: `PROPTEST_CASES` (default 256) and `BACKBONE_SIM_CRASHES` (seeds
 //! of the power-loss campaign, default 2,000).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,8 @@ use backbone::{
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+
+use common::SplitMix as Rng;
 
 type Log = EventLog<Vec<u8>, Raw>;
 type Handle = Consumer<Vec<u8>, Raw>;
@@ -836,39 +840,18 @@ impl Harness {
     }
 }
 
-// ---- a small deterministic generator for the seeded campaigns -----------------
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
+// ---- the seeded campaigns' generator: splitmix64, in tests/common --------------
 
 fn random_config(rng: &mut Rng) -> Config {
-    let segment_bytes = rng.range(512, 4096);
-    let max_record_bytes = rng.range(16, 200.min(segment_bytes - 88)) as u32;
+    let segment_bytes = rng.range_inclusive(512, 4096);
+    let max_record_bytes = rng.range_inclusive(16, 200.min(segment_bytes - 88)) as u32;
     let durability = durability(rng.below(3));
     let buffer_bytes = (durability == Durability::Buffered && rng.below(2) == 0)
-        .then(|| rng.range(32, 2048) as usize);
+        .then(|| rng.range_inclusive(32, 2048) as usize);
     Config {
         segment_bytes,
         max_record_bytes,
-        index_interval_bytes: rng.range(1, 512) as u32,
+        index_interval_bytes: rng.range_inclusive(1, 512) as u32,
         durability,
         buffer_bytes,
     }
@@ -876,7 +859,7 @@ fn random_config(rng: &mut Rng) -> Config {
 
 fn random_payload(rng: &mut Rng, max: u32) -> Vec<u8> {
     let len = if rng.below(20) == 0 {
-        u64::from(max) + rng.range(1, 4)
+        u64::from(max) + rng.range_inclusive(1, 4)
     } else {
         rng.below(u64::from(max) + 1)
     };
@@ -947,18 +930,18 @@ fn random_op(rng: &mut Rng, cfg: &Config) -> Op {
                 1 => SubStart::End,
                 _ => SubStart::Offset(random_pick(rng)),
             },
-            capacity: rng.range(1, 8) as u8,
+            capacity: rng.range_inclusive(1, 8) as u8,
         },
         103..=104 => Op::ConsumerSubscribe {
             name: rng.below(3) as usize,
         },
         105..=109 => Op::Poll {
             sub: rng.next() as u8,
-            max: rng.range(1, 16) as u8,
+            max: rng.range_inclusive(1, 16) as u8,
             wait_us: if rng.below(2) == 0 {
                 0
             } else {
-                rng.range(50, 500) as u16
+                rng.range_inclusive(50, 500) as u16
             },
             commit: rng.below(3) != 0,
         },
@@ -1472,8 +1455,8 @@ fn env_count(name: &str, default: u64) -> u64 {
 fn campaign_seed(seed: u64) -> Result<Counts, String> {
     let mut rng = Rng(seed ^ 0x00C0_FFEE);
     let cfg = random_config(&mut rng);
-    let total = rng.range(20, 200);
-    let crashes = rng.range(2, 5);
+    let total = rng.range_inclusive(20, 200);
+    let crashes = rng.range_inclusive(2, 5);
     let mut points: Vec<u64> = (0..crashes).map(|_| rng.below(total + 1)).collect();
     points.sort_unstable();
     let mut h = Harness::new(cfg)?;
@@ -1485,7 +1468,7 @@ fn campaign_seed(seed: u64) -> Result<Counts, String> {
                 Op::CrashInRecovery {
                     mode,
                     seed: rng.next(),
-                    fail_at: rng.range(1, 60),
+                    fail_at: rng.range_inclusive(1, 60),
                     then: random_mode(&mut rng, true),
                     then_seed: rng.next(),
                 }
