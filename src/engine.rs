@@ -36,6 +36,7 @@ use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryReport};
 use crate::retention;
 use crate::segment::{IndexBuilder, Segment, SegmentConfig};
+use crate::spare::Spares;
 use crate::storage::DirLock;
 use crate::subscribe::{Hub, Task};
 use crate::time::now_micros;
@@ -70,8 +71,11 @@ pub(crate) struct Engine {
     maintenance: Mutex<()>,
     shutdown: AtomicBool,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The next segment's file, prepared while the active one fills.
+    spares: Option<Arc<Spares>>,
     indexes_rebuilt: AtomicU64,
     syncs: AtomicU64,
+    preallocated: AtomicU64,
     pub(crate) consumers: Mutex<HashMap<String, Weak<ConsumerState>>>,
     hub: OnceLock<Hub>,
 }
@@ -113,6 +117,8 @@ struct Writer {
     io_busy: bool,
     sync_busy: bool,
     rolling: bool,
+    /// A spare segment was requested for the roll after the active one.
+    spare_requested: bool,
     last_watermark: Instant,
     poisoned: Option<Poison>,
     closed: bool,
@@ -157,6 +163,10 @@ pub struct Stats {
     /// `fdatasync` calls on segment data since the log was opened: with
     /// group commit, fewer than the appends that waited for one.
     pub syncs: u64,
+    /// Segments started from a file prepared ahead of time (see
+    /// [`Options::preallocate`](crate::Options::preallocate)); the other
+    /// rolls found none ready and created a sparse file.
+    pub preallocated_segments: u64,
 }
 
 impl Engine {
@@ -198,6 +208,7 @@ impl Engine {
             io_busy: false,
             sync_busy: false,
             rolling: false,
+            spare_requested: false,
             last_watermark: Instant::now(),
             poisoned: None,
             closed: false,
@@ -220,8 +231,18 @@ impl Engine {
             maintenance: Mutex::new(()),
             shutdown: AtomicBool::new(false),
             syncer: Mutex::new(None),
+            spares: options.preallocates().then(|| {
+                let storage = &options.storage;
+                Arc::new(Spares::new(
+                    storage,
+                    dir,
+                    options.segment_bytes,
+                    options.file_mode,
+                ))
+            }),
             indexes_rebuilt: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            preallocated: AtomicU64::new(0),
             consumers: Mutex::new(HashMap::new()),
             hub: OnceLock::new(),
             options,
@@ -510,6 +531,12 @@ impl Engine {
                 }
                 self.next.store(end, Ordering::Release);
                 self.wake_subscribers();
+                if !w.spare_requested && end_pos * 2 >= segment.capacity() {
+                    if let Some(spares) = &self.spares {
+                        w.spare_requested = true;
+                        spares.request();
+                    }
+                }
             }
             Err((op, e)) => self.poison(w, op, &segment.path, e),
         }
@@ -631,6 +658,12 @@ impl Engine {
         self.wake_subscribers();
 
         let storage = &self.options.storage;
+        let spare = self.spares.as_ref().and_then(|spares| {
+            let file = spares.take()?;
+            Some((file, spares.path()))
+        });
+        w.spare_requested = false;
+        let from_spare = spare.is_some();
         let new = Segment::create(
             storage,
             &self.dir,
@@ -638,6 +671,7 @@ impl Engine {
             self.options.segment_bytes,
             w.last_ts,
             &self.config,
+            spare,
         )
         .map_err(|e| match e {
             Error::Io { op, path, source } => (op, path, source),
@@ -652,6 +686,9 @@ impl Engine {
         storage
             .sync_dir(&self.dir)
             .map_err(fail("fsync directory", &self.dir))?;
+        if from_spare {
+            self.preallocated.fetch_add(1, Ordering::Relaxed);
+        }
         let new = Arc::new(new);
         {
             let mut segments = self.segments.write();
@@ -764,6 +801,9 @@ impl Engine {
     /// in the caller's thread, before a reopen can race with them.
     pub(crate) fn release(&self) {
         self.stop_syncer();
+        if let Some(spares) = &self.spares {
+            spares.shutdown();
+        }
         self.wake_subscribers();
         if let Some(hub) = self.hub.get() {
             hub.join();
@@ -1127,6 +1167,7 @@ impl Engine {
             bytes: segments.slots.iter().map(|s| s.len).sum(),
             indexes_rebuilt: self.indexes_rebuilt.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
+            preallocated_segments: self.preallocated.load(Ordering::Relaxed),
         }
     }
 
@@ -1156,6 +1197,9 @@ impl Drop for Engine {
             handle.thread().unpark();
         }
         self.wake_subscribers();
+        if let Some(spares) = &self.spares {
+            spares.shutdown();
+        }
         if self.options.read_only {
             return;
         }

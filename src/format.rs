@@ -20,6 +20,8 @@ pub(crate) const SEGMENT_EXT: &str = "seg";
 pub(crate) const INDEX_EXT: &str = "idx";
 pub(crate) const CONSUMER_EXT: &str = "consumer";
 pub(crate) const TMP_EXT: &str = "tmp";
+/// The spare segment file prepared ahead of a roll, `spare.tmp`.
+pub(crate) const SPARE_FILE: &str = "spare";
 
 /// What `META` records about a log: the codec that encoded its payloads and,
 /// for diagnostics, the Rust type name of its events.

@@ -102,6 +102,7 @@ mod options;
 mod recovery;
 mod retention;
 mod segment;
+mod spare;
 mod subscribe;
 // The one place with `unsafe`: mapping files (see `storage::os`).
 #[allow(unsafe_code)]

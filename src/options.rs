@@ -87,6 +87,8 @@ pub struct Options {
     pub(crate) read_only: bool,
     pub(crate) file_mode: u32,
     pub(crate) max_open_segments: usize,
+    /// `None`: on unless the durability is `Buffered`.
+    preallocate: Option<bool>,
     pub(crate) storage: Storage,
 }
 
@@ -118,6 +120,7 @@ impl Options {
             read_only: false,
             file_mode: 0o600,
             max_open_segments: 64,
+            preallocate: None,
             storage: Storage::os(),
         }
     }
@@ -217,6 +220,26 @@ impl Options {
     pub fn max_open_segments(mut self, count: usize) -> Options {
         self.max_open_segments = count;
         self
+    }
+
+    /// Whether to write each next segment's blocks (zeros) ahead of time,
+    /// on a background thread, while the active segment fills (default: on
+    /// for [`Durability::EveryAppend`] and [`Durability::Interval`], off for
+    /// [`Durability::Buffered`]). A sync after an append then persists the
+    /// data only, not also the allocation of the blocks it touched, which
+    /// on ext4 about doubles the rate of durable appends. The cost is one
+    /// extra segment of disk space and writing each segment's bytes twice.
+    pub fn preallocate(mut self, preallocate: bool) -> Options {
+        self.preallocate = Some(preallocate);
+        self
+    }
+
+    /// Whether segments are prepared ahead of time.
+    pub(crate) fn preallocates(&self) -> bool {
+        !self.read_only
+            && self
+                .preallocate
+                .unwrap_or(self.durability != Durability::Buffered)
     }
 
     /// Runs the log on the crash-simulating, fault-injecting storage (feature

@@ -204,8 +204,15 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
                     reason: "it has no segment files",
                 });
             }
-            let active =
-                Segment::create(storage, dir, fresh_base, options.segment_bytes, 0, &config)?;
+            let active = Segment::create(
+                storage,
+                dir,
+                fresh_base,
+                options.segment_bytes,
+                0,
+                &config,
+                None,
+            )?;
             storage
                 .sync_dir(dir)
                 .map_err(|e| Error::io("fsync directory", dir, e))?;

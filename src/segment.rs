@@ -163,7 +163,9 @@ pub(crate) struct SegmentConfig {
 
 impl Segment {
     /// Creates a new, empty segment file at its full capacity, with its
-    /// header on stable storage, and its index. The caller syncs the
+    /// header on stable storage, and its index. With a `spare` (a zeroed,
+    /// synced file of `capacity` bytes at that path) the segment is made
+    /// from it by writing the header and renaming it. The caller syncs the
     /// directory before acknowledging any record in it.
     pub(crate) fn create(
         storage: &Storage,
@@ -172,22 +174,43 @@ impl Segment {
         capacity: u64,
         last_ts: u64,
         config: &SegmentConfig,
+        spare: Option<(File, &Path)>,
     ) -> Result<Segment> {
         let path = dir.join(format::segment_name(base));
         let io = |op| move |e| Error::io(op, path_buf(dir, base), e);
-        let file = storage
-            .open(&path, OpenMode::CreateNew, config.file_mode)
-            .map_err(io("create"))?;
-        file.set_len(capacity).map_err(io("preallocate"))?;
-        let header = SegmentHeader { base };
-        let mark = Watermark {
-            pos: HEADER,
-            next: base,
-            last_ts,
+        let header = encode_segment_header(
+            &SegmentHeader { base },
+            &Watermark {
+                pos: HEADER,
+                next: base,
+                last_ts,
+            },
+        );
+        let file = match spare {
+            Some((file, spare_path)) => {
+                let spare_io = |op| move |e| Error::io(op, spare_path, e);
+                file.write_at(&header, 0)
+                    .map_err(spare_io("write header of"))?;
+                file.sync_data().map_err(spare_io("fdatasync"))?;
+                // The header is durable before the name is, so a segment
+                // file never exists without its header. No file has this
+                // name: bases only grow, and recovery removed any
+                // unfinished create past the active segment.
+                storage
+                    .rename(spare_path, &path)
+                    .map_err(spare_io("rename"))?;
+                file
+            }
+            None => {
+                let file = storage
+                    .open(&path, OpenMode::CreateNew, config.file_mode)
+                    .map_err(io("create"))?;
+                file.set_len(capacity).map_err(io("preallocate"))?;
+                file.write_at(&header, 0).map_err(io("write header of"))?;
+                file.sync_data().map_err(io("fdatasync"))?;
+                file
+            }
         };
-        file.write_at(&encode_segment_header(&header, &mark), 0)
-            .map_err(io("write header of"))?;
-        file.sync_data().map_err(io("fdatasync"))?;
         let map = file.map(capacity).map_err(io("map"))?;
 
         let index_path = dir.join(format::index_name(base));

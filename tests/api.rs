@@ -569,3 +569,78 @@ fn a_batch_costs_one_sync_and_stats_count_them() {
     log.append(&1).unwrap();
     assert_eq!(log.stats().syncs - before, 2);
 }
+
+/// Allocated bytes of a file (written blocks; a sparse file has few).
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn durable_logs_prepare_each_next_segment_ahead_of_time() {
+    const SEGMENT: u64 = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join("spare.tmp");
+    let options = || Options::new().segment_bytes(SEGMENT).max_record_bytes(4096);
+    let log = open_raw(dir.path(), options()).unwrap();
+    let record = vec![7u8; 4000];
+    let (mut expected, mut prepared) = (0, 0);
+    for roll in 1..=3 {
+        // Past half of the active segment a spare is prepared; wait until
+        // it is complete, then fill the segment up so that it rolls.
+        while !spare.exists() {
+            log.append_batch(&[record.clone(), record.clone()]).unwrap();
+            expected += 2;
+        }
+        let waited = std::time::Instant::now();
+        while std::fs::metadata(&spare).map_or(0, |m| m.len()) < SEGMENT
+            && waited.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let before = log.stats().preallocated_segments;
+        while segment_files(dir.path()).len() <= roll {
+            log.append(&record).unwrap();
+            expected += 1;
+        }
+        // A segment made from a spare has every block written already;
+        // a sparse one holds only what its one record took.
+        if log.stats().preallocated_segments > before {
+            prepared += 1;
+            let newest = segment_files(dir.path()).pop().unwrap();
+            assert!(allocated(&newest) >= SEGMENT, "roll {roll}");
+        }
+    }
+    assert!(prepared >= 1, "no roll used a prepared segment");
+    assert_eq!(log.verify().unwrap(), expected);
+    log.close().unwrap();
+    assert!(!spare.exists(), "closing removes the spare");
+    let log = open_raw(dir.path(), options()).unwrap();
+    assert_eq!(read_all(&log).unwrap().len() as u64, expected);
+    assert!(
+        log.recovery_report().is_clean(),
+        "{:?}",
+        log.recovery_report()
+    );
+}
+
+#[test]
+fn buffered_logs_and_the_option_off_prepare_nothing() {
+    for options in [
+        Options::new().durability(Durability::Buffered),
+        Options::new().preallocate(false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_raw(dir.path(), options.segment_bytes(64 << 10)).unwrap();
+        for i in 0..100 {
+            log.append(&vec![1u8; 1000]).unwrap();
+            assert!(!dir.path().join("spare.tmp").exists(), "after {i}");
+        }
+        log.sync().unwrap();
+        let mut files = segment_files(dir.path());
+        assert!(files.len() > 1);
+        assert_eq!(log.stats().preallocated_segments, 0);
+        assert!(allocated(&files.pop().unwrap()) < 64 << 10, "sparse");
+    }
+}

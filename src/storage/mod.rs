@@ -113,6 +113,12 @@ impl Storage {
         Storage::Os(os::OsStorage)
     }
 
+    /// Whether this is the crash simulator, whose runs must stay one
+    /// deterministic sequence of storage operations (no background I/O).
+    pub(crate) fn is_simulated(&self) -> bool {
+        !matches!(self, Storage::Os(_))
+    }
+
     /// Opens `path`; new files get the Unix permission bits `mode`.
     pub(crate) fn open(&self, path: &Path, open: OpenMode, mode: u32) -> io::Result<File> {
         match self {
