@@ -121,6 +121,9 @@ struct Writer {
     spare_requested: bool,
     last_watermark: Instant,
     poisoned: Option<Poison>,
+    /// `close` has begun: no new appends, syncs or flushes are taken, so
+    /// that what close commits is everything ever placed.
+    closing: bool,
     closed: bool,
 }
 
@@ -211,6 +214,7 @@ impl Engine {
             spare_requested: false,
             last_watermark: Instant::now(),
             poisoned: None,
+            closing: false,
             closed: false,
         };
         let engine = Arc::new(Engine {
@@ -384,6 +388,9 @@ impl Engine {
         if let Some(poison) = &w.poisoned {
             return Err(poison.error());
         }
+        if w.closing {
+            return Err(Error::Closed);
+        }
         Ok(())
     }
 
@@ -430,10 +437,20 @@ impl Engine {
             if w.durable >= target || (!durable && w.written >= target) {
                 return Ok(());
             }
+            if w.closed {
+                // Cannot happen while `close` refuses new work first; never
+                // write to a closed log, whose lock may be another's now.
+                return Err(Error::Closed);
+            }
             if w.written < target {
-                if w.io_busy || w.rolling {
+                // At most one fdatasync is in flight: of two concurrent
+                // syncs of one file, Linux reports a writeback error to
+                // only one, and the other would acknowledge records the
+                // failed one lost.
+                let syncing = durable || every_append;
+                if w.io_busy || w.rolling || (syncing && w.sync_busy) {
                     self.io_done.wait(w);
-                } else if durable || every_append {
+                } else if syncing {
                     if !yielded {
                         // Before paying for a sync, let the appenders the
                         // last round just woke place their next records, so
@@ -454,7 +471,8 @@ impl Engine {
                 } else {
                     self.write_round(w, false);
                 }
-            } else if w.sync_busy || w.rolling {
+            } else if w.sync_busy || w.io_busy || w.rolling {
+                // Waiting for `io_busy` too: that round may be syncing.
                 self.io_done.wait(w);
             } else {
                 self.sync_round(w);
@@ -743,6 +761,9 @@ impl Engine {
     /// The background `fdatasync` of `Durability::Interval`.
     fn background_sync(&self) {
         let mut w = self.writer.lock();
+        while w.io_busy || w.rolling {
+            self.io_done.wait(&mut w);
+        }
         if w.poisoned.is_some() || w.closed || w.durable >= w.written || w.sync_busy {
             return;
         }
@@ -757,10 +778,15 @@ impl Engine {
             return Ok(());
         }
         let mut w = self.writer.lock();
+        // Another thread's close in progress: wait for its outcome.
+        while w.closing && !w.closed && w.poisoned.is_none() {
+            self.io_done.wait(&mut w);
+        }
         if w.closed {
             return Ok(());
         }
         self.check_writable(&mut w)?;
+        w.closing = true;
         let target = w.placed;
         self.commit(&mut w, target, true)?;
         while w.io_busy || w.sync_busy {

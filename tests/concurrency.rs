@@ -321,3 +321,68 @@ fn an_append_that_returned_first_has_the_smaller_offset() {
         );
     }
 }
+
+/// `close` while other threads append: each append either fails (the log
+/// is closing or closed) or is in the log when it is opened again. A race
+/// found by the loom model of group commit (tests/loom_group_commit.rs):
+/// `close` committed the records placed when it started, and an append
+/// placed while close's own write was in flight returned `Ok` (`Buffered`)
+/// or went on writing after the close (`EveryAppend`), and was lost.
+#[test]
+fn appends_racing_close_are_refused_or_kept() {
+    let mut rng = Rng::new(0xC105E);
+    let mut acknowledged_total = 0;
+    for round in 0..300 {
+        let durability = if round % 2 == 0 {
+            Durability::Buffered
+        } else {
+            Durability::EveryAppend
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let options = || {
+            Options::new()
+                .durability(durability)
+                .buffer_bytes(1 << 20)
+                .segment_bytes(1 << 20)
+        };
+        let log: EventLog<Event> = options().open(dir.path()).unwrap();
+        let start = Arc::new(Barrier::new(3));
+        let appenders: Vec<_> = (0..2u32)
+            .map(|tid| {
+                let (log, start) = (log.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut acked = Vec::new();
+                    for seq in 0.. {
+                        match log.append(&(tid, seq)) {
+                            Ok(offset) => acked.push((offset, (tid, seq))),
+                            Err(_) => break,
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        start.wait();
+        std::thread::sleep(Duration::from_micros(rng.range(0, 2_000)));
+        log.close().unwrap();
+        let acked: Vec<(u64, Event)> = appenders
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let log: EventLog<Event> = options().open(dir.path()).unwrap();
+        for (offset, event) in &acked {
+            let got = log.get(*offset).unwrap().map(|r| r.value);
+            assert_eq!(
+                got,
+                Some(*event),
+                "round {round} ({durability:?}): acknowledged append at {offset} \
+                 lost; {} acknowledged, log ends at {}",
+                acked.len(),
+                log.next_offset()
+            );
+        }
+        acknowledged_total += acked.len();
+    }
+    assert!(acknowledged_total > 0, "no append was acknowledged");
+}

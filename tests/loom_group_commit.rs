@@ -8,20 +8,23 @@
 //!   (`notify_all`) whenever I/O ends. An append places its frames in the
 //!   shared buffer under the mutex (`append_with`, `place`) and then, per
 //!   durability, calls `commit(end, durable)`.
-//! - `commit` loops: poisoned → the poison error; covered → `Ok`; records
-//!   not yet written: wait if a write is in flight (`io_busy`), else lead a
+//! - `commit` loops: poisoned → the poison error; covered → `Ok`; closed →
+//!   `Closed`; records not yet written: wait if a write is in flight
+//!   (`io_busy`) or, for a syncing round, a sync (`sync_busy`), else lead a
 //!   `write_round` (a syncing one for `EveryAppend` or `durable`, after the
 //!   "gather" step: yield while `placed` keeps growing, at most
 //!   `GATHER_YIELDS` times, then look again); records written but not
-//!   synced: wait if a sync is in flight (`sync_busy`), else lead a
-//!   `sync_round`.
+//!   synced: wait if any I/O is in flight, else lead a `sync_round`. So at
+//!   most one `fdatasync` is in flight.
 //! - `write_round` marks `io_busy`, swaps out the buffer, captures `end =
 //!   placed` and the position, unlocks (`MutexGuard::unlocked`), does one
 //!   `pwrite` (+ `fdatasync`), re-locks, publishes `written = end` (and
 //!   `durable = end`) or poisons, and `notify_all`s. `sync_round` does the
 //!   same with `sync_busy`, its target captured as `written` before it
 //!   unlocks, published only if it is above `durable`.
-//! - `close` flushes and syncs what is placed (`commit(placed, true)`),
+//! - `close` waits for another thread's close, marks the writer `closing`
+//!   (from then on `check_writable` refuses appends, syncs and flushes with
+//!   `Closed`), flushes and syncs what is placed (`commit(placed, true)`),
 //!   waits for the I/O in flight, syncs, marks the writer closed,
 //!   `notify_all`s and releases the directory lock.
 //!
@@ -50,16 +53,21 @@
 //! - no deadlock (loom reports one when every thread waits).
 //!
 //! The `broken_*` models are the same protocol with one deliberate mistake
-//! each, and must fail: they show the checks are not vacuous. The
-//! `finding_*` models are the protocol as src/engine.rs has it, with a check
-//! the crate does not meet today; they pin two races (see their docs) and
-//! should be turned into passing models once the races are fixed.
+//! each, and must fail: they show the checks are not vacuous. Two of the
+//! mistakes are the protocol as it was before these models found its races
+//! (`CloseWithoutClosing`, `OverlappingSyncs`; see their docs).
 //!
-//! Not modelled: rolls (`roll`, `rolling`; segments are never full here),
-//! the index, the watermark slot (a header write that carries no record),
-//! subscribers, and `EINTR`/short writes (absorbed below `write_at`). Loom
-//! has no spurious condvar wakeups, so a waiter wakes only after a
-//! `notify_all`.
+//! The gather step's `std::thread::yield_now` is a hint; loom's is stronger
+//! (every other runnable thread runs first), so every scenario is explored
+//! twice: with loom's yield, and with none (see `Log::gather_yield`).
+//!
+//! Not modelled: rolls (`roll`, `rolling`, the roll in `place`; segments
+//! never fill here), the index, the watermark slot (a header write that
+//! carries no record), subscribers and the published `next`, `Buffered`
+//! appends that fill the buffer, `EINTR` and short writes (absorbed below
+//! `write_at`), a failure of `close`'s own sync, and a failed write that
+//! stored part of its data. Loom has no spurious condvar wakeups, so a
+//! waiter wakes only after a `notify_all`.
 //!
 //! Run (compiles the whole dependency graph with `--cfg loom`, so give it
 //! its own target directory to leave the shared one alone):
@@ -119,8 +127,17 @@ enum Mistake {
     /// looking again (no `continue`), though another appender may have
     /// started one while it yielded.
     GatherWithoutRecheck,
-    /// `sync_round` publishes its target without `target > durable`.
-    SyncRoundUnguarded,
+    /// The close race this model found: `close` sets no `closing` flag, so
+    /// an append placed while close's commit has the mutex released is
+    /// left behind (`Buffered`: acknowledged and dropped; `EveryAppend`:
+    /// written after `close` released the directory lock).
+    CloseWithoutClosing,
+    /// The sync race this model found: a syncing write round waits only
+    /// for `io_busy` and a sync round only for `sync_busy`, so two
+    /// `fdatasync`s can be in flight; Linux reports a writeback error to
+    /// one of them only, and the other acknowledges records the failed one
+    /// lost.
+    OverlappingSyncs,
 }
 
 /// What a call returns when it fails (the model's `Error`).
@@ -189,16 +206,19 @@ impl File {
         if self.op() {
             return Err(());
         }
-        let end = pos + records.len();
-        if self.cells.len() < end {
-            self.cells.resize(end, None);
-            self.durable.resize(end, None);
-        }
-        for (i, &v) in records.iter().enumerate() {
-            let cell = &mut self.cells[pos + i];
-            assert_eq!(*cell, None, "position {} written twice", pos + i);
-            *cell = Some(v);
-            self.pending.push(pos + i);
+        // One write round at a time, each at the end of the last: every
+        // record is written once, in offset order, with no gap.
+        assert_eq!(
+            pos,
+            self.cells.len(),
+            "a write at position {pos} with the file ending at {}: \
+             written twice, out of order or with a gap",
+            self.cells.len()
+        );
+        for &v in records {
+            self.pending.push(self.cells.len());
+            self.cells.push(Some(v));
+            self.durable.push(None);
         }
         Ok(())
     }
@@ -271,6 +291,7 @@ struct Writer {
     io_busy: bool,
     sync_busy: bool,
     poisoned: bool,
+    closing: bool,
     closed: bool,
 }
 
@@ -284,7 +305,7 @@ struct Log {
     durability: Durability,
     mistake: Mistake,
     /// Check that `close` leaves nothing placed behind and that no I/O
-    /// follows it (the `finding_*` close models).
+    /// follows it (the close models).
     check_close: bool,
     /// See `gather_yield`.
     yield_to_others: bool,
@@ -355,6 +376,9 @@ impl Log {
         if w.poisoned {
             return Err(Error::Poisoned);
         }
+        if w.closing {
+            return Err(Error::Closed);
+        }
         Ok(())
     }
 
@@ -423,7 +447,10 @@ impl Log {
 
     /// `background_sync`.
     fn background_sync(&self) {
-        let w = self.lock();
+        let mut w = self.lock();
+        while w.io_busy && self.mistake != Mistake::OverlappingSyncs {
+            w = self.wait(w);
+        }
         if w.poisoned || w.closed || w.durable >= w.written || w.sync_busy {
             return;
         }
@@ -447,8 +474,13 @@ impl Log {
             if w.durable >= target || (!durable && w.written >= target) {
                 return (w, Ok(()));
             }
+            if w.closed {
+                return (w, Err(Error::Closed));
+            }
+            let overlap = self.mistake == Mistake::OverlappingSyncs;
             if w.written < target {
-                if w.io_busy {
+                let syncing = durable || every_append;
+                if w.io_busy || (syncing && w.sync_busy && !overlap) {
                     w = self.wait(w);
                     if self.mistake == Mistake::WakeWithoutRecheck {
                         return (w, Ok(()));
@@ -472,7 +504,7 @@ impl Log {
                 } else {
                     w = self.write_round(w, false);
                 }
-            } else if w.sync_busy {
+            } else if w.sync_busy || (w.io_busy && !overlap) {
                 w = self.wait(w);
                 if self.mistake == Mistake::WakeWithoutRecheck {
                     return (w, Ok(()));
@@ -534,7 +566,7 @@ impl Log {
         w.sync_busy = false;
         match result {
             Ok(()) => {
-                if target > w.durable || self.mistake == Mistake::SyncRoundUnguarded {
+                if target > w.durable {
                     let written = w.written;
                     self.publish(&mut w, written, target);
                 }
@@ -578,11 +610,17 @@ impl Log {
 
     /// `close`.
     fn close(&self) -> Result<(), Error> {
-        let w = self.lock();
+        let mut w = self.lock();
+        while w.closing && !w.closed && !w.poisoned {
+            w = self.wait(w);
+        }
         if w.closed {
             return Ok(());
         }
         self.check_writable(&w)?;
+        if self.mistake != Mistake::CloseWithoutClosing {
+            w.closing = true;
+        }
         let target = w.placed;
         let (mut w, result) = self.commit(w, target, true);
         result?;
@@ -700,7 +738,7 @@ impl Scenario {
             for t in threads {
                 t.join().unwrap();
             }
-            let failed = {
+            let (failed, closed) = {
                 let w = log.lock();
                 let file = log.file.lock().unwrap();
                 assert_eq!(
@@ -712,16 +750,18 @@ impl Scenario {
                     // Every append returned, so every record is durable.
                     assert_eq!(file.durable_prefix(), w.placed, "{}", *file);
                 }
-                file.failed
+                (file.failed, w.closed)
             };
-            if failed {
-                let closed = log.lock().closed;
-                let expected = if closed {
-                    Error::Closed
-                } else {
-                    Error::Poisoned
-                };
-                assert_eq!(log.append(1), Err(expected), "an append after the failure");
+            // A call after the threads are done (`check_writable` looks at
+            // `closed` first).
+            if closed {
+                assert_eq!(log.append(1), Err(Error::Closed), "an append after close");
+            } else if failed {
+                assert_eq!(
+                    log.append(1),
+                    Err(Error::Poisoned),
+                    "an append after the failure"
+                );
             }
         });
     }
@@ -785,14 +825,6 @@ fn every_append_batch_and_two_appenders() {
     Scenario::new(EveryAppend, &[&[Append(2)], &[Append(1)], &[Append(1)]]).check();
 }
 
-/// Three appenders and a failure.
-#[test]
-fn every_append_three_appenders_with_a_failure() {
-    for n in 1..=6 {
-        Scenario::new(EveryAppend, THREE_APPENDERS).fail(n).check();
-    }
-}
-
 /// The n-th file operation fails, for each n the executions reach (three
 /// appends do at most six: a write and a sync each).
 #[test]
@@ -802,13 +834,21 @@ fn every_append_failure_poisons_and_acknowledges_nothing_undurable() {
     }
 }
 
+#[test]
+fn every_append_three_appenders_with_a_failure() {
+    for n in 1..=6 {
+        Scenario::new(EveryAppend, THREE_APPENDERS).fail(n).check();
+    }
+}
+
 // ---- close -------------------------------------------------------------------
 
 const APPENDS_AND_CLOSE: &[&[Call]] = &[&[Append(1), Append(1)], &[Close]];
 
 /// An appender races `close`: each append is durable or fails with
 /// `Closed`, `close` returns with what was placed before it durable, and a
-/// later append fails with `Closed`.
+/// later append fails with `Closed`. (That nothing placed is left behind
+/// and no I/O follows `close` is checked by `every_append_close_leaves_no_append_behind`.)
 #[test]
 fn every_append_close_while_appending() {
     Scenario::new(EveryAppend, APPENDS_AND_CLOSE).check();
@@ -861,7 +901,8 @@ fn interval_appends_and_background_sync_with_a_failure() {
 }
 
 /// Record 0 written, record 1 buffered; a `sync_to(1)` (a sync round) and a
-/// `sync` (a syncing write round) run at once.
+/// `sync` (a syncing write round) are called at once: one waits for the
+/// other's `fdatasync`.
 const WRITTEN_AND_BUFFERED: &[Call] = &[Append(1), Flush, Append(1)];
 const TWO_SYNCS: &[&[Call]] = &[&[SyncTo(1)], &[Call::Sync]];
 
@@ -915,63 +956,77 @@ fn broken_gather_without_recheck() {
 }
 
 #[test]
-#[should_panic(expected = "durable went back")]
-fn broken_sync_round_unguarded() {
-    Scenario::new(Buffered, TWO_SYNCS)
-        .setup(WRITTEN_AND_BUFFERED)
-        .mistake(Mistake::SyncRoundUnguarded)
+#[should_panic(expected = "close:")]
+fn broken_close_without_closing_every_append() {
+    Scenario::new(EveryAppend, APPENDS_AND_CLOSE)
+        .check_close()
+        .mistake(Mistake::CloseWithoutClosing)
         .check();
 }
 
-// ---- findings: races in src/engine.rs as it is -----------------------------------
-
-/// `close` commits up to `placed` as it was when `close` began, waits for
-/// the I/O in flight, and marks the writer closed; but while it waited in
-/// `commit` (the mutex released) an append may have placed more records.
-/// If that appender is not in a round at that moment (it waits on
-/// `io_done` or yields in the gather step), `close` marks the log closed
-/// and releases the directory lock with those records unwritten; the
-/// appender then re-locks, finds no I/O in flight and leads a write round
-/// on the closed log (`commit` never looks at `closed`): I/O after
-/// `close` returned, while another process may already hold the lock.
-/// (In `Buffered` mode, the same records placed and acknowledged are
-/// silently dropped instead.) This model, the protocol as it is, must
-/// fail; a fix (say, `close` setting a flag that `check_writable` refuses
-/// before it commits, or committing until nothing placed is left) turns
-/// it into a passing model.
 #[test]
 #[should_panic(expected = "close:")]
-fn finding_close_leaves_an_inflight_append_to_write_after_it() {
+fn broken_close_without_closing_buffered() {
+    Scenario::new(Buffered, APPENDS_AND_CLOSE)
+        .check_close()
+        .mistake(Mistake::CloseWithoutClosing)
+        .check();
+}
+
+#[test]
+#[should_panic(expected = "acknowledged and not durable")]
+fn broken_overlapping_syncs_buffered() {
+    for n in 1..=3 {
+        Scenario::new(Buffered, TWO_SYNCS)
+            .setup(WRITTEN_AND_BUFFERED)
+            .fail(n)
+            .mistake(Mistake::OverlappingSyncs)
+            .check();
+    }
+}
+
+#[test]
+#[should_panic(expected = "acknowledged and not durable")]
+fn broken_overlapping_syncs_interval() {
+    for n in 1..=4 {
+        Scenario::new(Interval, INTERVAL_SYNCS)
+            .fail(n)
+            .mistake(Mistake::OverlappingSyncs)
+            .check();
+    }
+}
+
+// ---- the races these models found, fixed ------------------------------------------
+
+/// `close` used to commit up to `placed` as it was when it began, while an
+/// append could place more records when close's commit had the mutex
+/// released: `close` then marked the log closed and released the directory
+/// lock with them unwritten, and the appender went on to write on the
+/// closed log. Now `close` marks the writer `closing` first, which
+/// `check_writable` refuses: `close` leaves nothing placed behind and no
+/// I/O follows it.
+#[test]
+fn every_append_close_leaves_no_append_behind() {
     Scenario::new(EveryAppend, APPENDS_AND_CLOSE)
         .check_close()
         .check();
 }
 
-/// The same race in `Buffered` mode: an append that places its record
-/// while `close` is in its write round returns `Ok` at once, and `close`
-/// marks the log closed with that record never written, not even to the
-/// OS (`Drop` skips a closed writer): an acknowledged append is dropped.
+/// The same race in `Buffered` mode dropped an acknowledged append (placed
+/// while close's write round was in flight).
 #[test]
-#[should_panic(expected = "close:")]
-fn finding_close_drops_a_buffered_append_placed_while_it_commits() {
+fn buffered_close_keeps_every_acknowledged_append() {
     Scenario::new(Buffered, APPENDS_AND_CLOSE)
         .check_close()
         .check();
 }
 
-/// `write_round` waits only for `io_busy` and `sync_round` only for
-/// `sync_busy`, so a syncing write round and a sync round can be in flight
-/// at once (`Buffered`: a `sync` and a consumer commit's `sync_to`;
-/// `Interval`: a `sync` or `close` and the background sync). With two
-/// `fdatasync`s in flight, Linux reports a writeback error to one of them
-/// only ("fsyncgate", as src/storage/sim.rs models it): the other returns
-/// success, its leader re-locks first, publishes `durable` and its caller
-/// returns `Ok` for records that will never reach the disk. Serialized
-/// syncs are safe: the failed one poisons the writer before the next one
-/// starts. This model must fail until syncs are serialized.
+/// A sync round and a syncing write round (`Buffered`: a consumer
+/// commit's `sync_to` and a `sync`) with a failure at each file operation:
+/// the second sync waits for the first, which poisons the writer when it
+/// fails.
 #[test]
-#[should_panic(expected = "acknowledged and not durable")]
-fn finding_concurrent_syncs_acknowledge_records_a_failed_sync_lost() {
+fn buffered_concurrent_syncs_with_a_failure() {
     for n in 1..=3 {
         Scenario::new(Buffered, TWO_SYNCS)
             .setup(WRITTEN_AND_BUFFERED)
@@ -983,15 +1038,11 @@ fn finding_concurrent_syncs_acknowledge_records_a_failed_sync_lost() {
 /// The same in `Interval` mode: two appenders, the background sync (a sync
 /// round) and a `sync` that finds the second appender's record placed and
 /// not yet written (a syncing write round).
+const INTERVAL_SYNCS: &[&[Call]] = &[&[Append(1)], &[Append(1)], &[BackgroundSync], &[Call::Sync]];
+
 #[test]
-#[should_panic(expected = "acknowledged and not durable")]
-fn finding_interval_background_sync_and_sync_acknowledge_records_a_failed_sync_lost() {
+fn interval_background_sync_and_sync_with_a_failure() {
     for n in 1..=4 {
-        Scenario::new(
-            Interval,
-            &[&[Append(1)], &[Append(1)], &[BackgroundSync], &[Call::Sync]],
-        )
-        .fail(n)
-        .check();
+        Scenario::new(Interval, INTERVAL_SYNCS).fail(n).check();
     }
 }
