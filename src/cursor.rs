@@ -172,6 +172,16 @@ impl RawCursor {
 
     fn step<R>(&mut self, engine: &Engine, f: impl FnOnce(&Frame<'_>) -> R) -> Result<R> {
         loop {
+            if let Some((segment, pos)) = &mut self.at {
+                if self.next < segment.next() {
+                    // The position moves in place: no reference counting
+                    // per record.
+                    let ReadFrame { value, next_pos } = segment.read(*pos, self.next, f)?;
+                    *pos = next_pos;
+                    self.next += 1;
+                    return Ok(value);
+                }
+            }
             match &self.at {
                 None => {
                     let segment = engine
@@ -186,34 +196,26 @@ impl RawCursor {
                     let pos = segment.locate(self.next)?;
                     self.at = Some((segment, pos));
                 }
-                Some((segment, _)) if self.next >= segment.next() => {
-                    // This segment is done: the next one must start exactly
-                    // where it ended.
-                    match engine.segment_after(segment.base) {
-                        Some(base) if base == self.next => {
-                            let next = engine.segment_for(base)?.ok_or(Error::OffsetTruncated {
-                                requested: self.next,
-                                first: engine.first_offset(),
-                            })?;
-                            self.at = Some((next, SEGMENT_HEADER_LEN as u64));
-                        }
-                        // Retention removed what came next while this
-                        // cursor read an older segment.
-                        _ if self.next < engine.first_offset() => {
-                            return Err(Error::OffsetTruncated {
-                                requested: self.next,
-                                first: engine.first_offset(),
-                            })
-                        }
-                        _ => return Err(gap(segment, self.next, engine)),
+                // This segment is done: the next one must start exactly
+                // where it ended.
+                Some((segment, _)) => match engine.segment_after(segment.base) {
+                    Some(base) if base == self.next => {
+                        let next = engine.segment_for(base)?.ok_or(Error::OffsetTruncated {
+                            requested: self.next,
+                            first: engine.first_offset(),
+                        })?;
+                        self.at = Some((next, SEGMENT_HEADER_LEN as u64));
                     }
-                }
-                Some((segment, pos)) => {
-                    let ReadFrame { value, next_pos } = segment.read(*pos, self.next, f)?;
-                    self.at = Some((segment.clone(), next_pos));
-                    self.next += 1;
-                    return Ok(value);
-                }
+                    // Retention removed what came next while this cursor
+                    // read an older segment.
+                    _ if self.next < engine.first_offset() => {
+                        return Err(Error::OffsetTruncated {
+                            requested: self.next,
+                            first: engine.first_offset(),
+                        })
+                    }
+                    _ => return Err(gap(segment, self.next, engine)),
+                },
             }
         }
     }
