@@ -644,3 +644,53 @@ fn buffered_logs_and_the_option_off_prepare_nothing() {
         assert!(allocated(&files.pop().unwrap()) < 64 << 10, "sparse");
     }
 }
+
+#[test]
+fn odd_directories_are_refused_with_the_reason() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+
+    // A name that is not UTF-8 is someone else's file: a log keeps it and
+    // opens; a directory that is not a log is refused untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_raw(dir.path(), Options::new()).unwrap();
+    log.append(&b"kept".to_vec()).unwrap();
+    log.close().unwrap();
+    std::fs::write(dir.path().join(not_utf8), b"x").unwrap();
+    let log = open_raw(dir.path(), Options::new()).unwrap();
+    assert_eq!(log.get(0).unwrap().unwrap().value, b"kept");
+    drop(log);
+    assert!(dir.path().join(not_utf8).exists());
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join(not_utf8), b"x").unwrap();
+    let err = open_raw(other.path(), Options::new()).unwrap_err();
+    assert!(matches!(err, Error::NotALog { .. }), "{err:?}");
+
+    // Read-only: an empty directory is not created into a log.
+    let empty = tempfile::tempdir().unwrap();
+    let err = open_raw(empty.path(), Options::new().read_only()).unwrap_err();
+    assert!(
+        matches!(err, Error::NotALog { reason, .. } if reason.contains("no META")),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+
+    // Read-only: a log whose segment files are all gone.
+    for segment in segment_files(dir.path()) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let err = open_raw(dir.path(), Options::new().read_only()).unwrap_err();
+    assert!(
+        matches!(err, Error::NotALog { reason, .. } if reason.contains("no segment")),
+        "{err:?}"
+    );
+
+    // A META file far larger than any META is refused before it is read.
+    let big = tempfile::tempdir().unwrap();
+    std::fs::write(big.path().join("META"), vec![0u8; 2 << 20]).unwrap();
+    let err = open_raw(big.path(), Options::new()).unwrap_err();
+    assert!(
+        matches!(err, Error::NotALog { reason, .. } if reason.contains("too large")),
+        "{err:?}"
+    );
+}
