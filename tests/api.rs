@@ -694,3 +694,34 @@ fn odd_directories_are_refused_with_the_reason() {
         "{err:?}"
     );
 }
+
+#[test]
+fn opening_creates_only_what_is_missing() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A read-only open of a missing directory creates nothing.
+    let missing = tmp.path().join("missing");
+    let err = open_raw(&missing, Options::new().read_only()).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(!missing.exists());
+
+    // A creation that stopped after taking the lock (LOCK and META.tmp, no
+    // META) is finished by the next open.
+    let half = tmp.path().join("half");
+    std::fs::create_dir(&half).unwrap();
+    std::fs::write(half.join("LOCK"), b"").unwrap();
+    std::fs::write(half.join("META.tmp"), b"torn").unwrap();
+    let log = open_raw(&half, Options::new()).unwrap();
+    log.append(&b"first".to_vec()).unwrap();
+    log.close().unwrap();
+    assert!(!half.join("META.tmp").exists());
+
+    // Reopening an existing log leaves its META alone (same inode: not
+    // rewritten and renamed over).
+    let meta = std::fs::metadata(half.join("META")).unwrap().ino();
+    let log = open_raw(&half, Options::new()).unwrap();
+    assert_eq!(log.get(0).unwrap().unwrap().value, b"first");
+    log.close().unwrap();
+    assert_eq!(std::fs::metadata(half.join("META")).unwrap().ino(), meta);
+}

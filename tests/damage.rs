@@ -401,6 +401,7 @@ fn assert_cut_reported(disk: &Disk, log: &RawLog, seg: &Seg, at: usize, cut: &[u
         return;
     }
     assert_eq!(report.truncated_segment.as_ref(), Some(&seg.path), "{what}");
+    assert!(!report.is_clean(), "{what}: a cut tail is a repair");
     assert_eq!(report.truncated_at, Some(at as u64), "{what}: truncated_at");
     assert_eq!(
         report.truncated_bytes, last as u64,
@@ -1083,11 +1084,21 @@ fn an_unfinished_newest_segment_is_removed_and_reported() {
     let segs = layout(&Disk::Real, &template);
     let newest = segs.last().unwrap();
     let kept = &values[..newest.base as usize];
-    let cases: [(&str, Vec<u8>); 4] = [
+    // A header torn by a power loss (its magic or its CRC wrong) with no
+    // record behind it is an unfinished create too.
+    let torn_at = |byte: usize| {
+        let mut bytes = newest.bytes[..64].to_vec();
+        bytes[byte] ^= 0x5A;
+        bytes.resize(newest.bytes.len(), 0);
+        bytes
+    };
+    let cases: [(&str, Vec<u8>); 6] = [
         ("all zeros at capacity", vec![0; newest.bytes.len()]),
         ("empty", Vec::new()),
         ("short", vec![0; 20]),
         ("a short partial header", newest.bytes[..40].to_vec()),
+        ("a torn magic", torn_at(3)),
+        ("a torn header CRC", torn_at(25)),
     ];
     for (what, bytes) in cases {
         let dir = tmp.path().join(what.replace(' ', "-"));
@@ -1427,6 +1438,9 @@ fn a_missing_newest_index_is_rebuilt_at_open_and_reported() {
         let log = open_raw(&dir, small().simulated(&storage)).unwrap();
         assert_holds(&log, &values, "newest index damaged");
         let report = log.recovery_report();
+        if report.is_clean() {
+            failures.push(format!("{damage:?}: a rebuilt index reported as clean"));
+        }
         if !report.rebuilt_indexes.contains(&newest.idx) {
             failures.push(format!(
                 "{damage:?}: recovery_report().rebuilt_indexes = {:?}",
@@ -1482,6 +1496,10 @@ fn stray_files_are_tidied_or_left_alone() {
     let want: BTreeSet<PathBuf> = removed.iter().map(|(p, _)| p.clone()).collect();
     assert_eq!(reported, want);
     assert!(log.recovery_report().truncated_segment.is_none());
+    assert!(
+        !log.recovery_report().is_clean(),
+        "removed files are a repair"
+    );
     for (path, bytes) in &foreign {
         assert_eq!(
             storage.read_file(path).as_ref(),

@@ -866,3 +866,26 @@ fn every_storage_operation_of_a_workload_can_fail() {
         started.elapsed()
     );
 }
+
+/// A directory that cannot be listed is an error, never taken for a new,
+/// empty log (which would write a fresh `META` over the log's). Found by
+/// mutation testing: no test failed when any listing error was treated
+/// like a missing directory.
+#[test]
+fn a_log_directory_that_cannot_be_listed_is_an_error() {
+    let storage = SimStorage::new();
+    let log = open(&storage, Durability::EveryAppend).unwrap();
+    log.append(&payload(0)).unwrap();
+    log.close().unwrap();
+    for kind in [FaultKind::Eio, FaultKind::Eacces] {
+        storage.inject(fault(1, kind, false, Some(OpKind::List)));
+        let err = open(&storage, Durability::EveryAppend).unwrap_err();
+        assert!(
+            matches!(err, Error::Io { op: "list", .. }),
+            "{kind:?}: {err:?}"
+        );
+        let log = open(&storage, Durability::EveryAppend).unwrap();
+        assert_eq!(log.get(0).unwrap().unwrap().value, payload(0), "{kind:?}");
+        log.close().unwrap();
+    }
+}
