@@ -1127,24 +1127,31 @@ fn a_zeroed_header_in_front_of_records_is_damage_not_a_crash() {
     let newest = segs.last().unwrap();
     let mut zero_header = newest.bytes.clone();
     zero_header[..HEADER].fill(0);
-    let dir = tmp.path().join("zeroed-header");
-    copy_dir(&template, &dir);
-    let path = dir.join(newest.path.file_name().unwrap());
-    std::fs::write(&path, &zero_header).unwrap();
-    match open_raw(&dir, small()) {
-        Err(Error::Corrupt {
-            path: p,
-            position: 0,
-            kind: CorruptionKind::Zeroed,
-            ..
-        }) => assert_eq!(p, path),
-        other => panic!("expected Corrupt(Zeroed) naming {path:?}, got {other:?}"),
+    // The records may sit far behind zeros too (a zeroed range of pages):
+    // the search for data must look at the whole file, not its first
+    // chunk (a mutant that stopped after one chunk went unnoticed).
+    let mut far = vec![0u8; 200 << 10];
+    far.extend_from_slice(&newest.bytes[HEADER..]);
+    for (what, bytes) in [("zeroed-header", zero_header), ("zeroed-200k", far)] {
+        let dir = tmp.path().join(what);
+        copy_dir(&template, &dir);
+        let path = dir.join(newest.path.file_name().unwrap());
+        std::fs::write(&path, &bytes).unwrap();
+        match open_raw(&dir, small()) {
+            Err(Error::Corrupt {
+                path: p,
+                position: 0,
+                kind: CorruptionKind::Zeroed,
+                ..
+            }) => assert_eq!(p, path, "{what}"),
+            other => panic!("{what}: expected Corrupt(Zeroed) naming {path:?}, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{what}: the segment was changed"
+        );
     }
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        zero_header,
-        "the segment was changed"
-    );
 }
 
 // =============================================================================
