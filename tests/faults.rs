@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backbone::sim::{CrashMode, Fault, FaultKind, OpKind, SimStorage};
-use backbone::{Durability, Error, EventLog, Options, Raw, Start};
+use backbone::{Durability, Error, EventLog, Options, Raw, RecoveryMode, Start};
 
 type Log = EventLog<Vec<u8>, Raw>;
 
@@ -888,4 +888,54 @@ fn a_log_directory_that_cannot_be_listed_is_an_error() {
         assert_eq!(log.get(0).unwrap().unwrap().value, payload(0), "{kind:?}");
         log.close().unwrap();
     }
+}
+
+/// The salvage mode cuts the log at the first damaged record, so it must
+/// tell damage from a failure to read: an I/O error while it checks the
+/// sealed segments is an error, and nothing is cut. Found by mutation
+/// testing: no test failed when every error counted as damage.
+#[test]
+fn the_salvage_mode_cuts_at_damage_never_at_an_io_error() {
+    let storage = SimStorage::new();
+    let log = open(&storage, Durability::EveryAppend).unwrap();
+    for i in 0..20 {
+        log.append(&payload(i)).unwrap();
+    }
+    assert!(log.stats().segments > 3, "{:?}", log.stats());
+    log.close().unwrap();
+    let salvage = || {
+        options(&storage, Durability::EveryAppend).recovery(RecoveryMode::TruncateAtFirstCorruption)
+    };
+    // The n-th open of a file and every later one fail, for each n the
+    // salvage open reaches: whatever it was reading, nothing is cut.
+    let mut failed = 0;
+    for n in 1..=40 {
+        storage.inject(fault(n, FaultKind::Eio, true, Some(OpKind::Open)));
+        let result = salvage().open_with_codec::<Vec<u8>, _>(DIR, Raw);
+        storage.clear_faults();
+        match result {
+            Ok(log) => {
+                drop(log);
+                break;
+            }
+            Err(err) => {
+                assert!(matches!(err, Error::Io { .. }), "open {n}: {err:?}");
+                failed += 1;
+            }
+        }
+        let log = open(&storage, Durability::EveryAppend).unwrap();
+        assert_eq!(
+            log.next_offset(),
+            20,
+            "open {n}: the failed salvage cut the log"
+        );
+        for i in 0..20 {
+            assert_eq!(
+                log.get(i).unwrap().unwrap().value,
+                payload(i),
+                "open {n}: record {i}"
+            );
+        }
+    }
+    assert!(failed > 3, "the salvage open made only {failed} opens");
 }
