@@ -190,12 +190,17 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
 
     let mut segments = listing.segments;
     let scan_all = options.recovery == RecoveryMode::TruncateAtFirstCorruption && !read_only;
+    // Where a new first segment starts if no segment is left.
+    let mut fresh_base = 0;
     if scan_all {
-        cut_at_first_damaged_sealed(storage, dir, &mut segments, &config, &mut report)?;
+        if let Some(cut) =
+            cut_at_first_damaged_sealed(storage, dir, &mut segments, &config, &mut report)?
+        {
+            fresh_base = cut;
+        }
     }
 
     // The newest segment: drop unfinished creates, then recover its tail.
-    let mut fresh_base = 0;
     loop {
         let Some(&(base, len)) = segments.last() else {
             if read_only {
@@ -443,37 +448,73 @@ pub(crate) fn remove_if_exists(storage: &Storage, path: &Path) -> Result<bool> {
 /// [`RecoveryMode::TruncateAtFirstCorruption`]: verifies every sealed
 /// segment; at the first damaged one, removes all later segments (newest
 /// first, so a crash midway leaves no gap) so that it becomes the newest
-/// and is cut by the tail recovery, which then scans it whole.
+/// and is cut by the tail recovery, which then scans it whole. A segment
+/// whose header is damaged is damaged from its first byte: it goes too,
+/// renamed to `{base}.0.damaged` for forensics, and the one before it
+/// becomes the newest. Returns the base a new first segment takes when
+/// no segment is left.
 fn cut_at_first_damaged_sealed(
     storage: &Storage,
     dir: &Path,
     segments: &mut Vec<(u64, u64)>,
     config: &SegmentConfig,
     report: &mut RecoveryReport,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     for i in 0..segments.len().saturating_sub(1) {
         let (base, _) = segments[i];
         let expected_end = segments[i + 1].0;
-        let intact = match Segment::open_sealed(storage, dir, base, expected_end, true, config) {
-            Ok((segment, _)) => segment.verify().is_ok(),
-            Err(e) if e.is_corruption() => false,
-            Err(e) => return Err(e),
-        };
+        // Opening a sealed segment checks its header (its index is
+        // rebuilt if damaged), so damage found here is in the header.
+        let (intact, header_damaged) =
+            match Segment::open_sealed(storage, dir, base, expected_end, true, config) {
+                Ok((segment, _)) => (segment.verify().is_ok(), false),
+                Err(e) if e.is_corruption() => (false, true),
+                Err(e) => return Err(e),
+            };
         if intact {
             continue;
         }
         for &(later, _) in segments[i + 1..].iter().rev() {
-            remove(storage, &dir.join(format::segment_name(later)), report)?;
-            let index_path = dir.join(format::index_name(later));
+            remove_segment(storage, dir, later, report)?;
+        }
+        segments.truncate(i + 1);
+        let mut fresh_base = None;
+        if header_damaged {
+            let path = dir.join(format::segment_name(base));
+            let copy = dir.join(format!("{base:020}.0.damaged"));
+            storage
+                .rename(&path, &copy)
+                .map_err(|e| Error::io("rename", &path, e))?;
+            report.removed_files.push(path.clone());
+            report.truncated_segment = Some(path);
+            report.truncated_at = Some(0);
+            report.damaged_copy = Some(copy);
+            let index_path = dir.join(format::index_name(base));
             if remove_if_exists(storage, &index_path)? {
                 report.removed_files.push(index_path);
             }
+            segments.truncate(i);
+            fresh_base = Some(base);
         }
         storage
             .sync_dir(dir)
             .map_err(|e| Error::io("fsync directory", dir, e))?;
-        segments.truncate(i + 1);
-        return Ok(());
+        return Ok(fresh_base);
+    }
+    Ok(None)
+}
+
+/// Removes a segment and its index, newest first.
+fn remove_segment(
+    storage: &Storage,
+    dir: &Path,
+    base: u64,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    remove(storage, &dir.join(format::segment_name(base)), report)?;
+    let index_path = dir.join(format::index_name(base));
+    if remove_if_exists(storage, &index_path)? {
+        report.removed_files.push(index_path);
     }
     Ok(())
 }

@@ -1697,3 +1697,51 @@ fn salvage_mode_cuts_the_log_at_the_first_damaged_record() {
         assert_eq!(log.next_offset(), frame.offset + 1);
     }
 }
+
+/// The salvage mode and a sealed segment whose header is damaged: the
+/// first damage is at that segment's first byte, so the log is cut there,
+/// and the damaged segment's bytes are kept for forensics.
+#[test]
+fn salvage_mode_cuts_the_log_at_a_sealed_segment_with_a_damaged_header() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 400, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    assert!(segs.len() >= 4);
+    let salvage = || small().recovery(RecoveryMode::TruncateAtFirstCorruption);
+    for (s, byte) in [(1, 0usize), (1, 20), (1, 25), (0, 3)] {
+        let what = format!("header byte {byte} of segment {s}");
+        let seg = &segs[s];
+        let storage = sim_from(&snapshot);
+        let mut bytes = seg.bytes.clone();
+        bytes[byte] ^= 0x20;
+        storage.write_file(&seg.path, &bytes);
+        let disk = Disk::Sim(storage.clone());
+        let log =
+            open_raw(&dir, salvage().simulated(&storage)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let kept = &values[..seg.base as usize];
+        assert_holds(&log, kept, &what);
+        let report = log.recovery_report().clone();
+        assert!(!report.is_clean(), "{what}");
+        // The damaged segment and all after it are gone (with nothing left,
+        // a new, empty first segment takes the damaged one's base).
+        for later in &segs[s + usize::from(s == 0)..] {
+            assert!(
+                !disk.exists(&later.path),
+                "{what}: {}",
+                later.path.display()
+            );
+        }
+        let copy = seg
+            .path
+            .with_file_name(format!("{:020}.0.damaged", seg.base));
+        assert_eq!(
+            disk.read(&copy),
+            bytes,
+            "{what}: the damaged segment is kept"
+        );
+        log.close().unwrap();
+        assert_appends_continue(&disk, &dir, salvage(), kept);
+    }
+}
