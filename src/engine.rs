@@ -236,13 +236,8 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             syncer: Mutex::new(None),
             spares: options.preallocates().then(|| {
-                let storage = &options.storage;
-                Arc::new(Spares::new(
-                    storage,
-                    dir,
-                    options.segment_bytes,
-                    options.file_mode,
-                ))
+                let (bytes, mode) = (options.segment_bytes, options.file_mode);
+                Arc::new(Spares::new(&options.storage, dir, bytes, mode))
             }),
             indexes_rebuilt: AtomicU64::new(0),
             syncs: AtomicU64::new(0),

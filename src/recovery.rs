@@ -277,11 +277,7 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
         if read_only {
             continue;
         }
-        remove(storage, &path, &mut report)?;
-        let index_path = dir.join(format::index_name(base));
-        if remove_if_exists(storage, &index_path)? {
-            report.removed_files.push(index_path);
-        }
+        remove_segment(storage, dir, base, &mut report)?;
         // Recreated at the same base, so no offset is ever reused.
         fresh_base = base;
     }
@@ -489,10 +485,7 @@ fn cut_at_first_damaged_sealed(
             report.truncated_segment = Some(path);
             report.truncated_at = Some(0);
             report.damaged_copy = Some(copy);
-            let index_path = dir.join(format::index_name(base));
-            if remove_if_exists(storage, &index_path)? {
-                report.removed_files.push(index_path);
-            }
+            remove_index(storage, dir, base, report)?;
             segments.truncate(i);
             fresh_base = Some(base);
         }
@@ -504,7 +497,7 @@ fn cut_at_first_damaged_sealed(
     Ok(None)
 }
 
-/// Removes a segment and its index, newest first.
+/// Removes a segment and then its index, if it has one.
 fn remove_segment(
     storage: &Storage,
     dir: &Path,
@@ -512,6 +505,16 @@ fn remove_segment(
     report: &mut RecoveryReport,
 ) -> Result<()> {
     remove(storage, &dir.join(format::segment_name(base)), report)?;
+    remove_index(storage, dir, base, report)
+}
+
+/// Removes a segment's index if there is one, and reports it.
+fn remove_index(
+    storage: &Storage,
+    dir: &Path,
+    base: u64,
+    report: &mut RecoveryReport,
+) -> Result<()> {
     let index_path = dir.join(format::index_name(base));
     if remove_if_exists(storage, &index_path)? {
         report.removed_files.push(index_path);

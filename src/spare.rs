@@ -104,12 +104,13 @@ impl Spares {
     /// preparation (it creates a sparse segment instead).
     pub(crate) fn take(&self) -> Option<File> {
         let mut state = self.state.lock();
-        if matches!(*state, State::Ready(_)) {
-            if let State::Ready(file) = std::mem::replace(&mut *state, State::Idle) {
-                return Some(file);
+        match std::mem::replace(&mut *state, State::Idle) {
+            State::Ready(file) => Some(file),
+            other => {
+                *state = other;
+                None
             }
         }
-        None
     }
 
     /// Stops a preparation in flight, waits for its thread and removes the
