@@ -9,6 +9,10 @@
 //!   watermark and cuts the torn tail. This is the bound the issue sets:
 //!   recovery reads at most one segment. Each iteration opens a fresh copy
 //!   of that crashed directory (the copy is not timed).
+//! - `open/recover_unclean_short_64mib`: the same with only 1,000 records in
+//!   the segment and nothing torn after them. Recovery scans the records
+//!   and then searches the rest of the segment, about 64 MiB of zeros, for
+//!   anything a crash left behind them.
 
 mod common;
 
@@ -54,15 +58,16 @@ fn large_log(dir: &Path, bytes: u64) -> u64 {
     n
 }
 
-/// A directory left as a crash would leave it: one segment full of
-/// records that were written to the OS but never synced, no clean
-/// shutdown, and half a frame after the last record.
-fn crashed_log(dir: &Path) {
+/// A directory left as a crash would leave it: one 64 MiB segment holding
+/// `records` records (or as many as fit, if `None`) that were written to
+/// the OS but never synced nor closed. A full segment also gets half a
+/// frame after its last record.
+fn crashed_log(dir: &Path, records: Option<u64>) {
     let log = open(dir, Durability::Buffered);
     let mut i = 0u64;
     let mut end = 64u64; // the segment header
     let segment_of = |log: &backbone::EventLog<Checkout>| log.stats().segments;
-    loop {
+    while records.is_none_or(|n| i < n) {
         let event = checkout(i);
         let len = postcard::to_stdvec(&event).unwrap().len() as u64 + 24;
         if end + len + 4096 > SEGMENT {
@@ -75,6 +80,9 @@ fn crashed_log(dir: &Path) {
     log.flush().unwrap();
     assert_eq!(segment_of(&log), 1);
     std::mem::forget(log);
+    if records.is_some() {
+        return;
+    }
     // A torn frame: a plausible length and then garbage, never completed.
     let seg = std::fs::read_dir(dir)
         .unwrap()
@@ -86,6 +94,42 @@ fn crashed_log(dir: &Path) {
     let mut torn = 40u32.to_le_bytes().to_vec();
     torn.extend_from_slice(&[0xAB; 13]);
     file.write_all_at(&torn, end).unwrap();
+}
+
+/// Times opening fresh copies of the crashed directory `template` (the
+/// copies are not timed).
+fn bench_recovery(c: &mut criterion::Criterion, name: &str, template: &Path) {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut n = 0u64;
+    let mut checked = false;
+    let mut group = c.benchmark_group("open");
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let dir = scratch.path().join(n.to_string());
+                copy_dir(template, &dir);
+                let t = Instant::now();
+                let log = Options::new().open::<Checkout>(&dir).unwrap();
+                total += t.elapsed();
+                if !checked {
+                    let report = log.recovery_report();
+                    eprintln!(
+                        "{name}: scanned {} bytes, cut {} bytes, {} records kept",
+                        report.scanned_bytes,
+                        report.truncated_bytes,
+                        log.next_offset()
+                    );
+                    checked = true;
+                }
+                drop(log);
+                std::fs::remove_dir_all(&dir).unwrap();
+            }
+            total
+        })
+    });
+    group.finish();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -131,38 +175,14 @@ fn main() {
 
     if selected("open/recover_unclean_64mib") {
         let template = tempfile::tempdir().unwrap();
-        crashed_log(template.path());
-        let scratch = tempfile::tempdir().unwrap();
-        let mut n = 0u64;
-        let mut checked = false;
-        let mut group = c.benchmark_group("open");
-        group.bench_function("recover_unclean_64mib", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    n += 1;
-                    let dir = scratch.path().join(n.to_string());
-                    copy_dir(template.path(), &dir);
-                    let t = Instant::now();
-                    let log = Options::new().open::<Checkout>(&dir).unwrap();
-                    total += t.elapsed();
-                    if !checked {
-                        let report = log.recovery_report();
-                        eprintln!(
-                            "recovery: scanned {} bytes, cut {} bytes, {} records kept",
-                            report.scanned_bytes,
-                            report.truncated_bytes,
-                            log.next_offset()
-                        );
-                        checked = true;
-                    }
-                    drop(log);
-                    std::fs::remove_dir_all(&dir).unwrap();
-                }
-                total
-            })
-        });
-        group.finish();
+        crashed_log(template.path(), None);
+        bench_recovery(&mut c, "recover_unclean_64mib", template.path());
+    }
+
+    if selected("open/recover_unclean_short_64mib") {
+        let template = tempfile::tempdir().unwrap();
+        crashed_log(template.path(), Some(1000));
+        bench_recovery(&mut c, "recover_unclean_short_64mib", template.path());
     }
     c.final_summary();
 }

@@ -495,6 +495,7 @@ impl Engine {
             pos: end_pos,
             next: end,
             last_ts: w.last_ts,
+            closed: false,
         };
         let write_mark = sync && w.last_watermark.elapsed() >= WATERMARK_EVERY;
         if write_mark {
@@ -565,6 +566,7 @@ impl Engine {
             pos: w.written_pos,
             next: target,
             last_ts: w.last_ts,
+            closed: false,
         };
         let write_mark = w.last_watermark.elapsed() >= WATERMARK_EVERY;
         if write_mark {
@@ -659,6 +661,7 @@ impl Engine {
             pos: end_pos,
             next: seal_next,
             last_ts: w.last_ts,
+            closed: true,
         };
         old.write_watermark(&mark)
             .map_err(fail("write header of", &old.path))?;
@@ -791,6 +794,7 @@ impl Engine {
             pos: w.written_pos,
             next: w.written,
             last_ts: w.last_ts,
+            closed: true,
         };
         let active = w.active.clone();
         let result = active

@@ -115,12 +115,18 @@ pub(crate) struct SegmentHeader {
 /// The durable watermark of a segment: every byte before `pos` was on
 /// stable storage when the slot was written; the record at `pos` (if any)
 /// has offset `next`, and the record before it timestamp `last_ts`.
+/// `closed` says the writer stopped at `pos` (the log was closed or the
+/// segment sealed): nothing was written past it while this slot stood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Watermark {
     pub(crate) pos: u64,
     pub(crate) next: u64,
     pub(crate) last_ts: u64,
+    pub(crate) closed: bool,
 }
+
+/// Bit 0 of the watermark slot's flags: [`Watermark::closed`].
+const WATERMARK_CLOSED: u32 = 1;
 
 pub(crate) fn encode_segment_header(header: &SegmentHeader, mark: &Watermark) -> [u8; 64] {
     let mut out = [0u8; SEGMENT_HEADER_LEN];
@@ -175,7 +181,8 @@ pub(crate) fn encode_watermark(mark: &Watermark) -> [u8; WATERMARK_LEN] {
     out[..8].copy_from_slice(&mark.pos.to_le_bytes());
     out[8..16].copy_from_slice(&mark.next.to_le_bytes());
     out[16..24].copy_from_slice(&mark.last_ts.to_le_bytes());
-    // 24..28: reserved, zero.
+    let flags = if mark.closed { WATERMARK_CLOSED } else { 0 };
+    out[24..28].copy_from_slice(&flags.to_le_bytes());
     let crc = crc32fast::hash(&out[..28]);
     out[28..32].copy_from_slice(&crc.to_le_bytes());
     out
@@ -191,6 +198,10 @@ pub(crate) fn decode_watermark(header: &[u8]) -> Option<Watermark> {
         pos: read_u64(slot, 0)?,
         next: read_u64(slot, 8)?,
         last_ts: read_u64(slot, 16)?,
+        // Other bits are reserved: a later version may set them, and
+        // ignoring them here is safe because `closed` only ever spares
+        // recovery work, never changes what it keeps.
+        closed: read_u32(slot, 24)? & WATERMARK_CLOSED != 0,
     })
 }
 
@@ -574,6 +585,7 @@ mod tests {
             pos: 64,
             next: 1234,
             last_ts: 9,
+            closed: false,
         };
         let bytes = encode_segment_header(&header, &mark);
         assert_eq!(decode_segment_header(&bytes), Ok(header));
@@ -607,6 +619,34 @@ mod tests {
         torn_slot[40] ^= 1;
         assert_eq!(decode_watermark(&torn_slot), None);
         assert_eq!(decode_segment_header(&torn_slot), Ok(header));
+    }
+
+    #[test]
+    fn the_closed_bit_round_trips_and_other_flag_bits_are_ignored() {
+        let mark = Watermark {
+            pos: 4096,
+            next: 77,
+            last_ts: 5,
+            closed: true,
+        };
+        let slot = encode_watermark(&mark);
+        assert_eq!(read_u32(&slot, 24), Some(1));
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        header[WATERMARK_AT..].copy_from_slice(&slot);
+        assert_eq!(decode_watermark(&header), Some(mark));
+        let open = Watermark {
+            closed: false,
+            ..mark
+        };
+        let slot = encode_watermark(&open);
+        assert_eq!(read_u32(&slot, 24), Some(0));
+        // A later version's flag bit, with a valid CRC: read, not refused.
+        let mut later = slot;
+        later[24..28].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+        let crc = crc32fast::hash(&later[..28]);
+        later[28..32].copy_from_slice(&crc.to_le_bytes());
+        header[WATERMARK_AT..].copy_from_slice(&later);
+        assert_eq!(decode_watermark(&header), Some(open));
     }
 
     #[test]

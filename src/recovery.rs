@@ -25,6 +25,8 @@ use crate::segment::{self, check_header, scan, IndexBuilder, Segment, SegmentCon
 use crate::storage::{DirEntry, DirLock, OpenMode, Storage};
 
 const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+/// How far past the end of a closed segment recovery looks for stray bytes.
+const CLOSED_PROBE: usize = 4096;
 
 /// What opening the log found and repaired.
 ///
@@ -660,20 +662,28 @@ fn recover_active(
     // Anything after the end is an unfinished write (or, when scanning the
     // whole segment on request, damage): keep a copy if it holds data, then
     // cut it so a later crash cannot bring stale frames back into sequence.
-    let probe_end = (end.pos + 4096).min(capacity) as usize;
-    let dirty = end.damage.is_some() || bytes[end.pos as usize..probe_end].iter().any(|&b| b != 0);
-    if dirty {
-        let last = bytes[end.pos as usize..]
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(0, |i| i as u64 + 1);
+    // After a close or a seal nothing was written past the watermark, so a
+    // look at the next page is enough to catch damage there. After a crash,
+    // what the writer had issued may lie anywhere past the end, behind
+    // zeros (a page that never reached the disk, or media damage among
+    // records written after the last watermark), so the whole rest of the
+    // segment is searched.
+    let closed = watermark.is_some_and(|w| w.closed && w.pos == end.pos);
+    let rest = &bytes[end.pos as usize..];
+    let last = if closed && !rest[..rest.len().min(CLOSED_PROBE)].iter().any(|&b| b != 0) {
+        None
+    } else {
+        last_nonzero(rest)
+    };
+    if end.damage.is_some() || last.is_some() {
+        let last = last.map_or(0, |i| i as u64 + 1);
         report.truncated_segment = Some(path.clone());
         report.truncated_at = Some(end.pos);
         report.truncated_bytes = last;
         report.damage = end.damage.clone();
         if last > 0 {
             let copy = dir.join(format!("{base:020}.{}.damaged", end.pos));
-            let cut = &bytes[end.pos as usize..(end.pos + last) as usize];
+            let cut = &rest[..last as usize];
             let _ = remove_if_exists(storage, &copy);
             let saved = storage
                 .open(&copy, OpenMode::CreateNew, options.file_mode)
@@ -713,6 +723,7 @@ fn recover_active(
         pos: end.pos,
         next: end.next,
         last_ts,
+        closed: false,
     };
     file.write_at(&format::encode_watermark(&mark), WATERMARK_AT as u64)
         .map_err(io("write header of"))?;
@@ -814,6 +825,21 @@ fn frames_reach(
         }
     }
     walk(HEADER, base)
+}
+
+/// The index of the last byte of `bytes` that is not zero. Whole blocks
+/// are tested with a branch-free fold the compiler vectorizes, because
+/// after a crash this reads the rest of a segment that is mostly zeros.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    for block in bytes.rchunks(4096) {
+        let start = end - block.len();
+        if block.iter().fold(0, |acc, &b| acc | b) != 0 {
+            return block.iter().rposition(|&b| b != 0).map(|i| start + i);
+        }
+        end = start;
+    }
+    None
 }
 
 /// Whether any byte after the header of a segment file is not zero.

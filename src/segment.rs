@@ -184,6 +184,7 @@ impl Segment {
                 pos: HEADER,
                 next: base,
                 last_ts,
+                closed: false,
             },
         );
         let file = match spare {

@@ -252,7 +252,8 @@ fn layout(disk: &Disk, dir: &Path) -> Vec<Seg> {
     segs
 }
 
-/// Sets the durable watermark slot (bytes 32..64) of a segment image.
+/// Sets the durable watermark slot (bytes 32..64) of a segment image, as a
+/// writer that has not closed the log writes it.
 fn set_watermark(bytes: &mut [u8], pos: u64, next: u64, last_ts: u64) {
     bytes[32..40].copy_from_slice(&pos.to_le_bytes());
     bytes[40..48].copy_from_slice(&next.to_le_bytes());
@@ -650,6 +651,109 @@ fn garbage_after_the_last_frame_is_cut_reported_and_saved() {
         assert!(now[end..].iter().all(|&b| b == 0), "{what}: tail zeroed");
         assert_appends_continue(&disk, &dir, small(), &values);
     }
+}
+
+/// The story of a gap found by mutation testing. The watermark is rewritten
+/// at most every 100 ms, so records acknowledged under `EveryAppend` can
+/// lie past it. If a run of them is zeroed (media damage, or a power loss
+/// that kept later pages and lost earlier ones), recovery stops at the
+/// zeros and cuts the log there, as it must for a torn tail. But it looked
+/// only 4 KiB past the cut for anything it was cutting: behind a longer
+/// zeroed run, the records were zeroed with the rest of the tail, with no
+/// `.damaged` copy and no report. After a crash the whole rest of the
+/// segment is now searched.
+#[test]
+fn records_behind_a_long_zeroed_run_past_the_watermark_are_saved_and_reported() {
+    let options = || {
+        Options::new()
+            .segment_bytes(256 << 10)
+            .max_record_bytes(512)
+            .index_interval_bytes(256)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, options(), 2000, 1);
+    let segs = layout(&Disk::Real, &template);
+    assert_eq!(segs.len(), 1, "one segment");
+    let seg = segs[0].clone();
+    // A crash state: the watermark last written at record 100.
+    let mut crashed = seg.bytes.clone();
+    let mark = seg.frames[100];
+    set_watermark(
+        &mut crashed,
+        mark.pos as u64,
+        mark.offset,
+        seg.frames[99].ts,
+    );
+    let at = seg.frames[500].pos;
+    let end = seg.end();
+    let runs = [4096, 4097, 20_000, end - at - 1];
+    for (i, run) in runs.into_iter().enumerate() {
+        let mut bytes = crashed.clone();
+        bytes[at..at + run].fill(0);
+        let what = format!("{run} zeroed bytes at {at}");
+        let sim = Disk::Sim(SimStorage::new());
+        let sim_seg = Seg {
+            path: sim_dir().join(seg.path.file_name().unwrap()),
+            ..seg.clone()
+        };
+        for path in std::fs::read_dir(&template).unwrap() {
+            let path = path.unwrap().path();
+            sim.write(
+                &sim_dir().join(path.file_name().unwrap()),
+                &std::fs::read(&path).unwrap(),
+            );
+        }
+        let real_dir = tmp.path().join(format!("case{i}"));
+        copy_dir(&template, &real_dir);
+        let real_seg = Seg {
+            path: real_dir.join(seg.path.file_name().unwrap()),
+            ..seg.clone()
+        };
+        for (disk, dir, seg) in [(sim, sim_dir(), sim_seg), (Disk::Real, real_dir, real_seg)] {
+            disk.write(&seg.path, &bytes);
+            let log = open_raw(&dir, disk.options(options())).unwrap();
+            assert_holds(&log, &values[..500], &what);
+            assert_cut_reported(&disk, &log, &seg, at, &bytes[at..], &what);
+            log.close().unwrap();
+            let now = disk.read(&seg.path);
+            assert!(now[at..].iter().all(|&b| b == 0), "{what}: tail zeroed");
+            assert_appends_continue(&disk, &dir, options(), &values[..500]);
+        }
+    }
+}
+
+/// Close (and a roll) mark the watermark slot closed: nothing was written
+/// past it. Recovery then looks only at the next page past the records, so
+/// an open after a clean close stays O(1). Open must clear the mark, durably,
+/// before any append can put a record past it.
+#[test]
+fn the_watermark_is_marked_closed_only_while_nothing_can_follow_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    build(&Disk::Real, &dir, small(), 300, 10);
+    let segs = layout(&Disk::Real, &dir);
+    assert!(segs.len() >= 3, "several segments: {}", segs.len());
+    let flags = |path: &Path| u32_at(&std::fs::read(path).unwrap(), 56);
+    for seg in &segs {
+        assert_eq!(
+            flags(&seg.path),
+            1,
+            "{}: sealed or closed",
+            seg.path.display()
+        );
+    }
+    let newest = segs.last().unwrap().path.clone();
+    let log = open_raw(&dir, small()).unwrap();
+    assert!(log.recovery_report().is_clean());
+    assert_eq!(flags(&newest), 0, "an open log is not closed");
+    log.append(&b"one more".to_vec()).unwrap();
+    drop(log);
+    assert_eq!(flags(&newest), 0, "dropped without close: not closed");
+    let log = open_raw(&dir, small()).unwrap();
+    assert_eq!(log.next_offset(), 301);
+    log.close().unwrap();
+    assert_eq!(flags(&newest), 1, "closed again");
 }
 
 // =============================================================================
