@@ -12,8 +12,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-
 use crate::format::{
     decode_index_entry, encode_index_entry, IndexEntry, INDEX_ENTRY_LEN, INDEX_HEADER_LEN,
     SEGMENT_HEADER_LEN,
@@ -35,8 +33,9 @@ pub(crate) struct Index {
 #[derive(Debug)]
 enum IndexBytes {
     Mapped(Map),
-    /// Rebuilt in memory; grows in follower mode, hence the lock.
-    Memory(Mutex<Vec<u8>>),
+    /// Rebuilt in memory by a read-only handle, which may not rewrite the
+    /// file; never written to.
+    Memory(Vec<u8>),
 }
 
 impl Index {
@@ -61,7 +60,7 @@ impl Index {
             file: None,
             count: AtomicU64::new(entries.len() as u64),
             capacity: u64::MAX,
-            bytes: IndexBytes::Memory(Mutex::new(bytes)),
+            bytes: IndexBytes::Memory(bytes),
         }
     }
 
@@ -78,7 +77,6 @@ impl Index {
                 f(bytes.get(INDEX_HEADER_LEN..end).unwrap_or(&[]))
             }
             IndexBytes::Memory(bytes) => {
-                let bytes = bytes.lock();
                 let end = (count * INDEX_ENTRY_LEN).min(bytes.len());
                 f(&bytes[..end])
             }
@@ -114,21 +112,17 @@ impl Index {
     }
 
     /// Writes encoded entries starting at entry number `at`. They become
-    /// visible to lookups only through [`publish`](Index::publish).
+    /// visible to lookups only through [`publish`](Index::publish). Only
+    /// the writer's active segment is written to, and its index is always a
+    /// file; an index without one (a read-only handle's) is not extended,
+    /// which only costs lookups a longer scan, since entries are a cache.
     pub(crate) fn write(&self, entries: &[u8], at: u64) -> std::io::Result<()> {
-        match (&self.file, &self.bytes) {
-            (Some(file), _) => file.write_at(
+        match &self.file {
+            Some(file) => file.write_at(
                 entries,
                 INDEX_HEADER_LEN as u64 + at * INDEX_ENTRY_LEN as u64,
             ),
-            (None, IndexBytes::Memory(bytes)) => {
-                let mut bytes = bytes.lock();
-                let at = at as usize * INDEX_ENTRY_LEN;
-                bytes.truncate(at);
-                bytes.extend_from_slice(entries);
-                Ok(())
-            }
-            (None, IndexBytes::Mapped(_)) => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -146,10 +140,10 @@ impl Index {
 pub(crate) fn valid_prefix(bytes: &[u8], limit: u64) -> u64 {
     let mut count = 0;
     let mut previous: Option<IndexEntry> = None;
-    for raw in bytes.chunks_exact(INDEX_ENTRY_LEN) {
-        let Some(entry) = decode_index_entry(raw) else {
-            break;
-        };
+    for entry in bytes
+        .chunks_exact(INDEX_ENTRY_LEN)
+        .map_while(decode_index_entry)
+    {
         let pos = u64::from(entry.pos);
         if pos < SEGMENT_HEADER_LEN as u64 || pos >= limit {
             break;
@@ -211,12 +205,35 @@ mod tests {
         }
         assert_eq!(valid_prefix(&bytes, 1 << 20), 5);
         assert_eq!(valid_prefix(&bytes, 64 + 2500), 3, "entry past the end");
-        let mut regress = bytes.clone();
-        regress[3 * 16..3 * 16 + 4].copy_from_slice(&5u32.to_le_bytes());
-        assert_eq!(valid_prefix(&regress, 1 << 20), 3);
+        // Entry 3 (offset 30, position 3064, time 300) made to go back in
+        // offset, in position, or in time: the prefix ends before it.
+        for (at, value, what) in [
+            (0, 5u64, "offset"),
+            (4, 1064, "position"),
+            (8, 99, "timestamp"),
+        ] {
+            let mut regress = bytes.clone();
+            let field = 3 * 16 + at;
+            let width = if at == 8 { 8 } else { 4 };
+            regress[field..field + width].copy_from_slice(&value.to_le_bytes()[..width]);
+            assert_eq!(valid_prefix(&regress, 1 << 20), 3, "{what} goes back");
+        }
+        let mut same_time = bytes.clone();
+        same_time[3 * 16 + 8..3 * 16 + 16].copy_from_slice(&200u64.to_le_bytes());
+        assert_eq!(valid_prefix(&same_time, 1 << 20), 5, "equal times are fine");
         let mut zeros = bytes.clone();
         zeros.extend_from_slice(&[0; 32]);
         assert_eq!(valid_prefix(&zeros, 1 << 20), 5);
+    }
+
+    #[test]
+    fn a_memory_index_is_not_extended_by_writes() {
+        let index = Index::memory(&entries(3));
+        let more = encode_index_entry(&entries(4)[3]);
+        index.write(&more, 3).unwrap();
+        index.publish(4);
+        assert_eq!(index.count(), 4);
+        assert_eq!(index.seek_offset(35).map(|e| e.rel_offset), Some(20));
     }
 
     #[test]

@@ -725,3 +725,48 @@ fn opening_creates_only_what_is_missing() {
     log.close().unwrap();
     assert_eq!(std::fs::metadata(half.join("META")).unwrap().ino(), meta);
 }
+
+/// A follower that lists the directory while the writer creates a segment
+/// can see the new file shorter than a header, or with a header of zeros
+/// (created, not yet written). Either is "not yet": the follower keeps
+/// reading what it has, and picks the segment up once it is complete.
+#[test]
+fn a_follower_waits_for_a_segment_that_is_still_being_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::new().segment_bytes(4096).max_record_bytes(512);
+    let log = open_raw(dir.path(), options()).unwrap();
+    for i in 0..10 {
+        log.append(&payload(9, i)).unwrap();
+    }
+    log.close().unwrap();
+    let before = segment_files(dir.path()).len();
+    let follower = open_raw(dir.path(), options().read_only()).unwrap();
+    let next = dir.path().join(format!("{:020}.seg", 10));
+    for partial in [vec![0u8; 10], vec![0u8; 64], vec![0u8; 4096]] {
+        std::fs::write(&next, &partial).unwrap();
+        let records = read_all(&follower).unwrap();
+        assert_eq!(records.len(), 10, "{} bytes", partial.len());
+        assert_eq!(follower.next_offset(), 10);
+    }
+    // The writer finds the same file as an unfinished create, removes it
+    // and starts the segment again; the follower then reads on.
+    let log = open_raw(dir.path(), options()).unwrap();
+    assert!(log
+        .recovery_report()
+        .removed_files
+        .iter()
+        .any(|p| p.ends_with(next.file_name().unwrap())));
+    for i in 10..200 {
+        log.append(&payload(9, i)).unwrap();
+    }
+    assert!(
+        segment_files(dir.path()).len() > before + 1,
+        "the writer rolled"
+    );
+    let records = read_all(&follower).unwrap();
+    assert_eq!(records.len(), 200);
+    for (i, (offset, value)) in records.iter().enumerate() {
+        assert_eq!((*offset, value), (i as u64, &payload(9, i as u64)));
+    }
+    log.close().unwrap();
+}
