@@ -580,11 +580,10 @@ fn recover_active(
         Some(entries) => entries,
         // Missing or damaged: rebuild the entries before the scan start
         // (the scan below adds the rest).
-        None if start_pos > HEADER => {
+        None => {
             report.rebuilt_indexes.push(index_path.clone());
             segment::rebuild_entries(&bytes[..start_pos as usize], base, config)
         }
-        None => Vec::new(),
     };
     // A watermark is written by this crate after the data before it was
     // synced, so it must agree with the frames: walking them from the last
@@ -676,14 +675,13 @@ fn recover_active(
         last_nonzero(rest)
     };
     if end.damage.is_some() || last.is_some() {
-        let last = last.map_or(0, |i| i as u64 + 1);
         report.truncated_segment = Some(path.clone());
         report.truncated_at = Some(end.pos);
-        report.truncated_bytes = last;
+        report.truncated_bytes = last.map_or(0, |i| i as u64 + 1);
         report.damage = end.damage.clone();
-        if last > 0 {
+        if let Some(last) = last {
             let copy = dir.join(format!("{base:020}.{}.damaged", end.pos));
-            let cut = &rest[..last as usize];
+            let cut = &rest[..=last];
             let _ = remove_if_exists(storage, &copy);
             let saved = storage
                 .open(&copy, OpenMode::CreateNew, options.file_mode)
