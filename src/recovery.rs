@@ -599,12 +599,12 @@ fn recover_active(
             if options.recovery == RecoveryMode::Strict {
                 // The walk trusts length and offset fields; to name the
                 // first damaged record, check the CRCs up to where it
-                // stopped.
+                // stopped (damage the scan finds lies before that point).
                 let limit = (position as usize).min(bytes.len());
                 let first = scan(&bytes[..limit], HEADER, base, config.max_payload, |_, _| {});
                 let (position, offset, kind) = match first.damage {
-                    Some(damage) if first.pos < position => (first.pos, first.next, damage),
-                    _ => (position, offset, kind),
+                    Some(damage) => (first.pos, first.next, damage),
+                    None => (position, offset, kind),
                 };
                 return Err(Error::Corrupt {
                     path,
@@ -760,12 +760,9 @@ fn existing_entries(
     options: &Options,
 ) -> Option<Vec<IndexEntry>> {
     let file = storage.open(path, mode, options.file_mode).ok()?;
-    let len = file.len().ok()?;
-    if len < INDEX_HEADER_LEN as u64 || len > 1 << 32 {
-        return None;
-    }
-    let mut bytes = vec![0; len as usize];
-    if file.read_at(&mut bytes, 0).is_err() || !format::index_header_ok(&bytes, base) {
+    let map = file.map(file.len().ok()?).ok()?;
+    let bytes = map.bytes();
+    if !format::index_header_ok(&bytes, base) {
         return None;
     }
     let body = &bytes[INDEX_HEADER_LEN..];
@@ -840,7 +837,10 @@ fn last_nonzero(bytes: &[u8]) -> Option<usize> {
     None
 }
 
-/// Whether any byte after the header of a segment file is not zero.
+/// Whether any byte after the header of a segment file is not zero. Read
+/// rather than mapped: a follower may get here while the writer's recovery
+/// truncates the same file, and a read past the end is an error, not a
+/// fault.
 fn holds_data(file: &crate::storage::File, len: u64) -> std::io::Result<bool> {
     let mut chunk = vec![0u8; 1 << 16];
     let mut at = HEADER;

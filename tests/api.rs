@@ -685,12 +685,54 @@ fn odd_directories_are_refused_with_the_reason() {
         "{err:?}"
     );
 
-    // A META file far larger than any META is refused before it is read.
-    let big = tempfile::tempdir().unwrap();
-    std::fs::write(big.path().join("META"), vec![0u8; 2 << 20]).unwrap();
-    let err = open_raw(big.path(), Options::new()).unwrap_err();
+    // A META file larger than 1 MiB is refused before it is read; one of
+    // exactly 1 MiB is read (and refused for what it holds).
+    for (len, want) in [
+        (2 << 20, "too large"),
+        ((1 << 20) + 1, "too large"),
+        (1 << 20, "magic"),
+    ] {
+        let big = tempfile::tempdir().unwrap();
+        std::fs::write(big.path().join("META"), vec![0u8; len]).unwrap();
+        let err = open_raw(big.path(), Options::new()).unwrap_err();
+        assert!(
+            matches!(err, Error::NotALog { reason, .. } if reason.contains(want)),
+            "{len}: {err:?}"
+        );
+    }
+}
+
+/// Without META, a directory is made a log only if it holds nothing but
+/// files a log itself leaves there: a consumer's position, a `.damaged`
+/// copy, a lock or a temporary file. Any other file means it is someone
+/// else's directory.
+#[test]
+fn a_directory_without_meta_holding_only_log_files_becomes_a_log() {
+    for names in [
+        &["LOCK", "META.tmp"][..],
+        &["billing.consumer"],
+        &["00000000000000000000.64.damaged"],
+        &[
+            "billing.consumer",
+            "00000000000000000000.64.damaged",
+            "LOCK",
+        ],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let log = open_raw(dir.path(), Options::new()).unwrap_or_else(|e| panic!("{names:?}: {e}"));
+        assert_eq!(log.append(&b"first".to_vec()).unwrap(), 0, "{names:?}");
+        log.close().unwrap();
+        assert!(dir.path().join("META").exists(), "{names:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("billing.consumer"), b"x").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+    let err = open_raw(dir.path(), Options::new()).unwrap_err();
     assert!(
-        matches!(err, Error::NotALog { reason, .. } if reason.contains("too large")),
+        matches!(err, Error::NotALog { reason, .. } if reason.contains("other files")),
         "{err:?}"
     );
 }
