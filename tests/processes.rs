@@ -232,12 +232,14 @@ fn a_read_only_follower_sees_every_record_of_a_live_writer() {
          next_offset grew {next_increases} times, {} segments",
         log.stats().segments
     );
+    // The follower can read the last records as soon as they are written,
+    // before the writer's append has returned and it has said so.
+    let done = child.wait_for_line("DONE", STARTUP);
     let out = child.kill();
     assert!(out.was_killed(), "the writer ended by itself: {out:?}");
-    assert!(
-        out.lines
-            .iter()
-            .any(|l| l == &format!("DONE {FOLLOW_RECORDS}")),
+    assert_eq!(
+        done.as_deref(),
+        Some(format!("DONE {FOLLOW_RECORDS}").as_str()),
         "{out:?}"
     );
     assert_eq!(log.verify().unwrap(), FOLLOW_RECORDS);

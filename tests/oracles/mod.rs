@@ -185,6 +185,12 @@ fn decode_watermark(file: &[u8]) -> Option<(u64, u64, u64)> {
     Some((u64_at(slot, 0)?, u64_at(slot, 8)?, u64_at(slot, 16)?))
 }
 
+/// The position of a valid watermark slot whose *closed* bit is set.
+fn closed_at(file: &[u8]) -> Option<u64> {
+    let (pos, ..) = decode_watermark(file)?;
+    (u32_at(&file[32..64], 24)? & 1 == 1).then_some(pos)
+}
+
 /// What opening makes of the newest segment's 64-byte header (docs/FORMAT.md,
 /// "Segment header" and "Recovery"), in the order the fields are checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -988,6 +994,19 @@ pub fn segment_recover(data: &[u8]) -> Outcome {
                 !damaged,
                 "the frames after the watermark end in damage at {chain_end}, \
                  yet nothing was reported cut: {report:?}"
+            );
+            // Nothing reported cut, so nothing was there: after a crash the
+            // whole rest of the segment is searched; after a close (a closed
+            // watermark where the records end) only the next 4 KiB.
+            let searched = if closed_at(&seg) == Some(chain_end as u64) {
+                (chain_end + 4096).min(ext.len())
+            } else {
+                ext.len()
+            };
+            ensure!(
+                ext[chain_end..searched].iter().all(|&x| x == 0),
+                "non-zero bytes after the records (which end at {chain_end}) were \
+                 cut without a report: {report:?}"
             );
         }
     }
