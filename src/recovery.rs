@@ -175,7 +175,8 @@ pub(crate) fn recover(options: &Options, dir: &Path, meta: &Meta) -> Result<Reco
         classify(entries)
     };
     check_meta(storage, dir, &listing, meta, options)?;
-    if !listing.meta && !read_only {
+    // (A read-only open of a directory without META was refused above.)
+    if !listing.meta {
         write_meta(storage, dir, meta, options.file_mode)?;
     }
     if !read_only {
@@ -680,15 +681,17 @@ fn recover_active(
         report.truncated_bytes = last.map_or(0, |i| i as u64 + 1);
         report.damage = end.damage.clone();
         if let Some(last) = last {
+            // Nothing is cut before its copy is durable: if the copy cannot
+            // be saved (a full disk), opening fails and the segment stays
+            // as it is, to be opened again once there is room.
             let copy = dir.join(format!("{base:020}.{}.damaged", end.pos));
             let cut = &rest[..=last];
-            let _ = remove_if_exists(storage, &copy);
-            let saved = storage
+            remove_if_exists(storage, &copy)?;
+            storage
                 .open(&copy, OpenMode::CreateNew, options.file_mode)
-                .and_then(|f| f.write_at(cut, 0).and_then(|()| f.sync_data()));
-            if saved.is_ok() {
-                report.damaged_copy = Some(copy);
-            }
+                .and_then(|f| f.write_at(cut, 0).and_then(|()| f.sync_data()))
+                .map_err(|e| Error::io("save the cut tail to", &copy, e))?;
+            report.damaged_copy = Some(copy);
         }
     }
     // The records scanned past the old watermark are read from the page

@@ -789,6 +789,10 @@ fn a_follower_waits_for_a_segment_that_is_still_being_created() {
         let records = read_all(&follower).unwrap();
         assert_eq!(records.len(), 10, "{} bytes", partial.len());
         assert_eq!(follower.next_offset(), 10);
+        // A follower opened now, too, ends at the complete segments.
+        let late = open_raw(dir.path(), options().read_only()).unwrap();
+        assert_eq!(read_all(&late).unwrap(), records);
+        assert!(next.exists(), "a follower removes nothing");
     }
     // The writer finds the same file as an unfinished create, removes it
     // and starts the segment again; the follower then reads on.

@@ -1931,3 +1931,157 @@ fn salvage_mode_cuts_the_log_at_a_sealed_segment_with_a_damaged_header() {
         assert_appends_continue(&disk, &dir, salvage(), kept);
     }
 }
+
+// =============================================================================
+// 12. Watermark slots that do not tell the truth
+// =============================================================================
+
+/// Writes the frame CRC of the frame at `pos` (bytes 4..8: CRC-32 of bytes
+/// 0..4 and 8..8+len), so a forged frame is internally valid.
+fn fix_frame_crc(bytes: &mut [u8], pos: usize) {
+    let len = u32_at(bytes, pos) as usize;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[pos..pos + 4]);
+    h.update(&bytes[pos + 8..pos + 8 + len]);
+    bytes[pos + 4..pos + 8].copy_from_slice(&h.finalize().to_le_bytes());
+}
+
+/// A watermark slot with a valid CRC is still checked. One that cannot be
+/// right for its segment (a position inside the header, an offset below
+/// the segment's base) is ignored and the segment scanned from its start;
+/// one that the frames do not lead to is damage: a strict open refuses,
+/// naming where the frames and the slot part ways, and the salvage mode
+/// (which ignores slots) and a salvaging follower (which falls back to a
+/// scan) open the intact log.
+#[test]
+fn watermark_slots_are_checked_against_the_frames() {
+    let dir = sim_dir();
+    let pristine = SimStorage::new();
+    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
+    let snapshot = sim_snapshot(&pristine);
+    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let seg = segs.last().unwrap();
+    assert!(
+        seg.base > 0 && seg.frames.len() >= 6,
+        "a later segment with records"
+    );
+    let r = seg.frames.len();
+    let last_ts = seg.frames[r - 1].ts;
+    let end = seg.end() as u64;
+    let open_with = |bytes: &[u8], options: Options| {
+        let storage = sim_from(&snapshot);
+        storage.write_file(&seg.path, bytes);
+        // Without the index, the walk to the slot starts at the first record.
+        storage.remove_file_durably(&seg.idx);
+        (open_raw(&dir, options.simulated(&storage)), storage)
+    };
+
+    // Implausible slots: ignored, the whole segment is scanned.
+    for (what, pos, next) in [
+        ("a position inside the header", 10, seg.next()),
+        ("an offset below the base", end, seg.base - 1),
+    ] {
+        let mut bytes = seg.bytes.clone();
+        set_watermark(&mut bytes, pos, next, last_ts);
+        let (log, _) = open_with(&bytes, small());
+        let log = log.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_holds(&log, &values, what);
+        assert_eq!(
+            log.recovery_report().scanned_bytes,
+            end - HEADER as u64,
+            "{what}: scanned from the first record"
+        );
+    }
+
+    // Slots the frames do not lead to.
+    let k = r - 3;
+    let at = seg.frames[k];
+    let mut wrong_next = seg.bytes.clone();
+    set_watermark(&mut wrong_next, end, seg.next() + 1, last_ts);
+    let mut stale_frame = seg.bytes.clone();
+    stale_frame[at.pos + 8..at.pos + 16].copy_from_slice(&(at.offset + 7).to_le_bytes());
+    fix_frame_crc(&mut stale_frame, at.pos);
+    set_watermark(&mut stale_frame, end, seg.next(), last_ts);
+    for (what, bytes, position, offset, kind) in [
+        (
+            "the right position with the wrong next offset",
+            &wrong_next,
+            end,
+            seg.next(),
+            CorruptionKind::BadHeader,
+        ),
+        (
+            "a valid frame with another offset before the slot",
+            &stale_frame,
+            at.pos as u64,
+            at.offset,
+            CorruptionKind::OffsetMismatch {
+                expected: at.offset,
+                found: at.offset + 7,
+            },
+        ),
+    ] {
+        let (opened, _) = open_with(bytes, small());
+        match opened {
+            Err(Error::Corrupt {
+                path,
+                position: p,
+                offset: o,
+                kind: k,
+            }) => {
+                assert_eq!(path, seg.path, "{what}");
+                assert_eq!((p, o, k), (position, Some(offset), kind), "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        // The salvage mode ignores slots and cuts at the first bad frame.
+        let salvage = small().recovery(RecoveryMode::TruncateAtFirstCorruption);
+        let (log, _) = open_with(bytes, salvage.clone());
+        let log = log.unwrap_or_else(|e| panic!("{what}, salvage: {e}"));
+        // It keeps everything up to the first frame that is not right.
+        let kept = if position == end {
+            values.len()
+        } else {
+            at.offset as usize
+        };
+        assert_holds(&log, &values[..kept], what);
+        drop(log);
+        // A follower in the salvage mode does not write; it falls back to
+        // scanning the segment from its start.
+        let (log, _) = open_with(bytes, salvage.read_only());
+        let log = log.unwrap_or_else(|e| panic!("{what}, salvaging follower: {e}"));
+        assert_eq!(log.next_offset(), kept as u64, "{what}, salvaging follower");
+    }
+}
+
+/// A follower that finds a new segment whose header is damaged (here, a
+/// base that differs from its name) reports it when it reads on, naming
+/// the file; the records it had stay readable by offset.
+#[test]
+fn a_follower_reports_a_damaged_new_segment() {
+    let dir = sim_dir();
+    let storage = SimStorage::new();
+    let values = build(&Disk::Sim(storage.clone()), &dir, small(), 50, 1);
+    let segs = layout(&Disk::Sim(storage.clone()), &dir);
+    let newest = segs.last().unwrap();
+    let follower = open_raw(&dir, small().read_only().simulated(&storage)).unwrap();
+    assert_holds(&follower, &values, "before");
+    let next = newest.next();
+    let path = dir.join(format!("{next:020}.seg"));
+    let mut header = newest.bytes[..HEADER].to_vec();
+    header[16..24].copy_from_slice(&(next + 1).to_le_bytes());
+    fix_header_crc(&mut header);
+    set_watermark(&mut header, HEADER as u64, next + 1, 0);
+    header.resize(4096, 0);
+    storage.write_file(&path, &header);
+    let (records, err) = read_until_error(&follower);
+    assert_run(&records, &values, 0, "read before the error");
+    match err {
+        Some(Error::Corrupt { path: p, kind, .. }) => {
+            assert_eq!(p, path);
+            assert_eq!(kind, CorruptionKind::BadHeader);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(follower.get(3).unwrap().unwrap().value, values[3]);
+}

@@ -939,3 +939,77 @@ fn the_salvage_mode_cuts_at_damage_never_at_an_io_error() {
     }
     assert!(failed > 3, "the salvage open made only {failed} opens");
 }
+
+/// Recovery cuts a torn tail only once its bytes are saved in a durable
+/// `.damaged` copy. When the copy cannot be written (here, a full disk),
+/// opening fails naming the copy and cuts nothing; once there is room,
+/// it opens, saves and cuts. Before, a failed copy was skipped and the
+/// bytes were cut anyway.
+#[test]
+fn a_torn_tail_is_cut_only_after_its_copy_is_saved() {
+    let storage = SimStorage::new();
+    let log = open(&storage, Durability::EveryAppend).unwrap();
+    log.append(&payload(0)).unwrap();
+    log.append(&payload(1)).unwrap();
+    log.close().unwrap();
+    let seg = std::path::Path::new(DIR).join(format!("{:020}.seg", 0));
+    let mut bytes = storage.read_file(&seg).unwrap();
+    let end = 64 + 2 * (24 + 100);
+    assert!(bytes[end..].iter().all(|&b| b == 0), "records end at {end}");
+    bytes[end..end + 30].fill(0xC3);
+    storage.write_file(&seg, &bytes);
+    let copy = std::path::Path::new(DIR).join(format!("{:020}.{end}.damaged", 0));
+
+    // Fail the n-th operation of each kind the copy needs, for every n up
+    // to the copy's own: each failed open leaves the segment uncut, and
+    // one of them is the copy's.
+    for (op, kind) in [
+        (OpKind::Open, FaultKind::Enospc),
+        (OpKind::Write, FaultKind::Enospc),
+        (OpKind::SyncData, FaultKind::Eio),
+    ] {
+        let mut hit = false;
+        for n in 1..=20 {
+            storage.write_file(&seg, &bytes);
+            if storage.read_file(&copy).is_some() {
+                storage.remove_file_durably(&copy);
+            }
+            storage.inject(fault(n, kind, false, Some(op)));
+            let opened = open(&storage, Durability::EveryAppend);
+            storage.clear_faults();
+            let err = match opened {
+                // A failure recovery can absorb (an index it rebuilds):
+                // then the copy was saved before the cut.
+                Ok(log) => {
+                    assert_eq!(
+                        storage.read_file(&copy),
+                        Some(vec![0xC3; 30]),
+                        "{op:?} #{n}"
+                    );
+                    drop(log);
+                    continue;
+                }
+                Err(err) => err,
+            };
+            assert_eq!(
+                storage.read_file(&seg).unwrap(),
+                bytes,
+                "{op:?} #{n}: nothing cut"
+            );
+            if let Error::Io { op: what, path, .. } = &err {
+                if *what == "save the cut tail to" {
+                    assert_eq!(*path, copy, "{op:?} #{n}");
+                    hit = true;
+                    break;
+                }
+            }
+        }
+        assert!(hit, "{op:?}: no failure reached the copy");
+    }
+    let log = open(&storage, Durability::EveryAppend).unwrap();
+    let report = log.recovery_report();
+    assert_eq!(report.damaged_copy.as_deref(), Some(copy.as_path()));
+    assert_eq!(storage.read_file(&copy).unwrap(), vec![0xC3; 30]);
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(log.get(1).unwrap().unwrap().value, payload(1));
+}
