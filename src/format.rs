@@ -62,9 +62,7 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, MetaError> {
     if version != FORMAT_VERSION {
         return Err(MetaError::Version(version));
     }
-    if bytes.len() < 4 {
-        return Err(MetaError::Damaged);
-    }
+    // At least 12 bytes (the version was read), so there is a CRC to split.
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return Err(MetaError::Damaged);
@@ -420,7 +418,9 @@ pub(crate) fn decode_consumer(bytes: &[u8]) -> Result<ConsumerSlot, ConsumerErro
     }
     let slot = |at: usize| -> Option<ConsumerSlot> {
         let raw = bytes.get(at..at + CONSUMER_SLOT_LEN)?;
-        if read_u32(raw, 16)? != crc32fast::hash(&raw[..16]) || raw.iter().all(|&b| b == 0) {
+        // (An all-zero slot, never written, fails this too: the CRC of
+        // 16 zero bytes is not zero.)
+        if read_u32(raw, 16)? != crc32fast::hash(&raw[..16]) {
             return None;
         }
         let slot = ConsumerSlot {
@@ -433,7 +433,8 @@ pub(crate) fn decode_consumer(bytes: &[u8]) -> Result<ConsumerSlot, ConsumerErro
     let a = slot(CONSUMER_HEADER_LEN);
     let b = slot(CONSUMER_HEADER_LEN + CONSUMER_SLOT_LEN);
     match (a, b) {
-        (Some(a), Some(b)) => Ok(if a.generation > b.generation { a } else { b }),
+        // The two slots hold generations of different parity, never equal.
+        (Some(a), Some(b)) => Ok(std::cmp::max_by_key(a, b, |s| s.generation)),
         (Some(one), None) | (None, Some(one)) => Ok(one),
         (None, None) => Err(ConsumerError::NoValidSlot),
     }
@@ -666,6 +667,45 @@ mod tests {
             decode_meta(&bytes[..bytes.len() - 1]),
             Err(MetaError::Damaged)
         );
+        // The magic and nothing else: ours, but damaged.
+        assert_eq!(decode_meta(META_MAGIC), Err(MetaError::Damaged));
+        assert_eq!(decode_meta(&META_MAGIC[..7]), Err(MetaError::Magic));
+    }
+
+    #[test]
+    fn meta_strings_longer_than_their_length_field_are_cut_at_a_char_boundary() {
+        // 65,534 ASCII bytes, then 'é' (2 bytes) straddling the 65,535 cap.
+        let long = format!("{}é and more", "a".repeat(65_534));
+        let meta = Meta {
+            codec: "postcard".into(),
+            type_name: long.clone(),
+        };
+        let decoded = decode_meta(&encode_meta(&meta)).unwrap();
+        assert_eq!(decoded.type_name, long[..65_534]);
+        let exact = "b".repeat(65_535);
+        let meta = Meta {
+            codec: exact.clone(),
+            type_name: "t".into(),
+        };
+        assert_eq!(decode_meta(&encode_meta(&meta)).unwrap().codec, exact);
+    }
+
+    #[test]
+    fn an_index_header_must_match_in_every_field() {
+        let good = encode_index_header(7);
+        assert!(index_header_ok(&good, 7));
+        assert!(!index_header_ok(&good, 8), "another base");
+        assert!(!index_header_ok(&good[..31], 7), "short");
+        for (at, what) in [(0, "magic"), (8, "version"), (16, "base"), (24, "CRC")] {
+            let mut bad = good;
+            bad[at] ^= 1;
+            if at != 24 {
+                // Keep the CRC right, so only the field itself is wrong.
+                let crc = crc32fast::hash(&bad[..24]);
+                bad[24..28].copy_from_slice(&crc.to_le_bytes());
+            }
+            assert!(!index_header_ok(&bad, 7), "{what}");
+        }
     }
 
     #[test]
@@ -673,6 +713,12 @@ mod tests {
         let mut file = vec![0u8; CONSUMER_FILE_LEN];
         file[..16].copy_from_slice(&encode_consumer_header());
         assert_eq!(decode_consumer(&file), Err(ConsumerError::NoValidSlot));
+        assert_eq!(
+            decode_consumer(&file[..CONSUMER_HEADER_LEN]),
+            Err(ConsumerError::NoValidSlot),
+            "a header with no slots"
+        );
+        assert_eq!(decode_consumer(&file[..15]), Err(ConsumerError::Magic));
         for (generation, position) in [(1u64, 10u64), (2, 20), (3, 30)] {
             let at = consumer_slot_at(generation);
             file[at..at + 24].copy_from_slice(&encode_consumer_slot(&ConsumerSlot {
