@@ -1653,6 +1653,54 @@ fn a_missing_newest_index_is_rebuilt_at_open_and_reported() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The index holds exactly the entries docs/FORMAT.md describes: one for
+/// the first record of a segment, then one for the first record at least
+/// `index_interval_bytes` after the previous entry. (Lookups stay right
+/// with any entries, so only this test sees their density.)
+#[test]
+fn index_entries_are_where_the_format_says() {
+    let dir = sim_dir();
+    let interval = 256;
+    // Records of mixed sizes, and 32-byte frames that land exactly on
+    // each `interval` (the boundary case: an entry is due there).
+    let mixed = SimStorage::new();
+    build(&Disk::Sim(mixed.clone()), &dir, small(), 400, 1);
+    let even = SimStorage::new();
+    let log = open_raw(&dir, small().simulated(&even)).unwrap();
+    for i in 0..300u64 {
+        log.append(&i.to_le_bytes().to_vec()).unwrap();
+    }
+    log.close().unwrap();
+    let mut segs = Vec::new();
+    for storage in [&mixed, &even] {
+        for seg in layout(&Disk::Sim(storage.clone()), &dir) {
+            segs.push((storage.clone(), seg));
+        }
+    }
+    for (storage, seg) in &segs {
+        let mut want = Vec::new();
+        let mut last: Option<usize> = None;
+        for f in &seg.frames {
+            if last.is_none_or(|l| f.pos >= l + interval) {
+                let mut e = [0u8; 16];
+                e[..4].copy_from_slice(&((f.offset - seg.base) as u32).to_le_bytes());
+                e[4..8].copy_from_slice(&(f.pos as u32).to_le_bytes());
+                e[8..].copy_from_slice(&f.ts.to_le_bytes());
+                want.push(e);
+                last = Some(f.pos);
+            }
+        }
+        assert!(
+            want.len() >= 3,
+            "{}: {} entries",
+            seg.idx.display(),
+            want.len()
+        );
+        let got = index_entries(&storage.read_file(&seg.idx).unwrap());
+        assert_eq!(got, want, "{}", seg.idx.display());
+    }
+}
+
 // =============================================================================
 // 9. Stray files
 // =============================================================================
