@@ -1135,6 +1135,29 @@ fn a_truncated_sealed_segment_is_reported_never_skipped() {
         assert_eq!(records.len() as u64, values.len() as u64 - after.base);
         assert!(matches!(log.verify(), Err(Error::Corrupt { .. })), "{what}");
     }
+
+    // Zeroed to its end rather than cut short (the file keeps its length):
+    // the records are missing just the same, so it reads as truncated; a
+    // zeroed run with data after it is `Zeroed` (section 4).
+    let dir = tmp.path().join("zeroed-tail");
+    copy_dir(&template, &dir);
+    let path = dir.join(seg.path.file_name().unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[frame.pos..].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let log = open_raw(&dir, small()).unwrap();
+    let (records, err) = read_until_error(&log);
+    assert_eq!(records.len() as u64, frame.offset);
+    let (p, position, offset, kind) = corrupt(err, "zeroed tail");
+    assert_eq!((p, position), (path, frame.pos as u64));
+    assert_eq!(offset, Some(frame.offset));
+    assert_eq!(
+        kind,
+        CorruptionKind::SegmentTruncated {
+            expected_end: after.base,
+            found_end: frame.offset
+        }
+    );
 }
 
 // =============================================================================
