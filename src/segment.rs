@@ -418,9 +418,8 @@ impl Segment {
             if at == offset {
                 return Ok(pos);
             }
-            if at > offset {
-                return Err((pos, at));
-            }
+            // (A start past `offset` never gets here: the index only offers
+            // entries at or before it. It would walk to the limit and fail.)
             pos += 8 + u64::from(len);
             at += 1;
         }

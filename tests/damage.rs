@@ -1724,6 +1724,50 @@ fn index_entries_are_where_the_format_says() {
     }
 }
 
+/// Records appended in one batch share a timestamp. An index entry inside
+/// such a run that understates its timestamp must not make a time lookup
+/// start at that entry: the records of the run before it would be skipped.
+/// The lookup checks the record the entry points at and starts there only
+/// if it is strictly older than the time sought.
+#[test]
+fn an_understated_index_entry_never_skips_records_that_share_its_time() {
+    let dir = sim_dir();
+    let storage = SimStorage::new();
+    let options = || small().segment_bytes(64 << 10).simulated(&storage);
+    let log = open_raw(&dir, options()).unwrap();
+    for i in 0..10 {
+        log.append(&payload(SEED, i)).unwrap();
+    }
+    let batch: Vec<Vec<u8>> = (10..70).map(|i| payload(SEED, i)).collect();
+    log.append_batch(&batch).unwrap();
+    let t = log.get(10).unwrap().unwrap().timestamp;
+    assert_eq!(
+        log.get(69).unwrap().unwrap().timestamp,
+        t,
+        "one time per batch"
+    );
+    assert!(log.get(9).unwrap().unwrap().timestamp < t);
+    log.close().unwrap();
+
+    let seg = &layout(&Disk::Sim(storage.clone()), &dir)[0];
+    let mut idx = storage.read_file(&seg.idx).unwrap();
+    let entries = index_entries(&idx);
+    let before = entries.iter().rposition(|e| u32_at(e, 0) < 10).unwrap();
+    let older = u64_at(&entries[before], 8);
+    let mut understated = 0;
+    for (i, e) in entries.iter().enumerate().skip(before + 1) {
+        assert!(u32_at(e, 0) > 10, "an entry past the run's first record");
+        idx[32 + i * 16 + 8..32 + i * 16 + 16].copy_from_slice(&older.to_le_bytes());
+        understated += 1;
+    }
+    assert!(understated >= 3, "{understated} entries inside the run");
+    storage.write_file(&seg.idx, &idx);
+
+    let log = open_raw(&dir, options()).unwrap();
+    let first = log.read(Start::Timestamp(t)).next().unwrap().unwrap();
+    assert_eq!(first.offset, 10);
+}
+
 // =============================================================================
 // 9. Stray files
 // =============================================================================
