@@ -489,25 +489,25 @@ impl Segment {
         let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
         let end = scan(region, HEADER, self.base, self.max_payload, |_, _| {});
         let expected = self.next();
-        if end.next == expected {
-            return Ok(end.next - self.base);
-        }
-        if end.next > expected {
+        let kind = match end.next.cmp(&expected) {
+            std::cmp::Ordering::Equal => return Ok(end.next - self.base),
             // Records past the offset where the next segment starts: the
             // two segments overlap.
-            return Err(self.corrupt(
-                end.pos,
-                expected,
-                CorruptionKind::SegmentSequence {
+            std::cmp::Ordering::Greater => {
+                return Err(self.corrupt(
+                    end.pos,
                     expected,
-                    found: end.next,
-                },
-            ));
-        }
-        let kind = end.damage.unwrap_or(CorruptionKind::SegmentTruncated {
-            expected_end: expected,
-            found_end: end.next,
-        });
+                    CorruptionKind::SegmentSequence {
+                        expected,
+                        found: end.next,
+                    },
+                ))
+            }
+            std::cmp::Ordering::Less => end.damage.unwrap_or(CorruptionKind::SegmentTruncated {
+                expected_end: expected,
+                found_end: end.next,
+            }),
+        };
         Err(self.corrupt(end.pos, end.next, kind))
     }
 
