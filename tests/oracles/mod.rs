@@ -1501,8 +1501,16 @@ impl Api {
                 Ok(())
             }
             (Err(Error::RecordTooLarge { size, .. }), Some(p)) if size == p.len() => Ok(()),
-            (Err(e), None) if self.armed && e.io_kind().is_some() => {
-                self.m.maybe = batch.to_vec();
+            // A batch holding a record too large is refused whole; but a
+            // log the armed fault has already poisoned says so first. The
+            // fault may have struck a flush the oracle did not see fail: a
+            // read's (which keeps what was published and reads on) or one
+            // on a subscription's delivery thread.
+            (Err(e), too_large) if self.armed && e.io_kind().is_some() => {
+                self.m.maybe = match too_large {
+                    None => batch.to_vec(),
+                    Some(_) => Vec::new(),
+                };
                 Err(None)
             }
             (other, _) => Err(Some(format!(
