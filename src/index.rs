@@ -24,10 +24,10 @@ use crate::storage::{File, Map};
 pub(crate) struct Index {
     file: Option<File>,
     bytes: IndexBytes,
-    /// Entries `[0, count)` are published and monotonic.
+    /// Entries `[0, count)` are published and monotonic. Lookups see at
+    /// most what the bytes hold: a writer may publish entries it wrote past
+    /// the end of the map (the file grows), which stay unused.
     count: AtomicU64,
-    /// The number of entries the storage can hold.
-    capacity: u64,
 }
 
 #[derive(Debug)]
@@ -41,12 +41,10 @@ enum IndexBytes {
 impl Index {
     /// An index over a mapped file whose first `count` entries are valid.
     pub(crate) fn mapped(file: File, map: Map, count: u64) -> Index {
-        let capacity = map.len().saturating_sub(INDEX_HEADER_LEN as u64) / INDEX_ENTRY_LEN as u64;
         Index {
             file: Some(file),
             bytes: IndexBytes::Mapped(map),
-            count: AtomicU64::new(count.min(capacity)),
-            capacity,
+            count: AtomicU64::new(count),
         }
     }
 
@@ -59,7 +57,6 @@ impl Index {
         Index {
             file: None,
             count: AtomicU64::new(entries.len() as u64),
-            capacity: u64::MAX,
             bytes: IndexBytes::Memory(bytes),
         }
     }
@@ -128,8 +125,7 @@ impl Index {
 
     /// Makes entries `[0, count)` visible to lookups.
     pub(crate) fn publish(&self, count: u64) {
-        self.count
-            .store(count.min(self.capacity), Ordering::Release);
+        self.count.store(count, Ordering::Release);
     }
 }
 
