@@ -675,24 +675,24 @@ fn recover_active(
     } else {
         last_nonzero(rest)
     };
-    if end.damage.is_some() || last.is_some() {
+    // (Damage where the scan stopped means non-zero bytes there, so a cut
+    // that names damage always has bytes to save.)
+    if let Some(last) = last {
         report.truncated_segment = Some(path.clone());
         report.truncated_at = Some(end.pos);
-        report.truncated_bytes = last.map_or(0, |i| i as u64 + 1);
+        report.truncated_bytes = last as u64 + 1;
         report.damage = end.damage.clone();
-        if let Some(last) = last {
-            // Nothing is cut before its copy is durable: if the copy cannot
-            // be saved (a full disk), opening fails and the segment stays
-            // as it is, to be opened again once there is room.
-            let copy = dir.join(format!("{base:020}.{}.damaged", end.pos));
-            let cut = &rest[..=last];
-            remove_if_exists(storage, &copy)?;
-            storage
-                .open(&copy, OpenMode::CreateNew, options.file_mode)
-                .and_then(|f| f.write_at(cut, 0).and_then(|()| f.sync_data()))
-                .map_err(|e| Error::io("save the cut tail to", &copy, e))?;
-            report.damaged_copy = Some(copy);
-        }
+        // Nothing is cut before its copy is durable: if the copy cannot be
+        // saved (a full disk), opening fails and the segment stays as it
+        // is, to be opened again once there is room.
+        let copy = dir.join(format!("{base:020}.{}.damaged", end.pos));
+        let cut = &rest[..=last];
+        remove_if_exists(storage, &copy)?;
+        storage
+            .open(&copy, OpenMode::CreateNew, options.file_mode)
+            .and_then(|f| f.write_at(cut, 0).and_then(|()| f.sync_data()))
+            .map_err(|e| Error::io("save the cut tail to", &copy, e))?;
+        report.damaged_copy = Some(copy);
     }
     // The records scanned past the old watermark are read from the page
     // cache, which after a failed fdatasync may hold pages the kernel will

@@ -2117,6 +2117,8 @@ fn watermark_slots_are_checked_against_the_frames() {
     stale_frame[at.pos + 8..at.pos + 16].copy_from_slice(&(at.offset + 7).to_le_bytes());
     fix_frame_crc(&mut stale_frame, at.pos);
     set_watermark(&mut stale_frame, end, seg.next(), last_ts);
+    let mut short_frame = seg.bytes.clone();
+    short_frame[at.pos..at.pos + 4].copy_from_slice(&5u32.to_le_bytes());
     for (what, bytes, position, offset, kind) in [
         (
             "the right position with the wrong next offset",
@@ -2134,6 +2136,13 @@ fn watermark_slots_are_checked_against_the_frames() {
                 expected: at.offset,
                 found: at.offset + 7,
             },
+        ),
+        (
+            "a frame before the slot shorter than a frame can be",
+            &short_frame,
+            at.pos as u64,
+            at.offset,
+            CorruptionKind::Length { len: 5 },
         ),
     ] {
         let (opened, _) = open_with(bytes, small());
