@@ -1768,6 +1768,35 @@ fn an_understated_index_entry_never_skips_records_that_share_its_time() {
     assert_eq!(first.offset, 10);
 }
 
+/// A damaged record hides only itself from lookups by offset: `get` of a
+/// later record walks from an index entry past the damage. That includes
+/// entries the writer adds while the log is open, so the active segment's
+/// index file is sized for all of them when the segment is opened.
+#[test]
+fn a_damaged_record_hides_only_itself_from_lookups() {
+    let dir = sim_dir();
+    let storage = SimStorage::new();
+    let log = open_raw(&dir, small().segment_bytes(64 << 10).simulated(&storage)).unwrap();
+    let values = expected(300);
+    for value in &values {
+        log.append(value).unwrap();
+    }
+    let seg = &layout(&Disk::Sim(storage.clone()), &dir)[0];
+    assert_eq!(seg.frames.len(), 300, "one segment");
+    let mut bytes = seg.bytes.clone();
+    let damaged = seg.frames[5];
+    bytes[damaged.pos..damaged.pos + 4].copy_from_slice(&3u32.to_le_bytes());
+    storage.write_file(&seg.path, &bytes);
+    let (path, position, offset, _) = get_corrupt(&log, 5);
+    assert_eq!(
+        (path, position, offset),
+        (seg.path.clone(), damaged.pos as u64, Some(5))
+    );
+    for o in [20, 150, 299] {
+        assert_get(&log, o, &values);
+    }
+}
+
 // =============================================================================
 // 9. Stray files
 // =============================================================================
