@@ -101,7 +101,20 @@ fn sim_from(files: &[(PathBuf, Vec<u8>)]) -> SimStorage {
     storage
 }
 
-fn sim_snapshot(storage: &SimStorage) -> Vec<(PathBuf, Vec<u8>)> {
+/// A log of records `0..n` built (one append at a time, closed) on a fresh
+/// simulator disk at [`sim_dir`]: the payloads, a snapshot of its files to
+/// start each damage case from, and its segments.
+fn pristine_sim(n: u64) -> (Vec<Vec<u8>>, Snapshot, Vec<Seg>) {
+    let pristine = SimStorage::new();
+    let disk = Disk::Sim(pristine.clone());
+    let values = build(&disk, &sim_dir(), small(), n, 1);
+    (values, sim_snapshot(&pristine), layout(&disk, &sim_dir()))
+}
+
+/// Every file of a simulator disk, with its bytes.
+type Snapshot = Vec<(PathBuf, Vec<u8>)>;
+
+fn sim_snapshot(storage: &SimStorage) -> Snapshot {
     storage
         .files()
         .into_iter()
@@ -529,10 +542,7 @@ fn check_tail_cut(disk: &Disk, dir: &Path, values: &[Vec<u8>], seg: &Seg, cut: u
 #[test]
 fn every_tail_cut_of_the_newest_segment_recovers_the_intact_prefix() {
     let dir = sim_dir();
-    let pristine = SimStorage::new();
-    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
-    let snapshot = sim_snapshot(&pristine);
-    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let (values, snapshot, segs) = pristine_sim(300);
     assert!(segs.len() >= 3, "several segments: {}", segs.len());
     let seg = segs.last().unwrap().clone();
     assert!(seg.frames.len() >= 4, "the newest segment holds 4+ records");
@@ -599,10 +609,7 @@ fn real_file_truncation_of_the_newest_segment_recovers_the_intact_prefix() {
 #[test]
 fn garbage_after_the_last_frame_is_cut_reported_and_saved() {
     let dir = sim_dir();
-    let pristine = SimStorage::new();
-    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
-    let snapshot = sim_snapshot(&pristine);
-    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let (values, snapshot, segs) = pristine_sim(300);
     let seg = segs.last().unwrap().clone();
     let end = seg.end();
     assert!(end + 200 <= seg.bytes.len(), "room after the records");
@@ -1630,10 +1637,7 @@ fn a_missing_newest_index_is_rebuilt_at_open_and_reported() {
     let mut failures = Vec::new();
     for n in [400, 0] {
         let dir = sim_dir();
-        let pristine = SimStorage::new();
-        let values = build(&Disk::Sim(pristine.clone()), &dir, small(), n, 1);
-        let snapshot = sim_snapshot(&pristine);
-        let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+        let (values, snapshot, segs) = pristine_sim(n);
         let newest = segs.last().unwrap();
         assert_eq!(newest.frames.is_empty(), n == 0);
         for damage in [
@@ -1855,10 +1859,7 @@ fn stray_files_are_tidied_or_left_alone() {
 #[test]
 fn a_file_named_like_a_segment_is_refused_or_removed() {
     let dir = sim_dir();
-    let pristine = SimStorage::new();
-    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
-    let snapshot = sim_snapshot(&pristine);
-    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let (values, snapshot, segs) = pristine_sim(300);
     let mut rng = Rng(SEED ^ 0x99);
 
     // Newest by name, random bytes: refused at open, naming it.
@@ -1972,10 +1973,7 @@ fn a_damaged_consumer_slot_falls_back_to_the_other() {
 #[test]
 fn salvage_mode_cuts_the_log_at_the_first_damaged_record() {
     let dir = sim_dir();
-    let pristine = SimStorage::new();
-    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 400, 1);
-    let snapshot = sim_snapshot(&pristine);
-    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let (values, snapshot, segs) = pristine_sim(400);
     assert!(segs.len() >= 4);
     let salvage = || small().recovery(RecoveryMode::TruncateAtFirstCorruption);
 
@@ -2034,10 +2032,7 @@ fn salvage_mode_cuts_the_log_at_the_first_damaged_record() {
 #[test]
 fn salvage_mode_cuts_the_log_at_a_sealed_segment_with_a_damaged_header() {
     let dir = sim_dir();
-    let pristine = SimStorage::new();
-    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 400, 1);
-    let snapshot = sim_snapshot(&pristine);
-    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let (values, snapshot, segs) = pristine_sim(400);
     assert!(segs.len() >= 4);
     let salvage = || small().recovery(RecoveryMode::TruncateAtFirstCorruption);
     for (s, byte) in [(1, 0usize), (1, 20), (1, 25), (0, 3)] {
@@ -2100,10 +2095,7 @@ fn fix_frame_crc(bytes: &mut [u8], pos: usize) {
 #[test]
 fn watermark_slots_are_checked_against_the_frames() {
     let dir = sim_dir();
-    let pristine = SimStorage::new();
-    let values = build(&Disk::Sim(pristine.clone()), &dir, small(), 300, 1);
-    let snapshot = sim_snapshot(&pristine);
-    let segs = layout(&Disk::Sim(pristine.clone()), &dir);
+    let (values, snapshot, segs) = pristine_sim(300);
     let seg = segs.last().unwrap();
     assert!(
         seg.base > 0 && seg.frames.len() >= 6,
