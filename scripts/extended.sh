@@ -6,7 +6,7 @@
 #
 #   kills  SIGKILL harness, tests/crash.rs     BACKBONE_CRASH_KILLS (20000)
 #   sim    seeded power-loss campaign of       BACKBONE_SIM_CRASHES (1000000 seeds)
-#          tests/model.rs on the simulator
+#          tests/sim/model.rs on the simulator
 #   fuzz   the cargo-fuzz targets in fuzz/,    FUZZ_SECONDS (600 per target),
 #          one after the other                 FUZZ_TARGETS (all five), FUZZ_JOBS (1)
 #   soak   tests/soak.rs                       SOAK_SECONDS (600)
@@ -48,9 +48,9 @@ run_kills() {
 }
 
 run_sim() {
-    banner "sim: BACKBONE_SIM_CRASHES=$SIM cargo test --all-features --test model seeded_power_loss_campaign"
+    banner "sim: BACKBONE_SIM_CRASHES=$SIM cargo test --all-features --lib sim_suites::model::seeded_power_loss_campaign"
     local t0; t0=$(date +%s)
-    BACKBONE_SIM_CRASHES=$SIM cargo test --all-features --test model seeded_power_loss_campaign -- \
+    BACKBONE_SIM_CRASHES=$SIM cargo test --all-features --lib sim_suites::model::seeded_power_loss_campaign -- \
         --nocapture 2>&1 | grep -vE '^\s*(Compiling|Running|Finished|Blocking)'
     echo "sim: done in $(elapsed "$t0") s"
 }
@@ -105,7 +105,7 @@ run_fuzz() {
     banner "fuzz: replaying fuzz/regressions as tests"
     local tmp_replay; tmp_replay=$(mktemp)
     local replay=0
-    cargo test --all-features --test fuzz_oracles fuzz_regressions_replay -- --nocapture \
+    cargo test --all-features --lib sim_suites::fuzz_oracles::fuzz_regressions_replay -- --nocapture \
         >"$tmp_replay" 2>&1 || replay=1
     grep -E 'replayed|test result|regressions/' "$tmp_replay" | cut -c1-300 || true
     rm -f "$tmp_replay"

@@ -3,7 +3,8 @@
 #
 # Every read and write of the log goes through an enum over storage
 # backends. In a normal build the enum has one variant (real files) and
-# each `match` compiles away; with the test-only `sim` feature it has two
+# each `match` compiles away; with `--cfg backbone_sim` (the test-only
+# crash simulator compiled in, as in the crate's own test build) it has two
 # and every storage call and every read of a mapped segment is a real
 # branch. This script runs the same criterion benchmarks (replay, random
 # gets, Buffered appends) from both builds, alternately, three times each,
@@ -20,12 +21,12 @@ out=target/seam-cost
 rm -rf "$out"
 mkdir -p "$out"
 
-run() { # build-name features...
+run() { # build-name [RUSTFLAGS]
     local name=$1
-    shift
+    local flags=${2:-}
     local target="target/seam-$name"
     for bench in read append; do
-        CARGO_TARGET_DIR="$target" cargo bench -q --bench "$bench" "$@" -- "${args[@]}" "$filter" >/dev/null
+        CARGO_TARGET_DIR="$target" RUSTFLAGS="$flags" cargo bench -q --bench "$bench" -- "${args[@]}" "$filter" >/dev/null
     done
     # criterion keeps the last run's estimates per benchmark.
     find "$target/criterion" -path '*/new/estimates.json' | while read -r f; do
@@ -39,8 +40,8 @@ run() { # build-name features...
 for round in 1 2 3; do
     echo "round $round: one-variant seam (default build)" >&2
     run default
-    echo "round $round: two-variant seam (--features sim)" >&2
-    run sim --features sim
+    echo "round $round: two-variant seam (--cfg backbone_sim)" >&2
+    run sim "--cfg backbone_sim"
 done
 
 python3 - "$out" <<'PY'

@@ -80,8 +80,6 @@
 //! - `bincode`: the `Bincode` codec (bincode 2.0.1, serde API).
 //! - `json`: the `Json` codec.
 //! - `async`: [`Subscription`] is also a `futures_core::Stream`.
-//! - `sim`: test-only; the crash-simulating storage used by this crate's
-//!   own tests. Never enable it in production.
 //!
 //! The on-disk format is specified in `docs/FORMAT.md`.
 
@@ -125,9 +123,27 @@ pub use subscribe::{ConsumerSubscription, Iter, SubscribeOptions, Subscription};
 pub use time::Timestamp;
 
 /// The crash-simulating, fault-injecting storage this crate's tests run
-/// on (feature `sim`). Test-only: never use it for real data.
-#[cfg(any(test, feature = "sim"))]
+/// on. Test-only: it exists in the crate's own test build, in cargo-fuzz
+/// builds (`cfg(fuzzing)`) and with `--cfg backbone_sim`, never in a
+/// dependent's build.
+#[cfg(any(test, fuzzing, backbone_sim))]
 pub use storage::sim;
+
+// The suites that run on the simulator (tests/sim/) are written against the
+// public API, as `backbone::...`; they are compiled into this crate's test
+// build, the only build of it that has the simulator.
+#[cfg(test)]
+extern crate self as backbone;
+
+#[cfg(test)]
+#[path = "../tests/sim/mod.rs"]
+#[allow(
+    unreachable_pub,
+    missing_docs,
+    missing_debug_implementations,
+    unsafe_op_in_unsafe_fn
+)]
+mod sim_suites;
 
 #[cfg(test)]
 mod tests {

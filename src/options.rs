@@ -244,7 +244,7 @@ impl Options {
 
     /// Runs the log on the crash-simulating, fault-injecting storage (feature
     /// `sim`; for this crate's tests only, never for production data).
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(any(test, fuzzing, backbone_sim))]
     pub fn simulated(mut self, storage: &crate::sim::SimStorage) -> Options {
         self.storage = Storage::Sim(storage.clone());
         self

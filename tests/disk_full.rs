@@ -1,7 +1,7 @@
 //! Disk full on a real filesystem: a small tmpfs mounted by the test (it
 //! needs root, as the tests run in CI here; elsewhere it says so and
 //! returns). The simulator covers ENOSPC at every storage operation
-//! (tests/faults.rs); this checks the same promise against a real kernel:
+//! (tests/sim/faults.rs); this checks the same promise against a real kernel:
 //! the append that meets a full disk fails with a storage-full error, the
 //! log refuses writes from then on, and after space is freed a reopen finds
 //! every acknowledged record intact and appends resume.

@@ -76,7 +76,6 @@
 //! CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" \
 //!     cargo test --release --test loom_group_commit
 //! ```
-#![allow(unexpected_cfgs)]
 #![cfg(loom)]
 
 use std::mem;

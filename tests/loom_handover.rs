@@ -32,7 +32,6 @@
 //! CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" \
 //!     cargo test --release --test loom_handover
 //! ```
-#![allow(unexpected_cfgs)]
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,5 @@
 //! Fuzz target `index_parse`: see `oracles::index_parse` in `tests/oracles/mod.rs`, the
-//! oracle this target shares with `tests/fuzz_oracles.rs`.
+//! oracle this target shares with `tests/sim/fuzz_oracles.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

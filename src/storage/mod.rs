@@ -10,7 +10,7 @@
 //! feature the enum has one variant and the match compiles away.
 
 pub(crate) mod os;
-#[cfg(any(test, feature = "sim"))]
+#[cfg(any(test, fuzzing, backbone_sim))]
 pub mod sim;
 
 use std::ffi::OsString;
@@ -40,7 +40,7 @@ pub(crate) struct DirEntry {
 #[derive(Clone, Debug)]
 pub(crate) enum Storage {
     Os(os::OsStorage),
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(any(test, fuzzing, backbone_sim))]
     Sim(sim::SimStorage),
 }
 
@@ -48,7 +48,7 @@ pub(crate) enum Storage {
 #[derive(Debug)]
 pub(crate) enum File {
     Os(os::OsFile),
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(any(test, fuzzing, backbone_sim))]
     Sim(sim::SimFile),
 }
 
@@ -58,7 +58,7 @@ pub(crate) enum File {
 #[derive(Debug)]
 pub(crate) enum Map {
     Os(os::OsMap),
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(any(test, fuzzing, backbone_sim))]
     Sim(sim::SimMap),
 }
 
@@ -67,14 +67,14 @@ pub(crate) enum Map {
 pub(crate) enum DirLock {
     // Held for its `Drop`, which releases the lock.
     Os(#[allow(dead_code)] std::fs::File),
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(any(test, fuzzing, backbone_sim))]
     Sim(#[allow(dead_code)] sim::SimLock),
 }
 
 /// Borrowed bytes of a [`Map`].
 pub(crate) enum MapRef<'a> {
     Os(&'a [u8]),
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(any(test, fuzzing, backbone_sim))]
     Sim(parking_lot::MappedRwLockReadGuard<'a, [u8]>),
 }
 
@@ -92,7 +92,7 @@ impl Deref for MapRef<'_> {
     fn deref(&self) -> &[u8] {
         match self {
             MapRef::Os(bytes) => bytes,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             MapRef::Sim(guard) => guard,
         }
     }
@@ -102,7 +102,7 @@ macro_rules! dispatch {
     ($value:expr, $enum:ident, $inner:ident => $body:expr) => {
         match $value {
             $enum::Os($inner) => $body,
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             $enum::Sim($inner) => $body,
         }
     };
@@ -123,7 +123,7 @@ impl Storage {
     pub(crate) fn open(&self, path: &Path, open: OpenMode, mode: u32) -> io::Result<File> {
         match self {
             Storage::Os(s) => s.open(path, open, mode).map(File::Os),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             Storage::Sim(s) => s.open(path, open).map(File::Sim),
         }
     }
@@ -148,7 +148,7 @@ impl Storage {
     pub(crate) fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()> {
         match self {
             Storage::Os(s) => s.create_dir_all(dir, mode),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             Storage::Sim(s) => s.create_dir_all(dir),
         }
     }
@@ -163,7 +163,7 @@ impl Storage {
     pub(crate) fn try_lock(&self, path: &Path, mode: u32) -> io::Result<Option<DirLock>> {
         match self {
             Storage::Os(s) => Ok(s.try_lock(path, mode)?.map(DirLock::Os)),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             Storage::Sim(s) => Ok(s.try_lock(path)?.map(DirLock::Sim)),
         }
     }
@@ -198,7 +198,7 @@ impl File {
     pub(crate) fn map(&self, len: u64) -> io::Result<Map> {
         match self {
             File::Os(f) => f.map(len).map(Map::Os),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             File::Sim(f) => f.map(len).map(Map::Sim),
         }
     }
@@ -209,7 +209,7 @@ impl Map {
     pub(crate) fn bytes(&self) -> MapRef<'_> {
         match self {
             Map::Os(m) => MapRef::Os(m.bytes()),
-            #[cfg(any(test, feature = "sim"))]
+            #[cfg(any(test, fuzzing, backbone_sim))]
             Map::Sim(m) => MapRef::Sim(m.bytes()),
         }
     }

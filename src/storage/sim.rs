@@ -1,6 +1,7 @@
 //! The fault-injecting, crash-simulating storage backend, [`SimStorage`], and
 //! the fault model it implements, written down below. Test-only: it serves
-//! this crate's tests and fuzz targets (the `sim` feature), is modelled on
+//! this crate's own test build and its fuzz targets (see `tests/sim/mod.rs`;
+//! never a dependent's build), is modelled on
 //! SQLite's test VFS, LazyFS and TigerBeetle's storage simulator, and never
 //! touches a real disk.
 //!

@@ -1,6 +1,6 @@
 //! The oracles of the fuzz targets, shared by the cargo-fuzz targets in
 //! `fuzz/fuzz_targets/` (which include this file with `#[path]`) and by
-//! `tests/fuzz_oracles.rs` (proptest on the stable toolchain).
+//! `tests/sim/fuzz_oracles.rs` (proptest on the stable toolchain).
 //!
 //! Every oracle takes the fuzzer's raw bytes, decodes from them what to
 //! plant or do (with [`Input`], a byte reader that yields zeros once the

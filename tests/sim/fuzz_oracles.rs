@@ -5,11 +5,10 @@
 //! found) replayed as an ordinary test.
 //!
 //! `PROPTEST_CASES` sets the cases per oracle (default 256).
-#![cfg(feature = "sim")]
-
-mod oracles;
 
 use std::path::Path;
+
+use super::oracles;
 
 use proptest::prelude::*;
 

@@ -29,8 +29,6 @@
 //! Knobs: `PROPTEST_CASES` (default 256) and `BACKBONE_SIM_CRASHES` (seeds
 //! of the power-loss campaign, default 2,000).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -42,7 +40,7 @@ use backbone::{
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-use common::SplitMix as Rng;
+use super::common::SplitMix as Rng;
 
 type Log = EventLog<Vec<u8>, Raw>;
 type Handle = Consumer<Vec<u8>, Raw>;

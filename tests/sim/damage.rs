@@ -6,14 +6,12 @@
 //! Byte-level payloads (the `Raw` codec) keep every expected byte known.
 //! Exhaustive and random sweeps run on the simulator; the rest on real files.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use super::common::{open_raw, payload, SplitMix as Rng};
 use backbone::sim::SimStorage;
 use backbone::{CorruptionKind, Error, EventLog, Options, Raw, RecoveryMode, Start, Timestamp};
-use common::{open_raw, payload, SplitMix as Rng};
 
 const SEED: u64 = 0xDA3A_6E5E;
 const HEADER: usize = 64;
