@@ -232,6 +232,13 @@ pub enum CorruptionKind {
         /// The base offset found.
         found: u64,
     },
+    /// An index entry does not point at a record with its offset and
+    /// timestamp. The index is a cache: reads do not trust it and fall back
+    /// to a scan; only a verification reports this.
+    IndexEntry {
+        /// The entry's number in its index file.
+        entry: u64,
+    },
 }
 
 impl fmt::Display for CorruptionKind {
@@ -260,6 +267,9 @@ impl fmt::Display for CorruptionKind {
             ),
             CorruptionKind::SegmentSequence { expected, found } => {
                 write!(f, "segment starts at offset {found}, expected {expected}")
+            }
+            CorruptionKind::IndexEntry { entry } => {
+                write!(f, "index entry {entry} points at no such record")
             }
         }
     }

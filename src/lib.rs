@@ -87,40 +87,39 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-mod codec;
-mod consumer;
-mod cursor;
-mod engine;
+// The layers, bottom to top; `src/layers.rs` holds every import to this
+// table: imports point down.
+mod codec; // L0: the vocabulary
 mod error;
 mod format;
-mod index;
-mod log;
 mod name;
-mod options;
-mod recovery;
-mod retention;
-mod segment;
-mod spare;
-mod subscribe;
-// The one place with `unsafe`: mapping files (see `storage::os`).
-#[allow(unsafe_code)]
+mod record; // L1: every byte layout, as pure functions
+            // L2: every byte read or written (one `unsafe` block: the map, in
+            // `storage::os`), and the synchronization primitives loom checks.
+pub mod inspect; // L5: a read-only, codec-agnostic view of a log on disk
+mod log;
+mod options; // L3: configuration
 mod storage;
-mod time;
+mod store; // L4: the untyped log
+mod sync; // L6: the typed API
+
+/// The channel crate subscriptions speak, for `select!` over
+/// [`Subscription::ready`]: `backbone::channel::select!`. Its version is
+/// part of this crate's semver (crossbeam-channel 0.5).
+pub use crossbeam_channel as channel;
 
 #[cfg(feature = "bincode")]
 pub use codec::Bincode;
 #[cfg(feature = "json")]
 pub use codec::Json;
 pub use codec::{Codec, CodecError, Postcard, Raw};
-pub use consumer::Consumer;
-pub use cursor::Cursor;
-pub use engine::Stats;
 pub use error::{CorruptionKind, Error, Result};
-pub use log::{EventLog, Record, Start};
+pub use log::{
+    Consumer, ConsumerSubscription, Cursor, EventLog, Iter, SubscribeOptions, Subscription,
+};
 pub use options::{Durability, Options, RecoveryMode};
-pub use recovery::RecoveryReport;
-pub use subscribe::{ConsumerSubscription, Iter, SubscribeOptions, Subscription};
-pub use time::Timestamp;
+pub use record::{Record, Start, Timestamp};
+pub use store::{RecoveryReport, Stats};
 
 /// The crash-simulating, fault-injecting storage this crate's tests run
 /// on. Test-only: it exists in the crate's own test build, in cargo-fuzz
@@ -144,6 +143,9 @@ extern crate self as backbone;
     unsafe_op_in_unsafe_fn
 )]
 mod sim_suites;
+
+#[cfg(test)]
+mod layers;
 
 #[cfg(test)]
 mod tests {

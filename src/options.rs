@@ -1,13 +1,13 @@
 //! The builder that opens a log: segment size, durability, recovery mode,
 //! retention, limits, permissions; and the validation of those choices.
+//! Opening itself belongs to the layers above (`impl Options { fn open }`
+//! is in [`crate::log`]), so this module depends on nothing but the
+//! vocabulary and the storage seam.
 
-use std::path::Path;
 use std::time::Duration;
 
-use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
 use crate::format::{FRAME_OVERHEAD, SEGMENT_HEADER_LEN};
-use crate::log::EventLog;
 use crate::storage::Storage;
 
 /// When an append is on stable storage, and so what a crash can take.
@@ -18,7 +18,7 @@ use crate::storage::Storage;
 /// | `Interval(d)` | in the operating system | nothing acknowledged | at most the last `d` (plus the sync in flight) |
 /// | `Buffered` | in this process's memory | what was not flushed | what was not synced |
 ///
-/// Whatever the mode, [`EventLog::sync`] returning `Ok` means every record
+/// Whatever the mode, [`EventLog::sync`](crate::EventLog::sync) returning `Ok` means every record
 /// appended before the call is on stable storage, and a crash never leaves
 /// a gap, a damaged record or a record that was not appended: recovery cuts
 /// the log back to its longest intact prefix.
@@ -27,15 +27,15 @@ use crate::storage::Storage;
 pub enum Durability {
     /// Every append (or batch) is on stable storage when it returns.
     /// Concurrent appenders share one `fdatasync` (group commit), and
-    /// [`EventLog::append_batch`] pays one per batch. The default.
+    /// [`EventLog::append_batch`](crate::EventLog::append_batch) pays one per batch. The default.
     EveryAppend,
     /// Every append reaches the operating system before it returns, so a
     /// process crash loses nothing; a background thread runs `fdatasync`
     /// every interval, which bounds what a power loss can take.
     Interval(Duration),
     /// Appends collect in an in-process buffer that is written out when it
-    /// fills, on [`EventLog::flush`], [`EventLog::sync`] or
-    /// [`EventLog::close`], when the last handle is dropped, and when a
+    /// fills, on [`EventLog::flush`](crate::EventLog::flush), [`EventLog::sync`](crate::EventLog::sync) or
+    /// [`EventLog::close`](crate::EventLog::close), when the last handle is dropped, and when a
     /// reader of this process asks for a buffered record. The fastest mode;
     /// a process crash loses what was still buffered.
     Buffered,
@@ -170,7 +170,7 @@ impl Options {
 
     /// Keep at most about this many bytes: the oldest sealed segments are
     /// removed when a segment is sealed, when the log is opened, and on
-    /// [`EventLog::apply_retention`]. The active segment is never removed.
+    /// [`EventLog::apply_retention`](crate::EventLog::apply_retention). The active segment is never removed.
     pub fn retention_bytes(mut self, bytes: u64) -> Options {
         self.retention_bytes = Some(bytes);
         self
@@ -248,37 +248,6 @@ impl Options {
     pub fn simulated(mut self, storage: &crate::sim::SimStorage) -> Options {
         self.storage = Storage::Sim(storage.clone());
         self
-    }
-
-    /// Opens (or creates) the log in `dir` with the default codec,
-    /// [`Postcard`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidOption`] for contradictory options;
-    /// [`Error::Locked`] when another writer has the log open;
-    /// [`Error::NotALog`] when `dir` holds files that are not a log;
-    /// [`Error::CodecMismatch`], [`Error::UnsupportedVersion`] and
-    /// [`Error::Corrupt`] for logs this handle cannot read; [`Error::Io`].
-    pub fn open<T>(self, dir: impl AsRef<Path>) -> Result<EventLog<T, Postcard>>
-    where
-        Postcard: Codec<T>,
-    {
-        self.open_with_codec(dir, Postcard)
-    }
-
-    /// Opens (or creates) the log in `dir`, encoding values with `codec`.
-    ///
-    /// # Errors
-    ///
-    /// As [`open`](Options::open).
-    pub fn open_with_codec<T, C: Codec<T>>(
-        self,
-        dir: impl AsRef<Path>,
-        codec: C,
-    ) -> Result<EventLog<T, C>> {
-        self.validate()?;
-        EventLog::open_with(self, dir.as_ref(), codec)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

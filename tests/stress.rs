@@ -546,7 +546,7 @@ fn subscriber(
 /// Receives into `out` until the offset `total - 1` arrives; returns what
 /// ended it early.
 fn receive(
-    sub: &Subscription<Vec<u8>>,
+    sub: &Subscription<Vec<u8>, Raw>,
     total: u64,
     slow: bool,
     out: &mut Received,

@@ -1,17 +1,21 @@
 //! The storage seam: every byte the log reads or writes, every file it creates,
 //! renames, removes, syncs, locks or maps goes through this module.
 //!
-//! It owns the choice of backend and nothing else: framing, batching and the
-//! durability protocol live above it, so one group commit is one `write_at`
-//! and the seam adds no copies. Two backends exist: [`os`] (real files,
+//! It owns the choice of backend and the few file operations that must be
+//! atomic ([`write_atomically`]); framing, batching and the durability
+//! protocol live above it, so one group commit is one `write_at` and the seam
+//! adds no copies. Two backends exist: [`os`] (real files,
 //! `pwrite`, `fdatasync`, `flock`, read-only `mmap`) and, for tests only, the
 //! fault-injecting simulator in `sim`, which models what a crash or power
 //! loss leaves on disk. Dispatch is a `match` over an enum; without the `sim`
 //! feature the enum has one variant and the match compiles away.
 
+mod atomic;
 pub(crate) mod os;
 #[cfg(any(test, fuzzing, backbone_sim))]
 pub mod sim;
+
+pub(crate) use atomic::{remove_if_exists, write_atomically};
 
 use std::ffi::OsString;
 use std::io;

@@ -2,8 +2,9 @@
 //! positional I/O (`pread`/`pwrite`), `fdatasync`, `flock` through
 //! `File::try_lock`, and read-only shared memory maps from `memmap2`.
 //!
-//! This is the only module of the crate that touches the filesystem or
-//! contains `unsafe` (the map).
+//! This is the only module of the crate that touches the filesystem, and it
+//! holds the crate's one `unsafe` block (the map), the only place where the
+//! crate-wide `deny(unsafe_code)` is lifted.
 
 use std::ffi::OsString;
 use std::fs;
@@ -196,6 +197,7 @@ impl OsFile {
         // untrusted input: bounds-checked, length-checked and CRC-validated
         // before use. Modifying a log's files from outside while it is open
         // is documented as unsupported.
+        #[allow(unsafe_code)]
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
         Ok(OsMap::Mapped(map))
     }

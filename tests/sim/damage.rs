@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use super::common::{open_raw, payload, SplitMix as Rng};
 use backbone::sim::SimStorage;
-use backbone::{CorruptionKind, Error, EventLog, Options, Raw, RecoveryMode, Start, Timestamp};
+use backbone::{
+    CorruptionKind, Durability, Error, EventLog, Options, Raw, RecoveryMode, Start, Timestamp,
+};
 
 const SEED: u64 = 0xDA3A_6E5E;
 const HEADER: usize = 64;
@@ -798,7 +800,9 @@ fn check_far_cut(
 /// Close (and a roll) mark the watermark slot closed: nothing was written
 /// past it. Recovery then looks only at the next page past the records, so
 /// an open after a clean close stays O(1). Open must clear the mark, durably,
-/// before any append can put a record past it.
+/// before any append can put a record past it. Dropping the last handle
+/// marks it too when every record is durable (`EveryAppend`), and leaves it
+/// unmarked when some are not (`Buffered`, before a sync).
 #[test]
 fn the_watermark_is_marked_closed_only_while_nothing_can_follow_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -821,9 +825,17 @@ fn the_watermark_is_marked_closed_only_while_nothing_can_follow_it() {
     assert_eq!(flags(&newest), 0, "an open log is not closed");
     log.append(&b"one more".to_vec()).unwrap();
     drop(log);
-    assert_eq!(flags(&newest), 0, "dropped without close: not closed");
-    let log = open_raw(&dir, small()).unwrap();
+    assert_eq!(flags(&newest), 1, "dropped with every record durable");
+    let buffered = || small().durability(Durability::Buffered);
+    let log = open_raw(&dir, buffered()).unwrap();
     assert_eq!(log.next_offset(), 301);
+    assert!(log.recovery_report().is_clean());
+    assert_eq!(flags(&newest), 0, "an open log is not closed");
+    log.append(&b"buffered".to_vec()).unwrap();
+    drop(log);
+    assert_eq!(flags(&newest), 0, "dropped with a record not durable");
+    let log = open_raw(&dir, buffered()).unwrap();
+    assert_eq!(log.next_offset(), 302, "the buffered record reached the OS");
     log.close().unwrap();
     assert_eq!(flags(&newest), 1, "closed again");
 }

@@ -44,7 +44,7 @@ use super::common::SplitMix as Rng;
 
 type Log = EventLog<Vec<u8>, Raw>;
 type Handle = Consumer<Vec<u8>, Raw>;
-type Sub = Subscription<Vec<u8>>;
+type Sub = Subscription<Vec<u8>, Raw>;
 type ConsumerSub = ConsumerSubscription<Vec<u8>, Raw>;
 
 const DIR: &str = "/log";
@@ -307,8 +307,10 @@ struct SubModel {
     next: u64,
     /// It reported `OffsetTruncated`: nothing more may come but its end.
     ended: bool,
-    /// Its channel disconnected.
+    /// It ended with `Error::Closed`.
     closed: bool,
+    /// How many records it may read ahead of its receiver.
+    capacity: usize,
 }
 
 impl SubModel {
@@ -1028,7 +1030,7 @@ impl Harness {
 // ---- live subscriptions ---------------------------------------------------------
 
 impl Harness {
-    fn add_sub(&mut self, live: Live, what: String, next: u64) {
+    fn add_sub(&mut self, live: Live, what: String, next: u64, capacity: usize) {
         if self.subs.len() >= MAX_SUBS {
             self.subs.remove(0);
         }
@@ -1038,6 +1040,7 @@ impl Harness {
             next,
             ended: false,
             closed: false,
+            capacity,
         });
         self.counts.subscriptions += 1;
     }
@@ -1059,7 +1062,7 @@ impl Harness {
         // Subscribing writes `Buffered` appends out, as a read does.
         self.model.written = next;
         let what = format!("{start:?}, capacity {capacity}, log [{first}, {next})");
-        self.add_sub(Live::Plain(sub), what, from);
+        self.add_sub(Live::Plain(sub), what, from, capacity);
         Ok(())
     }
 
@@ -1079,7 +1082,8 @@ impl Harness {
             "consumer {name}: subscribed at {from}, its position is {view:?}"
         );
         let what = format!("consumer {name} from {from}, log [{first}, {next})");
-        self.add_sub(Live::Consumer(sub, name), what, from);
+        // Consumer subscriptions read ahead the default 1024 records.
+        self.add_sub(Live::Consumer(sub, name), what, from, 1024);
         Ok(())
     }
 
@@ -1245,10 +1249,10 @@ impl Harness {
     }
 
     /// Once the log went (dropped, closed, or crashed and dropped): every
-    /// subscription gets at most what its channel held, then `Closed`.
+    /// subscription gets at most what it had read ahead, then `Closed`.
     fn end_subscriptions(&mut self) -> Result<(), String> {
         for i in 0..self.subs.len() {
-            let bound = self.subs[i].sub().receiver().capacity().unwrap_or(1024) + 2;
+            let bound = self.subs[i].capacity + 2;
             let mut items = 0;
             while !self.subs[i].closed {
                 items += 1;

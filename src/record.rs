@@ -1,6 +1,37 @@
-//! Record timestamps: microseconds since the Unix epoch, as [`Timestamp`].
+//! The vocabulary of reading: a [`Record`] read from a log, where a read
+//! [`Start`]s, and record timestamps ([`Timestamp`], microseconds since the
+//! Unix epoch).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One record read from a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record<T> {
+    /// Its position in the log.
+    pub offset: u64,
+    /// When it was appended.
+    pub timestamp: Timestamp,
+    /// The event.
+    pub value: T,
+}
+
+/// Where a read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Start {
+    /// The first record still in the log.
+    Beginning,
+    /// After the last record: a read yields nothing, a subscription only
+    /// new records.
+    End,
+    /// The record at this offset. Past the end, a read yields nothing;
+    /// below the first offset (removed by retention), it yields
+    /// [`Error::OffsetTruncated`](crate::Error::OffsetTruncated).
+    Offset(u64),
+    /// The first record appended at or after this time.
+    Timestamp(Timestamp),
+}
 
 /// When a record was appended: microseconds since the Unix epoch, taken
 /// from the system clock and never decreasing within a log (a clock that

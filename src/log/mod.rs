@@ -1,22 +1,36 @@
-//! [`EventLog`], the public, typed handle to a log: append, read, sync,
-//! consumers, retention, close.
+//! The typed public API: [`EventLog`], the handle to a log (append, read,
+//! sync, consumers, subscriptions, retention, close), and the modules built
+//! around it: [`Cursor`]s for replay, [`Consumer`]s (whose registry lives
+//! here, not in the store) and live [`Subscription`]s (the fan-out).
+//!
+//! Everything here goes through the untyped [`Store`] below; this layer adds
+//! the event type, the codec, and the lifecycle of handles: the log stays
+//! open while an `EventLog` handle (or a consumer or cursor, which hold
+//! one) lives, and the last one's drop shuts it down.
 
+mod consumer;
+mod cursor;
+mod subscribe;
+
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+pub use self::consumer::Consumer;
+pub use self::cursor::Cursor;
+pub use self::subscribe::{ConsumerSubscription, Iter, SubscribeOptions, Subscription};
 
 use crate::codec::{Codec, Postcard};
-use crate::consumer::Consumer;
-use crate::cursor::Cursor;
-use crate::engine::{Engine, Stats};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Meta};
 use crate::options::Options;
-use crate::recovery::RecoveryReport;
-use crate::subscribe::{SubscribeOptions, Subscription};
-use crate::time::Timestamp;
+use crate::record::{Record, Start, Timestamp};
+use crate::store::{RecoveryReport, Register, Stats, Store};
 
 /// A durable, typed, append-only log of events of type `T`, stored in one
 /// directory and encoded with codec `C`.
@@ -47,63 +61,32 @@ use crate::time::Timestamp;
 /// # Ok::<(), backbone::Error>(())
 /// ```
 pub struct EventLog<T, C = Postcard> {
-    // Declared first, so it drops first: when the last handle goes, it
-    // stops the log's threads while `engine` is still alive.
-    _last: Arc<LastHandle>,
-    pub(crate) engine: Arc<Engine>,
-    pub(crate) codec: Arc<C>,
+    handle: Arc<Handle>,
+    codec: Arc<C>,
     // `fn(T) -> T`: the handle stores no `T`, so it is `Send + Sync`
     // whatever `T` is.
     _marker: PhantomData<fn(T) -> T>,
 }
 
-/// One record read from a log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Record<T> {
-    /// Its position in the log.
-    pub offset: u64,
-    /// When it was appended.
-    pub timestamp: Timestamp,
-    /// The event.
-    pub value: T,
-}
-
-/// Where a read starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Start {
-    /// The first record still in the log.
-    Beginning,
-    /// After the last record: a read yields nothing, a subscription only
-    /// new records.
-    End,
-    /// The record at this offset. Past the end, a read yields nothing;
-    /// below the first offset (removed by retention), it yields
-    /// [`Error::OffsetTruncated`].
-    Offset(u64),
-    /// The first record appended at or after this time.
-    Timestamp(Timestamp),
-}
-
-/// Shared by every clone of a user's handle; dropped with the last one.
-/// Internal threads hold the engine too, but never this.
+/// What every clone of one open log shares. Its drop is the last handle's:
+/// it shuts the log down.
 #[derive(Debug)]
-struct LastHandle(std::sync::Weak<Engine>);
+struct Handle {
+    store: Arc<Store>,
+    /// The consumers open on this log, by name.
+    consumers: Mutex<HashMap<String, Weak<Register>>>,
+}
 
-impl Drop for LastHandle {
+impl Drop for Handle {
     fn drop(&mut self) {
-        if let Some(engine) = self.0.upgrade() {
-            engine.release();
-        }
+        self.store.drop_last();
     }
 }
 
 impl<T, C> Clone for EventLog<T, C> {
     fn clone(&self) -> Self {
         EventLog {
-            _last: self._last.clone(),
-            engine: self.engine.clone(),
+            handle: self.handle.clone(),
             codec: self.codec.clone(),
             _marker: PhantomData,
         }
@@ -113,9 +96,9 @@ impl<T, C> Clone for EventLog<T, C> {
 impl<T, C> fmt::Debug for EventLog<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventLog")
-            .field("dir", &self.engine.dir)
-            .field("first_offset", &self.engine.first_offset())
-            .field("next_offset", &self.engine.next_offset())
+            .field("dir", &self.store().dir())
+            .field("first_offset", &self.store().first_offset())
+            .field("next_offset", &self.store().next_offset())
             .finish_non_exhaustive()
     }
 }
@@ -134,21 +117,62 @@ where
     }
 }
 
-impl<T, C: Codec<T>> EventLog<T, C> {
-    pub(crate) fn open_with(options: Options, dir: &Path, codec: C) -> Result<Self> {
+impl Options {
+    /// Opens (or creates) the log in `dir` with the default codec,
+    /// [`Postcard`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for contradictory options;
+    /// [`Error::Locked`] when another writer has the log open;
+    /// [`Error::NotALog`] when `dir` holds files that are not a log;
+    /// [`Error::CodecMismatch`], [`Error::UnsupportedVersion`] and
+    /// [`Error::Corrupt`] for logs this handle cannot read; [`Error::Io`].
+    pub fn open<T>(self, dir: impl AsRef<Path>) -> Result<EventLog<T, Postcard>>
+    where
+        Postcard: Codec<T>,
+    {
+        self.open_with_codec(dir, Postcard)
+    }
+
+    /// Opens (or creates) the log in `dir`, encoding values with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Options::open).
+    pub fn open_with_codec<T, C: Codec<T>>(
+        self,
+        dir: impl AsRef<Path>,
+        codec: C,
+    ) -> Result<EventLog<T, C>> {
+        self.validate()?;
         let meta = Meta {
             codec: codec.name().to_owned(),
             type_name: std::any::type_name::<T>().to_owned(),
         };
-        let engine = Engine::open(options, dir, meta)?;
+        let store = Store::open(self, dir.as_ref(), Some(&meta))?;
         Ok(EventLog {
-            _last: Arc::new(LastHandle(Arc::downgrade(&engine))),
-            engine,
+            handle: Arc::new(Handle {
+                store,
+                consumers: Mutex::new(HashMap::new()),
+            }),
             codec: Arc::new(codec),
             _marker: PhantomData,
         })
     }
+}
 
+impl<T, C> EventLog<T, C> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.handle.store
+    }
+
+    pub(crate) fn codec(&self) -> &Arc<C> {
+        &self.codec
+    }
+}
+
+impl<T, C: Codec<T>> EventLog<T, C> {
     /// Appends one event and returns its offset. With the default
     /// [`Durability::EveryAppend`](crate::Durability::EveryAppend) the record
     /// is on stable storage when this returns.
@@ -160,8 +184,8 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// [`Error::ReadOnly`], [`Error::Closed`].
     pub fn append(&self, value: &T) -> Result<u64> {
         let codec = &*self.codec;
-        self.engine
-            .append_with(1, None, codec.name(), |_, out| codec.encode(value, out))
+        self.store()
+            .append(1, None, |_, out| encode(codec, value, out))
             .map(|range| range.start)
     }
 
@@ -202,10 +226,9 @@ impl<T, C: Codec<T>> EventLog<T, C> {
 
     fn append_at(&self, expected: Option<u64>, values: &[T]) -> Result<Range<u64>> {
         let codec = &*self.codec;
-        self.engine
-            .append_with(values.len(), expected, codec.name(), |i, out| {
-                codec.encode(&values[i], out)
-            })
+        self.store().append(values.len(), expected, |i, out| {
+            encode(codec, &values[i], out)
+        })
     }
 
     /// The record at `offset`, or `None` if there is none: not appended yet,
@@ -216,24 +239,9 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// [`Error::Corrupt`] if the record's bytes fail validation;
     /// [`Error::Codec`] if it does not decode as a `T`; [`Error::Io`].
     pub fn get(&self, offset: u64) -> Result<Option<Record<T>>> {
-        self.engine
-            .get(offset, |frame| self.decode(frame))?
+        self.store()
+            .get(offset, |frame| decode(&*self.codec, frame))?
             .transpose()
-    }
-
-    pub(crate) fn decode(&self, frame: &Frame<'_>) -> Result<Record<T>> {
-        match self.codec.decode(frame.payload) {
-            Ok(value) => Ok(Record {
-                offset: frame.offset,
-                timestamp: Timestamp::from_micros(frame.timestamp),
-                value,
-            }),
-            Err(source) => Err(Error::Codec {
-                codec: self.codec.name(),
-                offset: Some(frame.offset),
-                source,
-            }),
-        }
     }
 
     /// Reads the log from `start` up to its end at the time of the call.
@@ -263,10 +271,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// [`Error::Io`] if the delivery thread cannot be started. Errors met
     /// while reading arrive through the subscription.
-    pub fn subscribe(&self, start: Start) -> Result<Subscription<T>>
-    where
-        T: Send + 'static,
-    {
+    pub fn subscribe(&self, start: Start) -> Result<Subscription<T, C>> {
         self.subscribe_with(SubscribeOptions::new(start))
     }
 
@@ -275,11 +280,8 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// # Errors
     ///
     /// As [`subscribe`](EventLog::subscribe).
-    pub fn subscribe_with(&self, options: SubscribeOptions<T>) -> Result<Subscription<T>>
-    where
-        T: Send + 'static,
-    {
-        crate::subscribe::subscribe(self, options)
+    pub fn subscribe_with(&self, options: SubscribeOptions<T>) -> Result<Subscription<T, C>> {
+        Subscription::new(self, options)
     }
 
     /// Makes every record appended so far durable, whatever the
@@ -290,7 +292,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// [`Error::Poisoned`] if this or an earlier write or sync failed;
     /// [`Error::ReadOnly`], [`Error::Closed`].
     pub fn sync(&self) -> Result<()> {
-        self.engine.sync().map(drop)
+        self.store().sync_to(None).map(drop)
     }
 
     /// Hands [`Durability::Buffered`](crate::Durability::Buffered) appends to
@@ -301,24 +303,24 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// As [`sync`](EventLog::sync).
     pub fn flush(&self) -> Result<()> {
-        self.engine.flush()
+        self.store().flush()
     }
 
     /// The first offset in the log (it grows when retention removes
     /// segments).
     pub fn first_offset(&self) -> u64 {
-        self.engine.first_offset()
+        self.store().first_offset()
     }
 
     /// The offset the next append gets. For a read-only handle, the end of
     /// what it has seen of the writer's appends.
     pub fn next_offset(&self) -> u64 {
-        self.engine.next_offset()
+        self.store().next_offset()
     }
 
     /// Offsets below this are on stable storage.
     pub fn durable_offset(&self) -> u64 {
-        self.engine.durable_offset()
+        self.store().durable_offset()
     }
 
     /// The number of records in the log.
@@ -333,17 +335,17 @@ impl<T, C: Codec<T>> EventLog<T, C> {
 
     /// The log's directory.
     pub fn path(&self) -> &Path {
-        &self.engine.dir
+        self.store().dir()
     }
 
     /// Counts and sizes.
     pub fn stats(&self) -> Stats {
-        self.engine.stats()
+        self.store().stats()
     }
 
     /// What opening the log found and repaired.
     pub fn recovery_report(&self) -> &RecoveryReport {
-        self.engine.report()
+        self.store().report()
     }
 
     /// A durable, named read position: created at the first offset if new,
@@ -380,7 +382,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// [`Error::ReadOnly`]; [`Error::Io`] if a file cannot be removed.
     pub fn truncate_before(&self, offset: u64) -> Result<u64> {
-        self.engine.apply_retention(Some(offset))?;
+        self.store().apply_retention(Some(offset))?;
         Ok(self.first_offset())
     }
 
@@ -392,7 +394,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// As [`truncate_before`](EventLog::truncate_before).
     pub fn apply_retention(&self) -> Result<usize> {
-        self.engine.apply_retention(None)
+        self.store().apply_retention(None)
     }
 
     /// Reads and checks every record in the log (lengths, checksums,
@@ -403,7 +405,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// [`Error::Corrupt`] naming the first damaged file and position.
     pub fn verify(&self) -> Result<u64> {
-        self.engine.verify()
+        self.store().verify()
     }
 
     /// Flushes and syncs everything appended, records a clean shutdown so
@@ -415,6 +417,38 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// As [`sync`](EventLog::sync).
     pub fn close(self) -> Result<()> {
-        self.engine.close()
+        self.store().close()
+    }
+}
+
+impl<T, C> EventLog<T, C> {
+    /// The consumer registry: who holds which consumer of this log.
+    pub(crate) fn consumers(&self) -> &Mutex<HashMap<String, Weak<Register>>> {
+        &self.handle.consumers
+    }
+}
+
+/// Encodes `value`, naming the codec in the error.
+fn encode<T, C: Codec<T>>(codec: &C, value: &T, out: &mut Vec<u8>) -> Result<()> {
+    codec.encode(value, out).map_err(|source| Error::Codec {
+        codec: codec.name(),
+        offset: None,
+        source,
+    })
+}
+
+/// Decodes the record in `frame`, naming the codec and offset in the error.
+pub(crate) fn decode<T, C: Codec<T>>(codec: &C, frame: &Frame<'_>) -> Result<Record<T>> {
+    match codec.decode(frame.payload) {
+        Ok(value) => Ok(Record {
+            offset: frame.offset,
+            timestamp: Timestamp::from_micros(frame.timestamp),
+            value,
+        }),
+        Err(source) => Err(Error::Codec {
+            codec: codec.name(),
+            offset: Some(frame.offset),
+            source,
+        }),
     }
 }

@@ -4,7 +4,8 @@
 //! file system's allocation of the blocks the append touched (ext4 journals
 //! the extent change with it), which costs durable appends about half their
 //! rate. So while the active segment fills, this module fills a spare file
-//! of segment size with zeros and syncs it, on its own thread; the roll
+//! of segment size with zeros and syncs it, on the process's shared
+//! background threads (the long-job lane of [`super::background`]); the roll
 //! then writes the new segment's header into the spare, syncs it and
 //! renames it into place, and every later sync in that segment persists
 //! data only. A spare holds only zeros, which is what the unwritten part of
@@ -15,10 +16,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
+use super::background::{self, Lane};
 use crate::format;
 use crate::storage::{File, OpenMode, Storage};
 
@@ -26,7 +27,7 @@ use crate::storage::{File, OpenMode, Storage};
 /// a preparation in flight within one write.
 const CHUNK: usize = 1 << 20;
 
-/// The spare file of one log directory and the thread preparing it.
+/// The spare file of one log directory and its preparation.
 #[derive(Debug)]
 pub(crate) struct Spares {
     path: PathBuf,
@@ -34,13 +35,16 @@ pub(crate) struct Spares {
     capacity: u64,
     file_mode: u32,
     state: Mutex<State>,
+    /// Notified when a preparation ends.
+    prepared: Condvar,
     cancel: AtomicBool,
-    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
 enum State {
     Idle,
+    /// Waiting for a background thread: nothing written yet.
+    Queued,
     Preparing,
     Ready(File),
     /// A preparation failed (a full disk, say): the log goes on with sparse
@@ -56,8 +60,8 @@ impl Spares {
             capacity,
             file_mode,
             state: Mutex::new(State::Idle),
+            prepared: Condvar::new(),
             cancel: AtomicBool::new(false),
-            worker: Mutex::new(None),
         }
     }
 
@@ -67,37 +71,39 @@ impl Spares {
     }
 
     /// Starts preparing a spare unless one is ready or on its way. On real
-    /// storage the work runs on a thread of its own; on the simulator it
-    /// runs here, so that a simulated run stays a deterministic sequence of
-    /// storage operations.
+    /// storage the work runs on the shared background threads; on the
+    /// simulator it runs here, so that a simulated run stays a
+    /// deterministic sequence of storage operations.
     pub(crate) fn request(self: &Arc<Self>) {
         {
             let mut state = self.state.lock();
             if !matches!(*state, State::Idle) || self.cancel.load(Ordering::Acquire) {
                 return;
             }
-            *state = State::Preparing;
+            *state = State::Queued;
         }
         if self.storage.is_simulated() {
-            let result = self.prepare();
-            self.finish(result);
+            self.run();
             return;
         }
         let spares = self.clone();
-        let mut worker = self.worker.lock();
-        // The previous preparation has finished (the state was Idle).
-        if let Some(done) = worker.take() {
-            let _ = done.join();
+        background::run(Lane::Long, Box::new(move || spares.run()));
+    }
+
+    /// The preparation job: does nothing unless it is still wanted, which
+    /// [`shutdown`](Spares::shutdown) decides under the same lock, so that
+    /// no job touches the directory once its log has let go of it (a new
+    /// handle of the same log may be preparing its own spare there).
+    fn run(&self) {
+        {
+            let mut state = self.state.lock();
+            if !matches!(*state, State::Queued) || self.cancel.load(Ordering::Acquire) {
+                return;
+            }
+            *state = State::Preparing;
         }
-        match std::thread::Builder::new()
-            .name("backbone-spare".into())
-            .spawn(move || {
-                let result = spares.prepare();
-                spares.finish(result);
-            }) {
-            Ok(handle) => *worker = Some(handle),
-            Err(e) => self.finish(Err(e)),
-        }
+        let result = self.prepare();
+        self.finish(result);
     }
 
     /// The ready spare, if there is one; the roll does not wait for one in
@@ -113,14 +119,16 @@ impl Spares {
         }
     }
 
-    /// Stops a preparation in flight, waits for its thread and removes the
-    /// spare file: nothing of the log is in it.
+    /// Stops a preparation in flight, waits for it to end and removes the
+    /// spare file: nothing of the log is in it. A preparation still queued
+    /// behind other logs' work is not waited for: it will do nothing.
     pub(crate) fn shutdown(&self) {
         self.cancel.store(true, Ordering::Release);
-        if let Some(handle) = self.worker.lock().take() {
-            let _ = handle.join();
+        let mut state = self.state.lock();
+        while matches!(*state, State::Preparing) {
+            self.prepared.wait(&mut state);
         }
-        let state = std::mem::replace(&mut *self.state.lock(), State::Disabled);
+        let state = std::mem::replace(&mut *state, State::Disabled);
         if let State::Ready(file) = state {
             drop(file);
             // Best effort: a spare left behind is removed by the next open.
@@ -158,9 +166,11 @@ impl Spares {
             // wrote, so a full disk is not made fuller by it.
             _ => {
                 *state = State::Disabled;
-                drop(state);
+                // Removed before the state is visible as no longer
+                // preparing, so a shutdown waiting for it finds it gone.
                 let _ = self.storage.remove(&self.path);
             }
         }
+        self.prepared.notify_all();
     }
 }

@@ -1,76 +1,31 @@
-//! Replay from any start: [`Cursor`], the iterator that
-//! [`EventLog::read`] returns, and the untyped walk over segments beneath
-//! it.
+//! The untyped walk over a log's frames from one offset to an end, segment
+//! by segment, that typed cursors and subscriptions are built on.
+//!
+//! A cursor reads only under a [`Pin`], and lets go of the segment it reads
+//! (and so of its map) with [`RawCursor::unpin`] at the end of each batch,
+//! remembering where it was: no map of a log's files outlives the log's
+//! lock, however long a cursor lives.
 
-use std::fmt;
 use std::sync::Arc;
 
-use crate::codec::{Codec, Postcard};
-use crate::engine::Engine;
+use super::segment::{ReadFrame, Segment};
+use super::{Pin, Store};
 use crate::error::{CorruptionKind, Error, Result};
-use crate::format::{Frame, SEGMENT_HEADER_LEN};
-use crate::log::{EventLog, Record, Start};
-use crate::segment::{ReadFrame, Segment};
+use crate::format::{Frame, RECORDS_START};
+use crate::record::Start;
 
-/// An iterator over a log's records from a [`Start`] up to the end the log
-/// had when the cursor was made, from [`EventLog::read`].
-///
-/// Each item is a `Result`: a record that fails to decode is an
-/// [`Error::Codec`] and the cursor goes on past it; damaged bytes are an
-/// [`Error::Corrupt`] and end the iteration.
-pub struct Cursor<T, C = Postcard> {
-    log: EventLog<T, C>,
-    raw: RawCursor,
-}
-
-impl<T, C> fmt::Debug for Cursor<T, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cursor")
-            .field("next", &self.raw.next)
-            .field("end", &self.raw.end)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T, C: Codec<T>> Cursor<T, C> {
-    pub(crate) fn new(log: EventLog<T, C>, start: Start) -> Cursor<T, C> {
-        let raw = RawCursor::new(&log.engine, start);
-        Cursor { log, raw }
-    }
-
-    /// The offset of the record the next call to `next` yields.
-    pub fn position(&self) -> u64 {
-        self.raw.next
-    }
-
-    /// The offset where this cursor stops.
-    pub fn end(&self) -> u64 {
-        self.raw.end
-    }
-}
-
-impl<T, C: Codec<T>> Iterator for Cursor<T, C> {
-    type Item = Result<Record<T>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let log = &self.log;
-        self.raw
-            .next_frame(&log.engine, |frame| log.decode(frame))
-            .map(|read| read.and_then(|decoded| decoded))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left =
-            usize::try_from(self.raw.end.saturating_sub(self.raw.next)).unwrap_or(usize::MAX);
-        (0, Some(left))
-    }
-}
-
-/// Walks frames from one offset to an end, segment by segment.
+/// Walks frames from one offset to an end.
+#[derive(Debug)]
 pub(crate) struct RawCursor {
+    /// The offset of the next frame.
     pub(crate) next: u64,
+    /// Where the walk stops (exclusive).
     pub(crate) end: u64,
+    /// The segment being read and the byte position of `next` in it.
     at: Option<(Arc<Segment>, u64)>,
+    /// Where `at` was when the cursor was unpinned: a segment's base and the
+    /// position of `next` in it.
+    resume: Option<(u64, u64)>,
     pending: Option<Error>,
     /// Reported once the cursor reaches its end: records were appended
     /// past it that a failed write lost.
@@ -79,23 +34,25 @@ pub(crate) struct RawCursor {
 }
 
 impl RawCursor {
-    pub(crate) fn new(engine: &Engine, start: Start) -> RawCursor {
+    /// A cursor from `start` to the end the log has now.
+    pub(crate) fn new(store: &Store, start: Start) -> RawCursor {
         let mut cursor = RawCursor {
             next: 0,
             end: 0,
             at: None,
+            resume: None,
             pending: None,
             trailing: None,
             done: false,
         };
-        let end = match engine.readable_end() {
+        let end = match store.readable_end() {
             Ok(end) => end,
             Err(e) => {
                 cursor.pending = Some(e);
                 return cursor;
             }
         };
-        let first = engine.first_offset();
+        let first = store.first_offset();
         let next = match start {
             Start::Beginning => first,
             Start::End => end,
@@ -107,7 +64,7 @@ impl RawCursor {
                 offset
             }
             Start::Offset(offset) => offset.min(end),
-            Start::Timestamp(ts) => match engine.offset_for_time(ts.as_micros()) {
+            Start::Timestamp(ts) => match store.offset_for_time(ts.as_micros()) {
                 Ok(offset) => offset,
                 Err(e) => {
                     cursor.pending = Some(e);
@@ -117,15 +74,15 @@ impl RawCursor {
         };
         cursor.next = next;
         cursor.end = end;
-        cursor.trailing = engine.lost_tail();
+        cursor.trailing = store.lost_tail();
         cursor
     }
 
     /// A cursor for a subscription: like [`RawCursor::new`], except that a
     /// start past the end waits there instead of being clamped, and the end
     /// moves with [`extend_to`](RawCursor::extend_to).
-    pub(crate) fn subscription(engine: &Engine, start: Start) -> RawCursor {
-        let mut cursor = RawCursor::new(engine, start);
+    pub(crate) fn subscription(store: &Store, start: Start) -> RawCursor {
+        let mut cursor = RawCursor::new(store, start);
         // A subscription waits at the end for what comes next; a writer
         // failure reaches it as the end of the log.
         cursor.trailing = None;
@@ -142,10 +99,34 @@ impl RawCursor {
         self.end = self.end.max(end);
     }
 
-    /// The next frame, handed to `f`.
+    /// Whether the walk has ended for good (an error ended it).
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether an error waits to be reported before any record.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The segment being read (its base offset) and the byte position of
+    /// the next frame in it, while pinned.
+    pub(crate) fn place(&self) -> Option<(u64, u64)> {
+        self.at.as_ref().map(|(segment, pos)| (segment.base, *pos))
+    }
+
+    /// Lets go of the segment being read, keeping the place in it.
+    pub(crate) fn unpin(&mut self) {
+        if let Some((segment, pos)) = self.at.take() {
+            self.resume = Some((segment.base, pos));
+        }
+    }
+
+    /// The next frame, handed to `f`; `None` at the end.
     pub(crate) fn next_frame<R>(
         &mut self,
-        engine: &Engine,
+        store: &Store,
+        pin: &Pin<'_>,
         f: impl FnOnce(&Frame<'_>) -> R,
     ) -> Option<Result<R>> {
         if let Some(e) = self.pending.take() {
@@ -161,7 +142,7 @@ impl RawCursor {
                 Err(e)
             });
         }
-        match self.step(engine, f) {
+        match self.step(store, pin, f) {
             Ok(value) => Some(Ok(value)),
             Err(e) => {
                 self.done = true;
@@ -170,7 +151,12 @@ impl RawCursor {
         }
     }
 
-    fn step<R>(&mut self, engine: &Engine, f: impl FnOnce(&Frame<'_>) -> R) -> Result<R> {
+    fn step<R>(
+        &mut self,
+        store: &Store,
+        pin: &Pin<'_>,
+        f: impl FnOnce(&Frame<'_>) -> R,
+    ) -> Result<R> {
         loop {
             if let Some((segment, pos)) = &mut self.at {
                 if self.next < segment.next() {
@@ -184,47 +170,50 @@ impl RawCursor {
             }
             match &self.at {
                 None => {
-                    let segment = engine
-                        .segment_for(self.next)?
-                        .ok_or(Error::OffsetTruncated {
-                            requested: self.next,
-                            first: engine.first_offset(),
-                        })?;
+                    let segment = store
+                        .segment_for(pin, self.next)?
+                        .ok_or_else(|| truncated(store, self.next))?;
                     if self.next >= segment.next() {
-                        return Err(gap(&segment, self.next, engine));
+                        return Err(gap(&segment, self.next, store));
                     }
-                    let pos = segment.locate(self.next)?;
+                    let pos = match self.resume.take() {
+                        Some((base, pos)) if base == segment.base => pos,
+                        _ => segment.locate(self.next)?,
+                    };
                     self.at = Some((segment, pos));
                 }
                 // This segment is done: the next one must start exactly
                 // where it ended.
-                Some((segment, _)) => match engine.segment_after(segment.base) {
+                Some((segment, _)) => match store.segment_after(segment.base) {
                     Some(base) if base == self.next => {
-                        let next = engine.segment_for(base)?.ok_or(Error::OffsetTruncated {
-                            requested: self.next,
-                            first: engine.first_offset(),
-                        })?;
-                        self.at = Some((next, SEGMENT_HEADER_LEN as u64));
+                        let next = store
+                            .segment_for(pin, base)?
+                            .ok_or_else(|| truncated(store, self.next))?;
+                        self.at = Some((next, RECORDS_START));
                     }
                     // Retention removed what came next while this cursor
                     // read an older segment.
-                    _ if self.next < engine.first_offset() => {
-                        return Err(Error::OffsetTruncated {
-                            requested: self.next,
-                            first: engine.first_offset(),
-                        })
+                    _ if self.next < store.first_offset() => {
+                        return Err(truncated(store, self.next));
                     }
-                    _ => return Err(gap(segment, self.next, engine)),
+                    _ => return Err(gap(segment, self.next, store)),
                 },
             }
         }
     }
 }
 
+fn truncated(store: &Store, requested: u64) -> Error {
+    Error::OffsetTruncated {
+        requested,
+        first: store.first_offset(),
+    }
+}
+
 /// A segment ends at `end` but the log goes on elsewhere: segments are
 /// missing or overlap.
-fn gap(segment: &Segment, end: u64, engine: &Engine) -> Error {
-    let found = engine.segment_after(segment.base).unwrap_or(end);
+fn gap(segment: &Segment, end: u64, store: &Store) -> Error {
+    let found = store.segment_after(segment.base).unwrap_or(end);
     Error::Corrupt {
         path: segment.path.clone(),
         position: segment.limit(),

@@ -1,5 +1,7 @@
-//! One segment file: its header, its records, its index, and every read of
-//! a record from it.
+//! One segment file: its header, its records, its index, every read of a
+//! record from it, and the two walks over frames that everything else uses
+//! ([`scan`], which checks every CRC, and [`Heads`], which follows length
+//! and offset fields alone).
 //!
 //! A segment is created at its full capacity (so appends never change the
 //! file's length) and mapped read-only once. Readers only look at bytes
@@ -13,16 +15,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::index::{self, Index, IndexBuilder};
+use super::writer::Active;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
     self, decode_frame, decode_segment_header, encode_index_header, encode_segment_header, Frame,
     HeaderError, IndexEntry, Scan, SegmentHeader, Watermark, FORMAT_VERSION, INDEX_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    RECORDS_START,
 };
-use crate::index::{self, Index};
+use crate::options::Options;
 use crate::storage::{File, Map, OpenMode, Storage};
-
-const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
 
 /// One segment: `{base:020}.seg` and its index `{base:020}.idx`.
 #[derive(Debug)]
@@ -31,7 +33,7 @@ pub(crate) struct Segment {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
     map: Map,
-    /// Readers read frames in `[HEADER, limit)`.
+    /// Readers read frames in `[RECORDS_START, limit)`.
     limit: AtomicU64,
     /// Offsets `[base, next)` are in this segment and may be read. For a
     /// sealed segment opened from disk this is where the next segment
@@ -47,44 +49,6 @@ pub(crate) struct Segment {
 pub(crate) struct ReadFrame<R> {
     pub(crate) value: R,
     pub(crate) next_pos: u64,
-}
-
-/// Decides which records get an index entry: the first of a segment, and
-/// then one at least every `interval` bytes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct IndexBuilder {
-    interval: u64,
-    last_pos: Option<u64>,
-}
-
-impl IndexBuilder {
-    pub(crate) fn new(interval: u32, last_pos: Option<u64>) -> IndexBuilder {
-        IndexBuilder {
-            interval: u64::from(interval.max(1)),
-            last_pos,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn observe(
-        &mut self,
-        base: u64,
-        pos: u64,
-        offset: u64,
-        ts: u64,
-    ) -> Option<IndexEntry> {
-        if let Some(last) = self.last_pos {
-            if pos < last + self.interval {
-                return None;
-            }
-        }
-        self.last_pos = Some(pos);
-        Some(IndexEntry {
-            rel_offset: (offset - base) as u32,
-            pos: pos as u32,
-            timestamp: ts,
-        })
-    }
 }
 
 /// The result of scanning frames forward from a position.
@@ -153,12 +117,71 @@ pub(crate) fn scan(
     }
 }
 
+/// A walk over frame headers that trusts nothing and checks no CRC: from a
+/// position and the offset expected there, it follows each frame's length
+/// field to the next, checking that the length is plausible and the offset
+/// field is the one expected. Locating a record from an index entry, and
+/// checking a watermark against the frames before it, both walk this way:
+/// it touches two fields per frame, where [`scan`] reads every byte.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Heads<'a> {
+    bytes: &'a [u8],
+    /// The byte position and offset of the frame the next step checks.
+    pub(crate) pos: u64,
+    pub(crate) at: u64,
+    max_payload: u32,
+}
+
+impl<'a> Heads<'a> {
+    pub(crate) fn new(bytes: &'a [u8], (pos, at): (u64, u64), max_payload: u32) -> Heads<'a> {
+        Heads {
+            bytes,
+            pos,
+            at,
+            max_payload,
+        }
+    }
+
+    /// Checks the header of the frame at the current position and moves
+    /// past it; on damage, stays and says what is wrong there.
+    pub(crate) fn step(&mut self) -> std::result::Result<(), CorruptionKind> {
+        let pos = self.pos as usize;
+        let len = format::frame_len_field(self.bytes, pos).unwrap_or(0);
+        let found = format::frame_offset_field(self.bytes, pos);
+        if len == 0 {
+            return Err(CorruptionKind::Zeroed);
+        }
+        if !format::frame_len_plausible(len, self.max_payload) {
+            return Err(CorruptionKind::Length { len });
+        }
+        if found != Some(self.at) {
+            return Err(CorruptionKind::OffsetMismatch {
+                expected: self.at,
+                found: found.unwrap_or(0),
+            });
+        }
+        self.pos += format::frame_size(len);
+        self.at += 1;
+        Ok(())
+    }
+}
+
 /// Parameters every segment of a log shares.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SegmentConfig {
     pub(crate) max_payload: u32,
     pub(crate) index_interval: u32,
     pub(crate) file_mode: u32,
+}
+
+impl SegmentConfig {
+    pub(crate) fn of(options: &Options) -> SegmentConfig {
+        SegmentConfig {
+            max_payload: options.record_limit(),
+            index_interval: options.index_interval_bytes,
+            file_mode: options.file_mode,
+        }
+    }
 }
 
 impl Segment {
@@ -181,7 +204,7 @@ impl Segment {
         let header = encode_segment_header(
             &SegmentHeader { base },
             &Watermark {
-                pos: HEADER,
+                pos: RECORDS_START,
                 next: base,
                 last_ts,
                 closed: false,
@@ -223,7 +246,7 @@ impl Segment {
             path,
             file,
             map,
-            limit: AtomicU64::new(HEADER),
+            limit: AtomicU64::new(RECORDS_START),
             next: AtomicU64::new(base),
             index,
             index_path,
@@ -305,22 +328,9 @@ impl Segment {
     }
 
     /// Makes the records in `[.., limit)`, offsets `[.., next)`, readable.
-    pub(crate) fn publish(&self, limit: u64, next: u64) {
+    pub(crate) fn publish_extent(&self, limit: u64, next: u64) {
         self.limit.store(limit, Ordering::Release);
         self.next.store(next, Ordering::Release);
-    }
-
-    /// Publishes the final extent of a segment that will not grow again.
-    pub(crate) fn seal(&self, limit: u64, next: u64) {
-        self.publish(limit, next);
-    }
-
-    /// Writes the durable watermark into the header slot. The caller has
-    /// already synced everything before `mark.pos`, so whenever these bytes
-    /// reach the disk they are true.
-    pub(crate) fn write_watermark(&self, mark: &Watermark) -> std::io::Result<()> {
-        self.file
-            .write_at(&format::encode_watermark(mark), format::WATERMARK_AT as u64)
     }
 
     /// Reads the record at `offset`, which starts at `pos`, and hands its
@@ -391,7 +401,7 @@ impl Segment {
         }
         // No usable index entry: walk from the first record. A failure here
         // is real damage, reported by reading the record where it stops.
-        match self.walk((HEADER, self.base), offset) {
+        match self.walk((RECORDS_START, self.base), offset) {
             Ok(pos) => Ok(pos),
             Err((pos, at)) => {
                 // The read reports the damage the walk stopped at.
@@ -401,27 +411,23 @@ impl Segment {
         }
     }
 
-    /// Walks frame lengths from `start` to `offset`, checking every frame's
+    /// Walks frame headers from `start` to `offset`, checking every frame's
     /// length and offset fields on the way, the target's included (the
     /// caller or the final read checks the CRC). On failure, the position
     /// and offset of the frame that did not check out.
-    fn walk(&self, (mut pos, mut at): (u64, u64), offset: u64) -> Result<u64, (u64, u64)> {
+    fn walk(&self, start: (u64, u64), offset: u64) -> Result<u64, (u64, u64)> {
         let limit = self.limit();
         let bytes = self.map.bytes();
         let region = bytes.get(..limit as usize).unwrap_or(&[]);
+        let mut heads = Heads::new(region, start, self.max_payload);
         loop {
-            let len = format::read_u32(region, pos as usize).ok_or((pos, at))?;
-            let found = format::read_u64(region, pos as usize + 8).ok_or((pos, at))?;
-            if len < 16 || len - 16 > self.max_payload || found != at {
-                return Err((pos, at));
-            }
+            let (pos, at) = (heads.pos, heads.at);
+            heads.step().map_err(|_| (pos, at))?;
             if at == offset {
                 return Ok(pos);
             }
             // (A start past `offset` never gets here: the index only offers
             // entries at or before it. It would walk to the limit and fail.)
-            pos += 8 + u64::from(len);
-            at += 1;
         }
     }
 
@@ -446,7 +452,7 @@ impl Segment {
     /// `micros`: its position and offset, or `None` if there is none.
     pub(crate) fn locate_time(&self, micros: u64) -> Result<Option<(u64, u64)>> {
         let next = self.next();
-        let (mut pos, mut offset) = (HEADER, self.base);
+        let (mut pos, mut offset) = (RECORDS_START, self.base);
         if let Some(entry) = self.index.seek_time(micros) {
             let at = self.base + u64::from(entry.rel_offset);
             // Start from the entry only if the record there really is older
@@ -479,7 +485,8 @@ impl Segment {
             return Ok(None);
         }
         Ok(Some(
-            self.read(HEADER, self.base, |frame| frame.timestamp)?.value,
+            self.read(RECORDS_START, self.base, |frame| frame.timestamp)?
+                .value,
         ))
     }
 
@@ -487,7 +494,13 @@ impl Segment {
     pub(crate) fn verify(&self) -> Result<u64> {
         let bytes = self.map.bytes();
         let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
-        let end = scan(region, HEADER, self.base, self.max_payload, |_, _| {});
+        let end = scan(
+            region,
+            RECORDS_START,
+            self.base,
+            self.max_payload,
+            |_, _| {},
+        );
         let expected = self.next();
         let kind = match end.next.cmp(&expected) {
             std::cmp::Ordering::Equal => return Ok(end.next - self.base),
@@ -511,6 +524,34 @@ impl Segment {
         Err(self.corrupt(end.pos, end.next, kind))
     }
 
+    /// The index entries that do not point at the start of a frame with
+    /// their offset and timestamp, by entry number. (Only the frame's header
+    /// fields are compared: a damaged record under a right entry is the
+    /// record's damage, which [`verify`](Segment::verify) reports.)
+    pub(crate) fn bad_index_entries(&self) -> Vec<u64> {
+        let limit = self.limit();
+        let bytes = self.map.bytes();
+        let region = bytes.get(..limit as usize).unwrap_or(&[]);
+        let mut bad = Vec::new();
+        for (i, entry) in self.index.entries().iter().enumerate() {
+            let (pos, at) = (entry.pos as usize, self.base + u64::from(entry.rel_offset));
+            let ok = at < self.next()
+                && format::frame_len_field(region, pos)
+                    .is_some_and(|len| format::frame_len_plausible(len, self.max_payload))
+                && format::frame_offset_field(region, pos) == Some(at)
+                && format::frame_timestamp_field(region, pos) == Some(entry.timestamp);
+            if !ok {
+                bad.push(i as u64);
+            }
+        }
+        bad
+    }
+
+    /// The durable watermark in the segment's header, if it is intact.
+    pub(crate) fn watermark(&self) -> Option<Watermark> {
+        format::decode_watermark(&self.map.bytes())
+    }
+
     /// Follower mode: extends the published extent with any complete,
     /// valid records another process has written since. Returns whether
     /// anything new was found. A frame still being written fails its CRC
@@ -523,8 +564,52 @@ impl Segment {
         if end.next == next {
             return false;
         }
-        self.publish(end.pos, end.next);
+        self.publish_extent(end.pos, end.next);
         true
+    }
+}
+
+impl Active for Segment {
+    fn base(&self) -> u64 {
+        self.base
+    }
+
+    fn capacity(&self) -> u64 {
+        self.map.len()
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn index_path(&self) -> &Path {
+        &self.index_path
+    }
+
+    fn write(&self, frames: &[u8], pos: u64) -> std::io::Result<()> {
+        self.file.write_at(frames, pos)
+    }
+
+    fn write_index(&self, entries: &[u8], at: u64) -> std::io::Result<()> {
+        self.index.write(entries, at)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The caller has already synced everything before `mark.pos`, so
+    /// whenever these bytes reach the disk they are true.
+    fn write_watermark(&self, mark: &Watermark) -> std::io::Result<()> {
+        self.file
+            .write_at(&format::encode_watermark(mark), format::WATERMARK_AT as u64)
+    }
+
+    fn publish(&self, limit: u64, next: u64, index_count: u64) {
+        // Entries first: a lookup may use an entry only for a record it can
+        // read.
+        self.index.publish(index_count);
+        self.publish_extent(limit, next);
     }
 }
 
@@ -580,11 +665,17 @@ fn create_index_file(
 pub(crate) fn rebuild_entries(bytes: &[u8], base: u64, config: &SegmentConfig) -> Vec<IndexEntry> {
     let mut builder = IndexBuilder::new(config.index_interval, None);
     let mut entries = Vec::new();
-    scan(bytes, HEADER, base, config.max_payload, |pos, frame| {
-        if let Some(entry) = builder.observe(base, pos, frame.offset, frame.timestamp) {
-            entries.push(entry);
-        }
-    });
+    scan(
+        bytes,
+        RECORDS_START,
+        base,
+        config.max_payload,
+        |pos, frame| {
+            if let Some(entry) = builder.observe(base, pos, frame.offset, frame.timestamp) {
+                entries.push(entry);
+            }
+        },
+    );
     entries
 }
 

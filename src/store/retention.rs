@@ -3,11 +3,15 @@
 //! Retention drops whole sealed segments, oldest first; the active segment
 //! is never removed. A segment goes when the log is over its byte budget,
 //! when every record in it is older than the age limit, or when every
-//! record in it is below the offset given to `truncate_before`. The engine
+//! record in it is below the offset given to `truncate_before`. The store
 //! asks this policy about the oldest segment again and again until it says
-//! keep.
+//! keep, and removes the segments it gives up.
 
-use crate::error::Result;
+use super::Store;
+use crate::error::{Error, Result};
+use crate::format;
+use crate::record::now_micros;
+use crate::storage::remove_if_exists;
 
 /// The limits a log was opened with, plus an explicit truncation point.
 #[derive(Clone, Copy, Debug, Default)]
@@ -48,6 +52,60 @@ impl Policy {
             }
         }
         Ok(false)
+    }
+}
+
+impl Store {
+    /// Removes sealed segments that retention (or `truncate_before`) no
+    /// longer needs, oldest first. Returns how many were removed.
+    pub(crate) fn apply_retention(&self, truncate_before: Option<u64>) -> Result<usize> {
+        if self.writer.is_none() {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        let _guard = self.maintenance.lock();
+        let pin = self.pin()?;
+        let policy = Policy {
+            max_bytes: self.options.retention_bytes,
+            max_age_micros: self
+                .options
+                .retention_age
+                .map(|age| age.as_micros().min(u128::from(u64::MAX)) as u64),
+            before_offset: truncate_before,
+        };
+        let now = now_micros();
+        let mut removed = 0;
+        while let Some((oldest, second, total)) = self.segments.oldest() {
+            let newer_first_ts = || -> Result<Option<u64>> {
+                match self.segment_for(&pin, second)? {
+                    Some(segment) => segment.first_timestamp(),
+                    None => Ok(None),
+                }
+            };
+            if !policy.drops_oldest(oldest.1, second, total, now, newer_first_ts)? {
+                break;
+            }
+            self.remove_oldest(oldest.0)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn remove_oldest(&self, base: u64) -> Result<()> {
+        if !self.segments.remove_oldest(base) {
+            return Ok(());
+        }
+        let storage = &self.options.storage;
+        // Index first: a crash in between leaves a segment whose index is
+        // rebuilt, never an index without its segment being trusted.
+        remove_if_exists(storage, &self.dir.join(format::index_name(base)))?;
+        remove_if_exists(storage, &self.dir.join(format::segment_name(base)))?;
+        // One directory sync per removal, so that a crash can only bring
+        // back the newest removals, never open a gap.
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 }
 

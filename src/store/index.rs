@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::format::{
-    decode_index_entry, encode_index_entry, IndexEntry, INDEX_ENTRY_LEN, INDEX_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    decode_index_entry, encode_index_entry, index_entry_at, IndexEntry, FRAME_OVERHEAD,
+    INDEX_ENTRY_LEN, INDEX_HEADER_LEN, RECORDS_START,
 };
 use crate::storage::{File, Map};
 
@@ -97,6 +97,16 @@ impl Index {
         })
     }
 
+    /// Every published entry, for verification.
+    pub(crate) fn entries(&self) -> Vec<IndexEntry> {
+        self.with_entries(|bytes| {
+            bytes
+                .chunks_exact(INDEX_ENTRY_LEN)
+                .filter_map(decode_index_entry)
+                .collect()
+        })
+    }
+
     /// The entry to start scanning from for relative offset `rel`.
     pub(crate) fn seek_offset(&self, rel: u32) -> Option<IndexEntry> {
         self.last_where(|e| e.rel_offset <= rel)
@@ -115,10 +125,7 @@ impl Index {
     /// which only costs lookups a longer scan, since entries are a cache.
     pub(crate) fn write(&self, entries: &[u8], at: u64) -> std::io::Result<()> {
         match &self.file {
-            Some(file) => file.write_at(
-                entries,
-                INDEX_HEADER_LEN as u64 + at * INDEX_ENTRY_LEN as u64,
-            ),
+            Some(file) => file.write_at(entries, index_entry_at(at)),
             None => Ok(()),
         }
     }
@@ -126,6 +133,44 @@ impl Index {
     /// Makes entries `[0, count)` visible to lookups.
     pub(crate) fn publish(&self, count: u64) {
         self.count.store(count, Ordering::Release);
+    }
+}
+
+/// Decides which records get an index entry: the first of a segment, and
+/// then one at least every `interval` bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IndexBuilder {
+    interval: u64,
+    last_pos: Option<u64>,
+}
+
+impl IndexBuilder {
+    pub(crate) fn new(interval: u32, last_pos: Option<u64>) -> IndexBuilder {
+        IndexBuilder {
+            interval: u64::from(interval.max(1)),
+            last_pos,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn observe(
+        &mut self,
+        base: u64,
+        pos: u64,
+        offset: u64,
+        ts: u64,
+    ) -> Option<IndexEntry> {
+        if let Some(last) = self.last_pos {
+            if pos < last + self.interval {
+                return None;
+            }
+        }
+        self.last_pos = Some(pos);
+        Some(IndexEntry {
+            rel_offset: (offset - base) as u32,
+            pos: pos as u32,
+            timestamp: ts,
+        })
     }
 }
 
@@ -141,7 +186,7 @@ pub(crate) fn valid_prefix(bytes: &[u8], limit: u64) -> u64 {
         .map_while(decode_index_entry)
     {
         let pos = u64::from(entry.pos);
-        if pos < SEGMENT_HEADER_LEN as u64 || pos >= limit {
+        if pos < RECORDS_START || pos >= limit {
             break;
         }
         if let Some(p) = previous {
@@ -162,7 +207,7 @@ pub(crate) fn valid_prefix(bytes: &[u8], limit: u64) -> u64 {
 /// can need: at most one entry per record and per `interval` bytes.
 pub(crate) fn file_len_for(capacity: u64, interval: u32) -> u64 {
     let by_interval = capacity / u64::from(interval.max(1));
-    let by_records = capacity / crate::format::FRAME_OVERHEAD as u64;
+    let by_records = capacity / FRAME_OVERHEAD as u64;
     INDEX_HEADER_LEN as u64 + (by_interval.min(by_records) + 2) * INDEX_ENTRY_LEN as u64
 }
 

@@ -1,0 +1,260 @@
+//! Durable registers: named positions in a log, one small file each,
+//! `{name}.consumer`, committed crash-safely. Consumers are built on them
+//! in [`crate::log`]; the store knows only names and positions.
+//!
+//! A register file has two slots that commits fill in turn, each with a
+//! generation number and a CRC. A commit writes the slot the previous
+//! commit did not use and syncs it, so a crash mid-commit leaves the
+//! previous position intact in the other slot; no rename or directory sync
+//! is needed once the file exists. A new file is written whole through a
+//! temporary file and a rename.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::Store;
+use crate::error::{CorruptionKind, Error, Result};
+use crate::format::{self, ConsumerError, ConsumerSlot};
+use crate::name;
+use crate::storage::{write_atomically, File, OpenMode};
+
+/// One open register.
+#[derive(Debug)]
+pub(crate) struct Register {
+    name: String,
+    path: PathBuf,
+    /// `None` for a read-only handle of a register that has no file yet.
+    file: Option<File>,
+    read_only: bool,
+    inner: Mutex<Inner>,
+    /// The stored position and what it was clamped to, if it was outside
+    /// the log when opened.
+    clamped: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    generation: u64,
+    position: u64,
+    /// A failed sync of this file: later commits are refused, as for the log.
+    failed: Option<Arc<std::io::Error>>,
+}
+
+/// A register as stored on disk, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RegisterEntry {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    /// The committed position and the commit's generation, or the error
+    /// reading the file met.
+    pub(crate) slot: std::result::Result<(u64, u64), String>,
+}
+
+impl Store {
+    /// Opens the register `name`, creating it at the log's first offset if
+    /// it does not exist (a read-only handle creates nothing). A stored
+    /// position outside the log is clamped into it, and says so.
+    pub(crate) fn open_register(&self, name: &str) -> Result<Register> {
+        name::validate(name)?;
+        let options = &self.options;
+        let storage = &options.storage;
+        let path = self.dir.join(format!("{name}.{}", format::CONSUMER_EXT));
+        let read_only = self.writer.is_none();
+        let mode = if read_only {
+            OpenMode::ReadOnly
+        } else {
+            OpenMode::Existing
+        };
+        let (file, slot) = match storage.open(&path, mode, options.file_mode) {
+            Ok(file) => {
+                let (slot, bytes) = read_slot(&file, &path)?;
+                if !read_only {
+                    // The slot may come from the page cache of a commit whose
+                    // fdatasync failed ("fsyncgate"): writing it again and
+                    // syncing makes the position reported true on disk.
+                    file.write_at(&bytes, 0)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| Error::io("rewrite", &path, e))?;
+                }
+                (Some(file), slot)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let slot = ConsumerSlot {
+                    generation: 0,
+                    position: self.first_offset(),
+                };
+                if read_only {
+                    (None, slot)
+                } else {
+                    (Some(self.create_register(&path, &slot)?), slot)
+                }
+            }
+            Err(e) => return Err(Error::io("open", &path, e)),
+        };
+        let (first, next) = (self.first_offset(), self.next_offset());
+        let position = slot.position.clamp(first, next.max(first));
+        let clamped = (position != slot.position).then_some((slot.position, position));
+        Ok(Register {
+            name: name.to_owned(),
+            path,
+            file,
+            read_only,
+            inner: Mutex::new(Inner {
+                generation: slot.generation,
+                position,
+                failed: None,
+            }),
+            clamped,
+        })
+    }
+
+    fn create_register(&self, path: &Path, slot: &ConsumerSlot) -> Result<File> {
+        let options = &self.options;
+        let mut bytes = vec![0u8; format::CONSUMER_FILE_LEN];
+        bytes[..format::CONSUMER_HEADER_LEN].copy_from_slice(&format::encode_consumer_header());
+        let at = format::consumer_slot_at(slot.generation);
+        bytes[at..at + format::CONSUMER_SLOT_LEN]
+            .copy_from_slice(&format::encode_consumer_slot(slot));
+        let tmp = path.with_extension(format!("{}.{}", format::CONSUMER_EXT, format::TMP_EXT));
+        write_atomically(
+            &options.storage,
+            &self.dir,
+            path,
+            &tmp,
+            &bytes,
+            options.file_mode,
+        )?;
+        options
+            .storage
+            .open(path, OpenMode::Existing, options.file_mode)
+            .map_err(|e| Error::io("open", path, e))
+    }
+
+    /// Every register file of the log, read without opening any for
+    /// writing, sorted by name.
+    pub(crate) fn registers(&self) -> Result<Vec<RegisterEntry>> {
+        let options = &self.options;
+        let entries = options
+            .storage
+            .list(&self.dir)
+            .map_err(|e| Error::io("list", &self.dir, e))?;
+        let mut registers: Vec<RegisterEntry> = entries
+            .iter()
+            .filter_map(|e| {
+                let name = e.name.to_str()?;
+                let name = name.strip_suffix(format::CONSUMER_EXT)?.strip_suffix('.')?;
+                name::validate(name).ok()?;
+                let path = self.dir.join(e.name.clone());
+                let slot = options
+                    .storage
+                    .open(&path, OpenMode::ReadOnly, options.file_mode)
+                    .map_err(|e| Error::io("open", &path, e))
+                    .and_then(|file| read_slot(&file, &path))
+                    .map(|(slot, _)| (slot.position, slot.generation))
+                    .map_err(|e| e.to_string());
+                Some(RegisterEntry {
+                    name: name.to_owned(),
+                    path,
+                    slot,
+                })
+            })
+            .collect();
+        registers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(registers)
+    }
+}
+
+impl Register {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The committed position.
+    pub(crate) fn position(&self) -> u64 {
+        self.inner.lock().position
+    }
+
+    /// If the stored position was outside the log when opened, the stored
+    /// value and the value it was clamped to.
+    pub(crate) fn clamped(&self) -> Option<(u64, u64)> {
+        self.clamped
+    }
+
+    /// Stores `position` durably: when this returns, a crash or power loss
+    /// keeps it. Records of `store` below `position` are synced first, so a
+    /// stored position never points past records that a power loss could
+    /// take. Positions may move backwards.
+    pub(crate) fn commit(&self, store: &Store, position: u64) -> Result<()> {
+        let next = store.next_offset();
+        if position > next {
+            return Err(Error::OffsetOutOfRange {
+                requested: position,
+                next,
+            });
+        }
+        let file = match &self.file {
+            Some(file) if !self.read_only => file,
+            _ => {
+                return Err(Error::ReadOnly {
+                    path: store.dir.clone(),
+                })
+            }
+        };
+        if position > store.durable_offset() {
+            store.sync_to(Some(position))?;
+        }
+        let mut inner = self.inner.lock();
+        if let Some(source) = &inner.failed {
+            return Err(Error::Poisoned {
+                op: "fdatasync",
+                path: self.path.clone(),
+                source: source.clone(),
+            });
+        }
+        let generation = inner.generation + 1;
+        let slot = format::encode_consumer_slot(&ConsumerSlot {
+            generation,
+            position,
+        });
+        file.write_at(&slot, format::consumer_slot_at(generation) as u64)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        if let Err(e) = file.sync_data() {
+            let source = Arc::new(e);
+            inner.failed = Some(source.clone());
+            return Err(Error::Poisoned {
+                op: "fdatasync",
+                path: self.path.clone(),
+                source,
+            });
+        }
+        inner.generation = generation;
+        inner.position = position;
+        Ok(())
+    }
+}
+
+/// The newest valid slot of a register file, and the file's bytes.
+fn read_slot(file: &File, path: &Path) -> Result<(ConsumerSlot, Vec<u8>)> {
+    let len = file.len().map_err(|e| Error::io("stat", path, e))?;
+    let mut bytes = vec![0u8; len.min(format::CONSUMER_FILE_LEN as u64) as usize];
+    file.read_at(&mut bytes, 0)
+        .map_err(|e| Error::io("read", path, e))?;
+    let corrupt = |kind| Error::Corrupt {
+        path: path.to_path_buf(),
+        position: 0,
+        offset: None,
+        kind,
+    };
+    let slot = format::decode_consumer(&bytes).map_err(|e| match e {
+        ConsumerError::Magic => corrupt(CorruptionKind::BadMagic),
+        ConsumerError::Version(found) => Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: format::FORMAT_VERSION,
+        },
+        ConsumerError::NoValidSlot => corrupt(CorruptionKind::HeaderChecksum),
+    })?;
+    Ok((slot, bytes))
+}
