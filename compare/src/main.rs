@@ -63,7 +63,6 @@ fn decode(bytes: &[u8]) -> R<Checkout> {
 const BATCH: usize = 256;
 /// The pace of the latency runs, in events per second.
 const PACE: u64 = 50_000;
-const FANOUT: usize = 4;
 
 struct Data {
     values: Vec<Checkout>,
@@ -213,6 +212,8 @@ struct Sample {
     latency: Option<[f64; 4]>,
     /// The largest backlog seen by a subscriber (records).
     max_lag: Option<u64>,
+    /// What else this repetition measured, for the row's note.
+    extra: Option<String>,
 }
 
 impl Sample {
@@ -301,6 +302,12 @@ impl Bench<'_> {
             None
         };
         let max_lag = samples.iter().filter_map(|s| s.max_lag).max();
+        let extras: Vec<&str> = samples.iter().filter_map(|s| s.extra.as_deref()).collect();
+        let note = if extras.is_empty() {
+            note.to_owned()
+        } else {
+            format!("{note}; per run: {}", extras.join(" | "))
+        };
         let row = Row {
             system: system.to_owned(),
             workload: workload.to_owned(),
@@ -312,7 +319,7 @@ impl Bench<'_> {
             fsyncs,
             latency_us: latency,
             max_lag,
-            note: note.to_owned(),
+            note,
         };
         let lat = latency
             .map(|l| format!(", p99 {:.1} µs", l.p99))
@@ -421,7 +428,14 @@ const W_DURABLE_4: &str = "durable append single, 4 threads";
 const W_REPLAY: &str = "replay from 0";
 const W_GET: &str = "random get";
 const W_FANOUT: &str = "fan-out 4 subs, throughput";
+const W_FANOUT_16: &str = "fan-out 16 subs, throughput (deliveries)";
+const W_FANOUT_3: &str = "fan-out 3 subs, throughput";
+const W_FANOUT_STALLED: &str = "fan-out 3 subs + 1 stalled, throughput";
+const W_FANOUT_DURABLE: &str = "fan-out 4 subs, throughput, EveryAppend batches";
 const W_LATENCY: &str = "fan-out 4 subs @50k/s, latency";
+const W_LATENCY_16: &str = "fan-out 16 subs @50k/s, latency";
+const W_LATENCY_SELECT: &str = "fan-out 4 subs @50k/s, latency, select!";
+const W_MANY_LOGS: &str = "1,000 logs, Interval(50 ms), 1 subscription each";
 
 const L_FILE_SINGLE: (&str, &str) = ("limit", "BufWriter, one write per record");
 const L_FILE_BATCH: (&str, &str) = ("limit", "BufWriter, one write per 256");
@@ -431,7 +445,9 @@ const L_REPLAY: (&str, &str) = ("limit", "BufReader replay of the bytes");
 const L_REPLAY_DECODE: (&str, &str) = ("limit", "BufReader replay + decode");
 const L_GET: (&str, &str) = ("limit", "in-memory index + pread + decode");
 const L_FANOUT: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 4");
+const L_FANOUT_16: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 16 (deliveries)");
 const L_LATENCY: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 4 @50k/s");
+const L_LATENCY_16: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 16 @50k/s");
 
 /// Writes the records as (u32 length, bytes) through a `BufWriter`.
 fn write_file(path: &Path, data: &Data, batched: bool) -> R<()> {
@@ -604,16 +620,25 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
         Ok(s)
     });
     b.run(L_FANOUT.0, L_FANOUT.1, None, "decode per receiver", || {
-        crossbeam_fanout(data, data.bytes.len(), None)
+        crossbeam_fanout(data, data.bytes.len(), None, 4)
     });
-    let paced = (b.config.paced_events as usize).min(data.bytes.len());
     b.run(
-        L_LATENCY.0,
-        L_LATENCY.1,
+        L_FANOUT_16.0,
+        L_FANOUT_16.1,
         None,
-        &format!("{paced} events; decode per receiver"),
-        || crossbeam_fanout(data, paced, Some(PACE)),
+        "decode per receiver; deliveries per second, all receivers",
+        || crossbeam_fanout(data, data.bytes.len(), None, 16),
     );
+    let paced = (b.config.paced_events as usize).min(data.bytes.len());
+    for (limit, receivers) in [(L_LATENCY, 4), (L_LATENCY_16, 16)] {
+        b.run(
+            limit.0,
+            limit.1,
+            None,
+            &format!("{paced} events; decode per receiver"),
+            || crossbeam_fanout(data, paced, Some(PACE), receivers),
+        );
+    }
 }
 
 fn check(ok: bool, what: &str) -> R<()> {
@@ -625,12 +650,13 @@ fn check(ok: bool, what: &str) -> R<()> {
 }
 
 /// The in-memory fan-out limit: a `Vec` of shared, pre-encoded records and
-/// a bounded crossbeam channel per receiver; each receiver decodes.
-fn crossbeam_fanout(data: &Data, n: usize, pace: Option<u64>) -> R<Sample> {
+/// a bounded crossbeam channel per receiver; each receiver decodes. With
+/// more than 4 receivers the rate counts deliveries (events × receivers).
+fn crossbeam_fanout(data: &Data, n: usize, pace: Option<u64>, receivers: usize) -> R<Sample> {
     let base = Instant::now();
     let mut senders = Vec::new();
     let mut handles = Vec::new();
-    for _ in 0..FANOUT {
+    for _ in 0..receivers {
         let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<[u8]>)>(1024);
         senders.push(tx);
         handles.push(std::thread::spawn(move || -> R<(u64, Histogram<u64>)> {
@@ -668,11 +694,21 @@ fn crossbeam_fanout(data: &Data, n: usize, pace: Option<u64>) -> R<Sample> {
     }
     let secs = start.elapsed().as_secs_f64();
     Ok(Sample {
-        events: n as u64,
+        events: deliveries(n, receivers),
         secs,
         latency: pace.map(|_| percentiles(&all)),
         ..Sample::default()
     })
+}
+
+/// What a fan-out row counts: events for up to 4 receivers (each receives
+/// at that rate), deliveries to all of them beyond.
+fn deliveries(n: usize, receivers: usize) -> u64 {
+    if receivers > 4 {
+        (n * receivers) as u64
+    } else {
+        n as u64
+    }
 }
 
 // ---- backbone -----------------------------------------------------------------
@@ -856,60 +892,207 @@ fn backbone(b: &mut Bench<'_>, data: &Data) {
         check(qty > 0, "gets")?;
         Ok(s)
     });
+    let all = data.values.len();
+    let fanout = FanOut::new(all);
+    b.run(sys, W_FANOUT, Some(L_FANOUT), &fanout.note(), || {
+        bb_fanout(data, &fanout)
+    });
+    let sixteen = FanOut {
+        subs: 16,
+        ..FanOut::new(all)
+    };
+    b.run(sys, W_FANOUT_16, Some(L_FANOUT_16), &sixteen.note(), || {
+        bb_fanout(data, &sixteen)
+    });
+    let three = FanOut {
+        subs: 3,
+        ..FanOut::new(all)
+    };
+    b.run(sys, W_FANOUT_3, None, &three.note(), || {
+        bb_fanout(data, &three)
+    });
+    let stalled = FanOut {
+        subs: 3,
+        stalled: 1,
+        ..FanOut::new(all)
+    };
     b.run(
         sys,
-        W_FANOUT,
-        Some(L_FANOUT),
-        "Buffered, single appends, 4 live subscribers",
-        || bb_fanout(data, data.values.len(), None),
+        W_FANOUT_STALLED,
+        Some((sys, W_FANOUT_3)),
+        &stalled.note(),
+        || bb_fanout(data, &stalled),
     );
-    let paced = (b.config.paced_events as usize).min(data.values.len());
+    let durable = FanOut {
+        durability: Durability::EveryAppend,
+        batch: BATCH,
+        ..FanOut::new(all)
+    };
+    b.run(sys, W_FANOUT_DURABLE, None, &durable.note(), || {
+        bb_fanout(data, &durable)
+    });
+    let paced = (b.config.paced_events as usize).min(all);
+    let latency = FanOut {
+        pace: Some(PACE),
+        ..FanOut::new(paced)
+    };
+    b.run(sys, W_LATENCY, Some(L_LATENCY), &latency.note(), || {
+        bb_fanout(data, &latency)
+    });
+    let latency_16 = FanOut {
+        subs: 16,
+        ..latency
+    };
     b.run(
         sys,
-        W_LATENCY,
+        W_LATENCY_16,
+        Some(L_LATENCY_16),
+        &latency_16.note(),
+        || bb_fanout(data, &latency_16),
+    );
+    let select = FanOut {
+        select: true,
+        ..latency
+    };
+    b.run(
+        sys,
+        W_LATENCY_SELECT,
         Some(L_LATENCY),
-        &format!("Buffered; {paced} events; append call → decoded record"),
-        || bb_fanout(data, paced, Some(PACE)),
+        &select.note(),
+        || bb_fanout(data, &select),
+    );
+    b.run(
+        sys,
+        W_MANY_LOGS,
+        None,
+        "10 appends/s per log for 5 s; latency is (record durable - append returned)",
+        || many_logs(1000, Duration::from_millis(50), 10, Duration::from_secs(5)),
     );
 }
 
-fn bb_fanout(data: &Data, n: usize, pace: Option<u64>) -> R<Sample> {
+/// One fan-out run of backbone.
+#[derive(Clone, Copy, Debug)]
+struct FanOut {
+    /// Events appended.
+    n: usize,
+    /// Subscribers that receive everything.
+    subs: usize,
+    /// Subscribers that never receive anything.
+    stalled: usize,
+    /// Events per second, or as fast as possible.
+    pace: Option<u64>,
+    durability: Durability,
+    /// Events per append call.
+    batch: usize,
+    /// Subscribers wait in `select!` on `ready()` and take with `try_recv`.
+    select: bool,
+}
+
+impl FanOut {
+    fn new(n: usize) -> FanOut {
+        FanOut {
+            n,
+            subs: 4,
+            stalled: 0,
+            pace: None,
+            durability: Durability::Buffered,
+            batch: 1,
+            select: false,
+        }
+    }
+
+    fn note(&self) -> String {
+        let mut note = format!(
+            "{:?}, {}, {} live subscribers (default SubscribeOptions)",
+            self.durability,
+            if self.batch > 1 {
+                format!("batches of {}", self.batch)
+            } else {
+                "single appends".to_owned()
+            },
+            self.subs
+        );
+        if self.stalled > 0 {
+            note += &format!(", {} that never reads", self.stalled);
+        }
+        if self.select {
+            note += ", each in a select! over ready() and a shutdown channel";
+        }
+        if self.pace.is_some() {
+            note += &format!("; {} events; append call → decoded record", self.n);
+        } else if self.subs > 4 {
+            note += "; deliveries per second, all subscribers";
+        }
+        note
+    }
+}
+
+fn bb_fanout(data: &Data, run: &FanOut) -> R<Sample> {
+    let n = run.n;
     let dir = tmp()?;
-    let log = bb_open(dir.path(), Durability::Buffered)?;
+    let log = bb_open(dir.path(), run.durability)?;
     let base = Instant::now();
     // When each append was called, by offset (a single appender from 0).
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let max_lag = Arc::new(AtomicU64::new(0));
+    let stalled: Vec<_> = (0..run.stalled)
+        .map(|_| log.subscribe(Start::Beginning))
+        .collect::<Result<_, _>>()?;
+    let (stop_tx, stop) = backbone::channel::bounded::<()>(1);
     let mut handles = Vec::new();
-    for _ in 0..FANOUT {
-        let sub = log.subscribe_with(SubscribeOptions::new(Start::Beginning).capacity(1024))?;
+    for _ in 0..run.subs {
+        let sub = log.subscribe_with(SubscribeOptions::new(Start::Beginning))?;
         let sent = sent.clone();
         let max_lag = max_lag.clone();
+        let select = run.select;
+        let stop = stop.clone();
         handles.push(std::thread::spawn(move || -> R<Histogram<u64>> {
             let mut h = hist();
             let mut next = 0u64;
-            while next < n as u64 {
-                let rec = sub.recv()?;
+            let mut take = |rec: backbone::Record<Checkout>, next: &mut u64| -> R<()> {
                 let now = base.elapsed().as_nanos() as u64;
-                check(rec.offset == next, "subscription order")?;
+                check(rec.offset == *next, "subscription order")?;
                 let at = sent[rec.offset as usize].load(Ordering::Acquire);
                 h.saturating_record(now.saturating_sub(at).max(1));
                 std::hint::black_box(&rec.value);
                 if next.is_multiple_of(1024) {
                     max_lag.fetch_max(sub.lag(), Ordering::Relaxed);
                 }
-                next += 1;
+                *next += 1;
+                Ok(())
+            };
+            while next < n as u64 {
+                if select {
+                    backbone::channel::select! {
+                        recv(sub.ready()) -> _ => {
+                            while let Some(rec) = sub.try_recv()? {
+                                take(rec, &mut next)?;
+                            }
+                        }
+                        recv(stop) -> _ => return Err("stopped early".into()),
+                    }
+                } else {
+                    take(sub.recv()?, &mut next)?;
+                }
             }
             Ok(h)
         }));
     }
     let start = Instant::now();
-    for (i, v) in data.values[..n].iter().enumerate() {
-        if let Some(rate) = pace {
-            pace_until(start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate));
+    for (i, chunk) in data.values[..n].chunks(run.batch).enumerate() {
+        let first = i * run.batch;
+        if let Some(rate) = run.pace {
+            pace_until(start + Duration::from_nanos(first as u64 * 1_000_000_000 / rate));
         }
-        sent[i].store(base.elapsed().as_nanos() as u64, Ordering::Release);
-        log.append(v)?;
+        let now = base.elapsed().as_nanos() as u64;
+        for at in &sent[first..first + chunk.len()] {
+            at.store(now, Ordering::Release);
+        }
+        if run.batch == 1 {
+            log.append(&chunk[0])?;
+        } else {
+            log.append_batch(chunk)?;
+        }
     }
     log.flush()?;
     let mut all = hist();
@@ -917,12 +1100,151 @@ fn bb_fanout(data: &Data, n: usize, pace: Option<u64>) -> R<Sample> {
         all.add(&h.join().map_err(err)??).map_err(err)?;
     }
     let secs = start.elapsed().as_secs_f64();
+    drop(stop_tx);
+    check(
+        stalled.iter().all(|s| s.lag() == n as u64),
+        "a stalled subscriber received nothing",
+    )?;
     log.close()?;
     Ok(Sample {
-        events: n as u64,
+        events: deliveries(n, run.subs),
         secs,
-        latency: pace.map(|_| percentiles(&all)),
+        latency: run.pace.map(|_| percentiles(&all)),
         max_lag: Some(max_lag.load(Ordering::Relaxed)),
+        ..Sample::default()
+    })
+}
+
+/// A line of /proc/self/status, in kB or as a count.
+fn proc_status(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `logs` logs opened with `Durability::Interval(interval)` and one live
+/// subscription each (default options), each appended to `per_sec` times a
+/// second for `secs`. Measures the threads the crate started and the memory
+/// the logs and subscriptions take, and the latency from an append's return
+/// to its record being durable (polled every millisecond), against the
+/// target of twice the interval plus one `fdatasync`, measured here too.
+fn many_logs(logs: usize, interval: Duration, per_sec: u64, secs: Duration) -> R<Sample> {
+    let dir = tmp()?;
+    let fsync = {
+        let path = dir.path().join("fsync-probe");
+        let file = File::create(&path)?;
+        let mut times = Vec::new();
+        for i in 0..20u64 {
+            file.write_all_at(&[1; 64], i * 4096)?;
+            let t = Instant::now();
+            file.sync_data()?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        median(times)
+    };
+    let threads_before = proc_status("Threads:").unwrap_or(0);
+    let rss_before = proc_status("VmRSS:").unwrap_or(0);
+    let mut opened = Vec::with_capacity(logs);
+    for i in 0..logs {
+        let log: EventLog<u64> = Options::new()
+            .durability(Durability::Interval(interval))
+            .open(dir.path().join(format!("log-{i:04}")))?;
+        let sub = log.subscribe(Start::Beginning)?;
+        opened.push((log, sub));
+    }
+    let rss_open = proc_status("VmRSS:").unwrap_or(0);
+    // Appenders spread over two threads; each log gets `per_sec` appends a
+    // second, its pending ones queued with the time their append returned.
+    type Pending = std::sync::Mutex<std::collections::VecDeque<(u64, Instant)>>;
+    let pending: Arc<Vec<Pending>> = Arc::new((0..logs).map(|_| Pending::default()).collect());
+    let opened = Arc::new(opened);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let total = (secs.as_secs_f64() * per_sec as f64) as u64;
+    let start = Instant::now();
+    let appenders: Vec<_> = (0..2)
+        .map(|part| {
+            let (opened, pending) = (opened.clone(), pending.clone());
+            std::thread::spawn(move || -> R<u64> {
+                let mut appended = 0;
+                for round in 0..total {
+                    pace_until(start + Duration::from_nanos(round * 1_000_000_000 / per_sec));
+                    for i in (part..opened.len()).step_by(2) {
+                        let offset = opened[i].0.append(&round)?;
+                        pending[i]
+                            .lock()
+                            .map_err(err)?
+                            .push_back((offset, Instant::now()));
+                        appended += 1;
+                    }
+                }
+                Ok(appended)
+            })
+        })
+        .collect();
+    // The subscriptions are read too, by two threads, so that they are not
+    // only idle.
+    let readers: Vec<_> = (0..2)
+        .map(|part| {
+            let (opened, stop) = (opened.clone(), stop.clone());
+            std::thread::spawn(move || -> R<u64> {
+                let mut received = 0;
+                while !stop.load(Ordering::Acquire) {
+                    for i in (part..opened.len()).step_by(2) {
+                        while opened[i].1.try_recv()?.is_some() {
+                            received += 1;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(received)
+            })
+        })
+        .collect();
+    let mut durable = hist();
+    let mut waiting = true;
+    while waiting {
+        waiting = !appenders.iter().all(|a| a.is_finished());
+        for (i, (log, _)) in opened.iter().enumerate() {
+            let done = log.durable_offset();
+            let mut queue = pending[i].lock().map_err(err)?;
+            while queue.front().is_some_and(|(offset, _)| *offset < done) {
+                let (_, returned) = queue.pop_front().expect("peeked");
+                durable.saturating_record(returned.elapsed().as_nanos().max(1) as u64);
+            }
+            waiting |= !queue.is_empty();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut appended = 0;
+    for a in appenders {
+        appended += a.join().map_err(err)??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let threads = proc_status("Threads:")
+        .unwrap_or(0)
+        .saturating_sub(threads_before);
+    let rss_end = proc_status("VmRSS:").unwrap_or(0);
+    stop.store(true, Ordering::Release);
+    let mut received = 0;
+    for r in readers {
+        received += r.join().map_err(err)??;
+    }
+    check(durable.len() == appended, "every append became durable")?;
+    let p99_ms = durable.value_at_quantile(0.99) as f64 / 1e6;
+    let target_ms = 2.0 * interval.as_secs_f64() * 1e3 + fsync / 1e3;
+    Ok(Sample {
+        events: appended,
+        secs: elapsed,
+        latency: Some(percentiles(&durable)),
+        extra: Some(format!(
+            "{threads} threads started (the test's own 4 included), \
+             +{:.1} MiB resident after opening, +{:.1} MiB at the end, \
+             {received} records received, durable p99 {p99_ms:.1} ms against a target of \
+             {target_ms:.1} ms (2 × interval + one fdatasync of {:.2} ms)",
+            rss_open.saturating_sub(rss_before) as f64 / 1024.0,
+            rss_end.saturating_sub(rss_before) as f64 / 1024.0,
+            fsync / 1e3,
+        )),
         ..Sample::default()
     })
 }

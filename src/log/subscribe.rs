@@ -82,19 +82,22 @@ impl<T> fmt::Debug for SubscribeOptions<T> {
 }
 
 impl<T> SubscribeOptions<T> {
-    /// Subscribe from `start`, reading ahead up to 1024 records, with no
+    /// Subscribe from `start`, reading ahead up to 64 records, with no
     /// filter.
     pub fn new(start: Start) -> SubscribeOptions<T> {
         SubscribeOptions {
             start,
-            capacity: 1024,
+            capacity: 64,
             filter: None,
         }
     }
 
-    /// How many records the subscription reads and decodes ahead of the
-    /// receiver, at most (default 1024, at least 1). This bounds its memory
-    /// whatever its lag; an idle subscription gives the space back.
+    /// How many records the subscription reads and decodes at a time, ahead
+    /// of the receiver (default 64, at least 1). This bounds its memory
+    /// whatever its lag; an idle subscription gives the space back. The
+    /// default is small enough that what is decoded is still in cache when
+    /// it is handed over, and large enough that the log's lock and segment
+    /// lookup are paid once per many records.
     pub fn capacity(mut self, capacity: usize) -> SubscribeOptions<T> {
         self.capacity = capacity.max(1);
         self

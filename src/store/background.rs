@@ -6,14 +6,18 @@
 //!
 //! - one timer thread, which holds jobs until they are due (the `Interval`
 //!   syncs, and the polls of read-only logs that readers wait on);
-//! - up to [`SYNC_THREADS`] threads for short jobs (a sync, a poll): several,
+//! - up to [`SYNC_THREADS`] threads for short jobs (a sync, a poll): many,
 //!   because one log's `fdatasync` must not delay another log's deadline;
 //! - up to [`PREP_THREADS`] threads for long jobs (writing a spare segment's
 //!   zeros), kept apart so that they never hold up a sync.
 //!
 //! Threads are started as work arrives and none is free, up to these bounds,
-//! and then stay for the life of the process: seven in all, whatever the
-//! number of logs.
+//! and then stay for the life of the process: fifteen in all, whatever the
+//! number of logs. Twelve for syncs, because a process with a thousand
+//! `Interval` logs each appended to ten times a second needs about ten
+//! thousand `fdatasync`s a second, and concurrent syncs of different files
+//! share the file system's journal commits: measured on ext4, twelve
+//! threads sync about twice as many files a second as four.
 //!
 //! A job belongs to one log through its [`Jobs`] gate: the log's last handle
 //! closes the gate and waits for the log's jobs in flight, so no work of a
@@ -25,7 +29,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Threads for short jobs.
-pub(crate) const SYNC_THREADS: usize = 4;
+pub(crate) const SYNC_THREADS: usize = 12;
 /// Threads for long jobs.
 pub(crate) const PREP_THREADS: usize = 2;
 

@@ -75,9 +75,22 @@ impl Notifier {
     /// act on changed (records were buffered, or the log is closing).
     #[inline]
     pub(crate) fn wake(&self) {
-        if self.state.fetch_and(!WAITING, Ordering::AcqRel) & WAITING != 0 {
+        if self.take_waiting() {
             self.wake_all();
         }
+    }
+
+    /// Takes the "someone waits" bit: whether a waiter was queued since the
+    /// last publish or wake. A caller that gets `true` owes the queued
+    /// waiters a [`wake_queued`](Notifier::wake_queued) (a publish no
+    /// longer sees the bit).
+    pub(crate) fn take_waiting(&self) -> bool {
+        self.state.fetch_and(!WAITING, Ordering::AcqRel) & WAITING != 0
+    }
+
+    /// Wakes every queued waiter, after [`take_waiting`](Notifier::take_waiting).
+    pub(crate) fn wake_queued(&self) {
+        self.wake_all();
     }
 
     /// Whether a waiter is queued (and no publish or wake has come since).

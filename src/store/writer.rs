@@ -318,13 +318,20 @@ impl<A: Active> Writer<A> {
             Durability::Interval(_) => self.commit(host, &mut w, end, false),
             Durability::Buffered => {
                 if w.buf.len() >= self.config.buffer_bytes {
-                    self.commit(host, &mut w, end, false)?;
+                    self.commit(host, &mut w, end, false)
+                } else if host.notifier().take_waiting() {
+                    // A reader has caught up and waits: write the buffer out
+                    // now, so the record reaches it as an `Interval` append
+                    // would. (Readers that fall behind leave appends to
+                    // collect in the buffer.) The write round's publish no
+                    // longer sees the waiting bit, so the waiters are woken
+                    // here, whatever the write's outcome.
+                    let written = self.commit(host, &mut w, end, false);
+                    host.notifier().wake_queued();
+                    written
                 } else {
-                    // Waiting readers see buffered appends: they write the
-                    // buffer out when they read.
-                    host.notifier().wake();
+                    Ok(())
                 }
-                Ok(())
             }
         }
         .map(|()| first..end)

@@ -1082,8 +1082,8 @@ impl Harness {
             "consumer {name}: subscribed at {from}, its position is {view:?}"
         );
         let what = format!("consumer {name} from {from}, log [{first}, {next})");
-        // Consumer subscriptions read ahead the default 1024 records.
-        self.add_sub(Live::Consumer(sub, name), what, from, 1024);
+        // Consumer subscriptions read ahead the default 64 records.
+        self.add_sub(Live::Consumer(sub, name), what, from, 64);
         Ok(())
     }
 
