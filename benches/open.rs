@@ -13,6 +13,10 @@
 //!   the segment and nothing torn after them. Recovery scans the records
 //!   and then searches the rest of the segment, about 64 MiB of zeros, for
 //!   anything a crash left behind them.
+//! - `open/after_close_small` and `open/after_drop_small`: a writer reopens
+//!   a log of 1,000 records in one default 64 MiB segment (`EveryAppend`)
+//!   after `close()`, or after its last handle was dropped. Each iteration
+//!   leaves it the same way for the next.
 
 mod common;
 
@@ -166,6 +170,37 @@ fn main() {
                     total += t.elapsed();
                     assert_eq!(log.next_offset(), records);
                     log.close().unwrap();
+                }
+                total
+            })
+        });
+        group.finish();
+    }
+
+    for (name, close) in [("after_close_small", true), ("after_drop_small", false)] {
+        if !selected(&format!("open/{name}")) {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = Options::new().open::<Checkout>(dir.path()).unwrap();
+        let batch: Vec<Checkout> = (0..1000).map(checkout).collect();
+        log.append_batch(&batch).unwrap();
+        log.close().unwrap();
+        let mut group = c.benchmark_group("open");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let log = Options::new().open::<Checkout>(dir.path()).unwrap();
+                    total += t.elapsed();
+                    assert_eq!(log.next_offset(), 1000);
+                    assert!(log.recovery_report().closed_cleanly, "{name}");
+                    if close {
+                        log.close().unwrap();
+                    } else {
+                        drop(log);
+                    }
                 }
                 total
             })

@@ -816,3 +816,55 @@ fn a_follower_waits_for_a_segment_that_is_still_being_created() {
     }
     log.close().unwrap();
 }
+
+/// Dropping the last handle is what most Rust code does instead of calling
+/// `close()`. It used to leave the log as a crash would, so the next open
+/// searched the newest segment's rest, rewrote its tail and rebuilt its
+/// index (40 to 70 ms for a small log, against a few after a close). A drop
+/// now records a clean shutdown whenever every record is durable, and says
+/// in the next open's report when it could not.
+#[test]
+fn a_drop_with_every_record_durable_is_as_clean_as_a_close() {
+    let cases = [
+        ("EveryAppend", Durability::EveryAppend, false, true),
+        (
+            "Interval, synced",
+            Durability::Interval(Duration::from_secs(60)),
+            true,
+            true,
+        ),
+        (
+            "Interval, not synced yet",
+            Durability::Interval(Duration::from_secs(60)),
+            false,
+            false,
+        ),
+        ("Buffered, synced", Durability::Buffered, true, true),
+        ("Buffered, not synced", Durability::Buffered, false, false),
+    ];
+    for (what, durability, sync, clean) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || Options::new().durability(durability);
+        let log = open_raw(dir.path(), options()).unwrap();
+        for i in 0..100 {
+            log.append(&payload(3, i)).unwrap();
+        }
+        if sync {
+            log.sync().unwrap();
+        }
+        drop(log);
+        let log = open_raw(dir.path(), options()).unwrap();
+        let report = log.recovery_report();
+        assert_eq!(report.closed_cleanly, clean, "{what}: {report:?}");
+        assert!(report.is_clean(), "{what}: {report:?}");
+        if clean {
+            assert_eq!(report.scanned_bytes, 0, "{what}: nothing to scan");
+        }
+        // Nothing was lost either way: the records reached the OS.
+        let records = read_all(&log).unwrap();
+        assert_eq!(records.len(), 100, "{what}");
+        log.close().unwrap();
+        let log = open_raw(dir.path(), options()).unwrap();
+        assert!(log.recovery_report().closed_cleanly, "{what}: after close");
+    }
+}

@@ -380,7 +380,14 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             // out, and a follower looks for the writer's new records.
             end = match store.readable_end() {
                 Ok(end) => end,
-                // Reads go on up to what was published before a failure.
+                // What was published before a failure was read; the failure
+                // (a follower meeting a damaged segment, say) ends the
+                // subscription.
+                Err(e) if store.notifier().end() <= reader.cursor.next => {
+                    reader.batch.push_back(Err(e));
+                    reader.ended = true;
+                    return true;
+                }
                 Err(_) => store.notifier().end(),
             };
         }

@@ -178,6 +178,17 @@ impl File {
         dispatch!(self, File, f => f.len())
     }
 
+    /// The bytes the file system has allocated to the file, if the backend
+    /// can tell (`st_blocks` on Unix): holes take none, and read as zeros.
+    pub(crate) fn allocated_len(&self) -> Option<u64> {
+        match self {
+            File::Os(f) => f.allocated_len(),
+            // The simulator stores holes as zeros: it cannot tell.
+            #[cfg(any(test, fuzzing, backbone_sim))]
+            File::Sim(_) => None,
+        }
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`, or fails.
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         dispatch!(self, File, f => f.read_at(buf, offset))

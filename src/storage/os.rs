@@ -126,6 +126,19 @@ impl OsFile {
         Ok(self.file.metadata()?.len())
     }
 
+    pub(crate) fn allocated_len(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // `st_blocks` counts 512-byte units, whatever the block size.
+            self.file.metadata().ok().map(|m| m.blocks() * 512)
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         #[cfg(unix)]
         {

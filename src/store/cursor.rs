@@ -45,11 +45,13 @@ impl RawCursor {
             trailing: None,
             done: false,
         };
+        // What cannot be made readable (a follower meeting a damaged next
+        // segment) is reported after the records that can.
         let end = match store.readable_end() {
             Ok(end) => end,
             Err(e) => {
-                cursor.pending = Some(e);
-                return cursor;
+                cursor.trailing = Some(e);
+                store.notifier().end()
             }
         };
         let first = store.first_offset();
@@ -74,7 +76,9 @@ impl RawCursor {
         };
         cursor.next = next;
         cursor.end = end;
-        cursor.trailing = store.lost_tail();
+        if cursor.trailing.is_none() {
+            cursor.trailing = store.lost_tail();
+        }
         cursor
     }
 

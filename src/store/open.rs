@@ -51,6 +51,12 @@ pub struct RecoveryReport {
     /// Indexes rebuilt from their segments because they were missing or
     /// damaged.
     pub rebuilt_indexes: Vec<PathBuf>,
+    /// How the log was left: `true` when its last writer closed it, or
+    /// dropped its last handle with every record durable (so nothing was
+    /// written past its records); `false` after a crash, or a drop with
+    /// records not yet durable (a `Buffered` log not synced, an `Interval`
+    /// log before its sync), which recovery handles as a crash.
+    pub closed_cleanly: bool,
 }
 
 impl RecoveryReport {

@@ -30,9 +30,6 @@ use crate::format::{
 use crate::options::{Options, RecoveryMode};
 use crate::storage::{remove_if_exists, File, OpenMode, Storage};
 
-/// How far past the end of a closed segment recovery looks for stray bytes.
-const CLOSED_PROBE: usize = 4096;
-
 /// What recovery of one newest segment found, before anything is changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
@@ -53,18 +50,28 @@ pub(crate) struct Plan {
     /// Bytes past `end_pos` that are not zero: `end_pos + cut_len` is the
     /// end of what must be saved before it is cut.
     pub(crate) cut_len: Option<u64>,
+    /// The writer closed the segment cleanly (a closed watermark that the
+    /// records end exactly at): everything in it was synced, so nothing
+    /// past the records needs rewriting.
+    pub(crate) closed: bool,
 }
+
+/// The block size below which holes are assumed: a file system allocates
+/// at least this much at a time.
+const BLOCK: u64 = 4096;
 
 /// Works out where the intact records of a newest segment end.
 ///
 /// `bytes` is the whole segment, `existing` the index entries found on disk
-/// (`None` if the index is missing or damaged). Errors only in
+/// (`None` if the index is missing or damaged), `allocated` the bytes the
+/// file system has allocated to the file, if known. Errors only in
 /// [`RecoveryMode::Strict`], when the durable part before the watermark
 /// does not check out: that is damage, not a crash.
 pub(crate) fn plan(
     bytes: &[u8],
     base: u64,
     existing: Option<Vec<IndexEntry>>,
+    allocated: Option<u64>,
     scan_all: bool,
     options: &Options,
     config: &SegmentConfig,
@@ -132,22 +139,27 @@ pub(crate) fn plan(
         },
     );
     // Anything after the end is an unfinished write (or, when scanning the
-    // whole segment on request, damage). After a close or a seal nothing was
-    // written past the watermark, so a look at the next page is enough to
-    // catch damage there. After a crash, what the writer had issued may lie
-    // anywhere past the end, behind zeros (a page that never reached the
-    // disk, or media damage among records written after the last
-    // watermark), so the whole rest of the segment is searched. (Damage
-    // where the scan stopped means non-zero bytes there, so a cut that names
-    // damage always has bytes to save.)
+    // whole segment on request, damage). After a crash, what the writer had
+    // issued may lie anywhere past the end, behind zeros (a page that never
+    // reached the disk, or media damage among records written after the
+    // last watermark); after a clean close nothing should, but media damage
+    // may have put bytes there since. Either way every non-zero byte is
+    // saved and reported before it is cut, so the whole rest of the segment
+    // is searched (5 to 10 ms for 64 MiB of zeros) unless the file system
+    // says it holds no data there: after a clean close, a sparse file whose
+    // allocated bytes do not reach past the block after the records has
+    // only holes beyond it, which read as zeros. (Damage where the scan
+    // stopped means non-zero bytes there, so a cut that names damage always
+    // has bytes to save.)
     let closed = watermark.is_some_and(|w| w.closed && w.pos == end.pos);
-    let rest = &bytes[end.pos as usize..];
-    let probe = &rest[..rest.len().min(CLOSED_PROBE)];
-    let last = if closed && !probe.iter().any(|&b| b != 0) {
-        None
-    } else {
-        last_nonzero(rest)
+    let holes_from = (end.pos.div_ceil(BLOCK) + 1) * BLOCK;
+    let rest = match allocated {
+        Some(allocated) if closed && allocated <= holes_from => {
+            &bytes[end.pos as usize..(holes_from as usize).min(bytes.len())]
+        }
+        _ => &bytes[end.pos as usize..],
     };
+    let last = last_nonzero(rest);
     Ok(Plan {
         scan_from: start_pos,
         end_pos: end.pos,
@@ -157,6 +169,7 @@ pub(crate) fn plan(
         entries: kept,
         index_rebuilt,
         cut_len: last.map(|last| last as u64 + 1),
+        closed,
     })
 }
 
@@ -202,7 +215,8 @@ pub(crate) fn recover(
     segment::check_header(&bytes, &path, base)?;
     let index_path = dir.join(format::index_name(base));
     let existing = existing_entries(storage, &index_path, base, capacity, mode, options);
-    let plan = plan(&bytes, base, existing, scan_all, options, config).map_err(
+    let allocated = file.allocated_len();
+    let plan = plan(&bytes, base, existing, allocated, scan_all, options, config).map_err(
         |(position, offset, kind)| Error::Corrupt {
             path: path.clone(),
             position,
@@ -214,6 +228,7 @@ pub(crate) fn recover(
         report.rebuilt_indexes.push(index_path.clone());
     }
     report.scanned_bytes = plan.end_pos - plan.scan_from;
+    report.closed_cleanly = plan.closed;
     let tail = Tail {
         pos: plan.end_pos,
         next: plan.next,
@@ -250,7 +265,14 @@ pub(crate) fn recover(
     }
     bytes.release();
     drop(map);
-    apply(&file, &path, &header, &rescanned, &plan, capacity)?;
+    if plan.closed && plan.cut_len.is_none() {
+        // A clean close synced everything, and nothing lies past the
+        // records: only the closed mark is cleared (durably, before any
+        // append can put a record past it).
+        reopen_closed(&file, &path, &plan)?;
+    } else {
+        apply(&file, &path, &header, &rescanned, &plan, capacity)?;
+    }
     let map = file.map(capacity).map_err(io("map"))?;
     let index_len = index::file_len_for(capacity, options.index_interval_bytes);
     let index = rewrite_index(
@@ -322,6 +344,12 @@ fn apply(
     // this sync fails, the old watermark still stands and the next open
     // scans (and rewrites) the tail again.
     file.sync_data().map_err(io("fdatasync"))?;
+    reopen_closed(file, path, plan)
+}
+
+/// Writes the plan's end as the durable watermark, not closed, and syncs it.
+fn reopen_closed(file: &File, path: &Path, plan: &Plan) -> Result<()> {
+    let io = |op: &'static str| move |e| Error::io(op, path, e);
     let mark = Watermark {
         pos: plan.end_pos,
         next: plan.next,
@@ -484,7 +512,7 @@ mod tests {
         let mut bytes = frames(0, 5);
         let end = bytes.len() as u64;
         bytes.resize(8192, 0);
-        let plan = plan(&bytes, 0, None, false, &Options::new(), &config()).unwrap();
+        let plan = plan(&bytes, 0, None, None, false, &Options::new(), &config()).unwrap();
         assert_eq!((plan.end_pos, plan.next, plan.last_ts), (end, 5, 1_004));
         assert_eq!(plan.cut_len, None);
         assert!(plan.index_rebuilt);
@@ -501,14 +529,14 @@ mod tests {
         bytes.resize(64 << 10, 0);
         bytes[end + 2] = 7;
         bytes[60 << 10] = 9;
-        let plan = plan(&bytes, 0, None, false, &Options::new(), &config()).unwrap();
+        let plan = plan(&bytes, 0, None, None, false, &Options::new(), &config()).unwrap();
         assert_eq!(plan.end_pos, end as u64);
         assert_eq!(plan.cut_len, Some((60 << 10) as u64 - end as u64 + 1));
         assert!(plan.damage.is_some());
     }
 
     #[test]
-    fn a_closed_watermark_spares_the_search_past_the_probe() {
+    fn stray_bytes_far_past_a_clean_close_are_found() {
         let mut bytes = frames(0, 3);
         let end = bytes.len() as u64;
         bytes.resize(64 << 10, 0);
@@ -522,15 +550,48 @@ mod tests {
             .copy_from_slice(&format::encode_watermark(&mark));
         bytes[60 << 10] = 9;
         let options = Options::new();
-        let plan = plan(&bytes, 0, None, false, &options, &config()).unwrap();
-        assert_eq!(
-            (plan.scan_from, plan.end_pos, plan.cut_len),
-            (end, end, None)
-        );
-        // The same stray byte inside the probe is found.
-        bytes[end as usize + 100] = 1;
-        let plan = super::plan(&bytes, 0, None, false, &options, &config()).unwrap();
+        let plan = plan(&bytes, 0, None, None, false, &options, &config()).unwrap();
+        assert_eq!((plan.scan_from, plan.end_pos), (end, end));
+        assert!(plan.closed);
         assert_eq!(plan.cut_len, Some((60 << 10) as u64 - end + 1));
+        bytes[60 << 10] = 0;
+        let plan = super::plan(&bytes, 0, None, None, false, &options, &config()).unwrap();
+        assert_eq!((plan.closed, plan.cut_len), (true, None));
+    }
+
+    #[test]
+    fn after_a_clean_close_holes_past_the_records_are_not_read() {
+        let mut bytes = frames(0, 3);
+        let end = bytes.len() as u64;
+        bytes.resize(64 << 10, 0);
+        let mark = Watermark {
+            pos: end,
+            next: 3,
+            last_ts: 1_002,
+            closed: true,
+        };
+        bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN]
+            .copy_from_slice(&format::encode_watermark(&mark));
+        // A byte in the block after the records is always read; one past it
+        // only when the file system has data there.
+        bytes[BLOCK as usize + 5] = 7;
+        bytes[60 << 10] = 9;
+        let options = Options::new();
+        let sparse = Some(2 * BLOCK);
+        let plan = plan(&bytes, 0, None, sparse, false, &options, &config()).unwrap();
+        assert_eq!(plan.cut_len, Some(BLOCK + 5 - end + 1));
+        let full = Some(64 << 10);
+        let plan = super::plan(&bytes, 0, None, full, false, &options, &config()).unwrap();
+        assert_eq!(plan.cut_len, Some((60 << 10) - end + 1));
+        // Not closed: the allocation is no reason to look less far.
+        bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN].copy_from_slice(
+            &format::encode_watermark(&Watermark {
+                closed: false,
+                ..mark
+            }),
+        );
+        let plan = super::plan(&bytes, 0, None, sparse, false, &options, &config()).unwrap();
+        assert_eq!(plan.cut_len, Some((60 << 10) - end + 1));
     }
 
     #[test]
@@ -545,13 +606,13 @@ mod tests {
         };
         bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN]
             .copy_from_slice(&format::encode_watermark(&mark));
-        let strict = plan(&bytes, 0, None, false, &Options::new(), &config());
+        let strict = plan(&bytes, 0, None, None, false, &Options::new(), &config());
         assert!(
             matches!(strict, Err((_, _, CorruptionKind::BadHeader))),
             "{strict:?}"
         );
         let salvage = Options::new().recovery(RecoveryMode::TruncateAtFirstCorruption);
-        let plan = plan(&bytes, 0, None, false, &salvage, &config()).unwrap();
+        let plan = plan(&bytes, 0, None, None, false, &salvage, &config()).unwrap();
         assert_eq!((plan.scan_from, plan.next), (RECORDS_START, 3));
     }
 }

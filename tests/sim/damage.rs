@@ -702,11 +702,11 @@ fn records_behind_a_long_zeroed_run_past_the_watermark_are_saved_and_reported() 
 }
 
 /// Close (and a roll) mark the watermark *closed*, which spares recovery
-/// the search behind the records. It must do so only when the records end
-/// exactly at a closed mark; else the search runs, and a look at the next
-/// page after a closed end still finds stray bytes there.
+/// the rewrite of the tail. It must trust the mark only when the records end
+/// exactly at it; and stray bytes after a closed end are found, saved and
+/// reported wherever they lie.
 #[test]
-fn only_a_closed_watermark_at_the_end_of_the_records_spares_the_search() {
+fn only_a_closed_watermark_at_the_end_of_the_records_is_trusted() {
     let tmp = tempfile::tempdir().unwrap();
     let template = tmp.path().join("template");
     let values = build(&Disk::Real, &template, far_options(), 2000, 1);
@@ -747,6 +747,27 @@ fn only_a_closed_watermark_at_the_end_of_the_records_spares_the_search() {
     stray[end..end + 4096].fill(0xA5);
     let what = "a page of garbage after a closed end";
     check_far_cut(&tmp, &template, seg, &stray, &values, end, what);
+}
+
+/// The story of a gap in the closed mark: after a clean close, recovery
+/// looked only 4 KiB past the records for stray bytes, and then zeroed the
+/// whole tail anyway, so bytes further out (media damage while the log was
+/// closed) were destroyed with no `.damaged` copy and a clean report. Now
+/// the rest of the segment is searched after a close too.
+#[test]
+fn stray_bytes_far_past_a_closed_end_are_saved_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let values = build(&Disk::Real, &template, far_options(), 2000, 1);
+    let seg = &layout(&Disk::Real, &template)[0];
+    assert_eq!(u32_at(&seg.bytes, 56), 1, "close marked the segment closed");
+    let end = seg.end();
+    for (at, len) in [(end + 8192, 100), (seg.bytes.len() - 10, 10)] {
+        let mut stray = seg.bytes.clone();
+        stray[at..at + len].fill(0x5A);
+        let what = format!("{len} stray bytes {} past a closed end", at - end);
+        check_far_cut(&tmp, &template, seg, &stray, &values, end, &what);
+    }
 }
 
 fn far_options() -> Options {
@@ -2211,7 +2232,7 @@ fn watermark_slots_are_checked_against_the_frames() {
 
 /// A follower that finds a new segment whose header is damaged (here, a
 /// base that differs from its name) reports it when it reads on, naming
-/// the file; the records it had stay readable by offset.
+/// the file, after every record it had; those stay readable by offset.
 #[test]
 fn a_follower_reports_a_damaged_new_segment() {
     let dir = sim_dir();
@@ -2230,6 +2251,7 @@ fn a_follower_reports_a_damaged_new_segment() {
     header.resize(4096, 0);
     storage.write_file(&path, &header);
     let (records, err) = read_until_error(&follower);
+    assert_eq!(records.len(), values.len(), "every record before the error");
     assert_run(&records, &values, 0, "read before the error");
     match err {
         Some(Error::Corrupt { path: p, kind, .. }) => {
@@ -2239,4 +2261,12 @@ fn a_follower_reports_a_damaged_new_segment() {
         other => panic!("{other:?}"),
     }
     assert_eq!(follower.get(3).unwrap().unwrap().value, values[3]);
+    // A subscription of the follower gets the records, then the error.
+    let sub = follower.subscribe(Start::Beginning).unwrap();
+    for (offset, value) in values.iter().enumerate() {
+        let rec = sub.recv().unwrap();
+        assert_eq!((rec.offset, &rec.value), (offset as u64, value));
+    }
+    assert!(matches!(sub.recv(), Err(Error::Corrupt { .. })));
+    assert!(matches!(sub.recv(), Err(Error::Closed)));
 }
