@@ -49,8 +49,10 @@
 //! - **Consumer**: [`EventLog::consumer`] is a durable, named position, so
 //!   a service resumes where it left off.
 //! - **Subscription**: [`EventLog::subscribe`] delivers history and then
-//!   every new record, live, over a bounded channel; many subscriptions
-//!   share one delivery thread per log.
+//!   every new record, live; the receiving thread reads, decodes and
+//!   filters them itself, so subscriptions cost no thread.
+//! - **Inspection**: [`inspect::Inspector`] reads any log on disk, whatever
+//!   its event type, without taking the writer's lock.
 //!
 //! # Guarantees
 //!

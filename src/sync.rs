@@ -86,6 +86,28 @@ impl<T> DerefMut for MutexGuard<'_, T> {
     }
 }
 
+/// A reader-writer lock.
+#[derive(Debug, Default)]
+pub(crate) struct RwLock<T> {
+    inner: imp::RwLock<T>,
+}
+
+impl<T> RwLock<T> {
+    pub(crate) fn new(value: T) -> RwLock<T> {
+        RwLock {
+            inner: imp::RwLock::new(value),
+        }
+    }
+
+    pub(crate) fn read(&self) -> imp::RwLockReadGuard<'_, T> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> imp::RwLockWriteGuard<'_, T> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A condition variable for a [`Mutex`].
 #[derive(Debug, Default)]
 pub(crate) struct Condvar {

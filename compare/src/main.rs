@@ -214,6 +214,11 @@ struct Sample {
     max_lag: Option<u64>,
     /// What else this repetition measured, for the row's note.
     extra: Option<String>,
+    /// The p99 latency of the in-memory limit measured just before this
+    /// repetition, on the same events: the row's ratio is the median of
+    /// the per-repetition ratios, so that the machine's state (these
+    /// machines are shared) weighs on both sides alike.
+    paired_p99: Option<f64>,
 }
 
 impl Sample {
@@ -302,11 +307,16 @@ impl Bench<'_> {
             None
         };
         let max_lag = samples.iter().filter_map(|s| s.max_lag).max();
+        let paired = samples
+            .iter()
+            .map(|s| Some(s.latency?[1] / s.paired_p99?))
+            .collect::<Option<Vec<f64>>>()
+            .map(median);
         let extras: Vec<&str> = samples.iter().filter_map(|s| s.extra.as_deref()).collect();
         let note = if extras.is_empty() {
             note.to_owned()
         } else {
-            format!("{note}; per run: {}", extras.join(" | "))
+            format!("{note}; per run: {}", extras.join(" / "))
         };
         let row = Row {
             system: system.to_owned(),
@@ -315,7 +325,7 @@ impl Bench<'_> {
             events: samples[0].events,
             events_per_sec: eps,
             samples: rates,
-            ratio_to_limit: None,
+            ratio_to_limit: paired,
             fsyncs,
             latency_us: latency,
             max_lag,
@@ -356,6 +366,14 @@ impl Bench<'_> {
             })
             .collect();
         for row in &mut self.rows {
+            if row.ratio_to_limit.is_some() {
+                // Paired with its limit, repetition by repetition.
+                row.note = format!(
+                    "{}; p99 ratio: median over the repetitions of each against a limit run just before it",
+                    row.note
+                );
+                continue;
+            }
             if let Some(limit) = &row.limit {
                 if let Some((eps, lat)) = by_label.get(limit) {
                     row.ratio_to_limit = match (row.latency_us, lat) {
@@ -653,16 +671,44 @@ fn check(ok: bool, what: &str) -> R<()> {
 /// a bounded crossbeam channel per receiver; each receiver decodes. With
 /// more than 4 receivers the rate counts deliveries (events × receivers).
 fn crossbeam_fanout(data: &Data, n: usize, pace: Option<u64>, receivers: usize) -> R<Sample> {
+    crossbeam_fanout_with(data, n, pace, receivers, false)
+}
+
+/// As [`crossbeam_fanout`]; with `select`, each receiver waits in a
+/// `select!` over its channel and a shutdown channel, as a service does.
+fn crossbeam_fanout_with(
+    data: &Data,
+    n: usize,
+    pace: Option<u64>,
+    receivers: usize,
+    select: bool,
+) -> R<Sample> {
     let base = Instant::now();
     let mut senders = Vec::new();
     let mut handles = Vec::new();
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(1);
     for _ in 0..receivers {
         let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<[u8]>)>(1024);
         senders.push(tx);
+        let stop = stop.clone();
         handles.push(std::thread::spawn(move || -> R<(u64, Histogram<u64>)> {
             let mut h = hist();
             let mut count = 0;
-            for (sent, bytes) in rx {
+            loop {
+                let (sent, bytes) = if select {
+                    crossbeam_channel::select! {
+                        recv(rx) -> item => match item {
+                            Ok(item) => item,
+                            Err(_) => break,
+                        },
+                        recv(stop) -> _ => return Err("stopped early".into()),
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(item) => item,
+                        Err(_) => break,
+                    }
+                };
                 let value = decode(&bytes)?;
                 let now = base.elapsed().as_nanos() as u64;
                 h.saturating_record(now.saturating_sub(sent).max(1));
@@ -687,6 +733,7 @@ fn crossbeam_fanout(data: &Data, n: usize, pace: Option<u64>, receivers: usize) 
     }
     drop(senders);
     let mut all = hist();
+    let _keep_stop_open = &stop_tx;
     for h in handles {
         let (count, h) = h.join().map_err(err)??;
         check(count == n as u64, "fan-out count")?;
@@ -1028,6 +1075,12 @@ impl FanOut {
 }
 
 fn bb_fanout(data: &Data, run: &FanOut) -> R<Sample> {
+    let paired_p99 = match run.pace {
+        Some(pace) => crossbeam_fanout_with(data, run.n, Some(pace), run.subs, run.select)?
+            .latency
+            .map(|l| l[1]),
+        None => None,
+    };
     let n = run.n;
     let dir = tmp()?;
     let log = bb_open(dir.path(), run.durability)?;
@@ -1111,8 +1164,20 @@ fn bb_fanout(data: &Data, run: &FanOut) -> R<Sample> {
         secs,
         latency: run.pace.map(|_| percentiles(&all)),
         max_lag: Some(max_lag.load(Ordering::Relaxed)),
+        paired_p99,
         ..Sample::default()
     })
+}
+
+/// The crate's threads in this process (its background pool's, by name).
+fn crate_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("backbone-"))
+        .count()
 }
 
 /// A line of /proc/self/status, in kB or as a count.
@@ -1142,7 +1207,6 @@ fn many_logs(logs: usize, interval: Duration, per_sec: u64, secs: Duration) -> R
         }
         median(times)
     };
-    let threads_before = proc_status("Threads:").unwrap_or(0);
     let rss_before = proc_status("VmRSS:").unwrap_or(0);
     let mut opened = Vec::with_capacity(logs);
     for i in 0..logs {
@@ -1220,9 +1284,7 @@ fn many_logs(logs: usize, interval: Duration, per_sec: u64, secs: Duration) -> R
         appended += a.join().map_err(err)??;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let threads = proc_status("Threads:")
-        .unwrap_or(0)
-        .saturating_sub(threads_before);
+    let threads = crate_threads();
     let rss_end = proc_status("VmRSS:").unwrap_or(0);
     stop.store(true, Ordering::Release);
     let mut received = 0;
@@ -1237,7 +1299,7 @@ fn many_logs(logs: usize, interval: Duration, per_sec: u64, secs: Duration) -> R
         secs: elapsed,
         latency: Some(percentiles(&durable)),
         extra: Some(format!(
-            "{threads} threads started (the test's own 4 included), \
+            "{threads} crate threads in the process, \
              +{:.1} MiB resident after opening, +{:.1} MiB at the end, \
              {received} records received, durable p99 {p99_ms:.1} ms against a target of \
              {target_ms:.1} ms (2 × interval + one fdatasync of {:.2} ms)",

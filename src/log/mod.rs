@@ -269,13 +269,13 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the delivery thread cannot be started. Errors met
-    /// while reading arrive through the subscription.
+    /// [`Error::Closed`] if the log was closed. Errors met while reading
+    /// arrive through the subscription.
     pub fn subscribe(&self, start: Start) -> Result<Subscription<T, C>> {
         self.subscribe_with(SubscribeOptions::new(start))
     }
 
-    /// A live subscription with a start, a channel capacity and a filter.
+    /// A live subscription with a start, a read-ahead capacity and a filter.
     ///
     /// # Errors
     ///

@@ -198,6 +198,9 @@ enum Look<T> {
 impl<T, C: Codec<T>> Subscription<T, C> {
     pub(crate) fn new(log: &EventLog<T, C>, options: SubscribeOptions<T>) -> Result<Self> {
         let store = log.store();
+        if store.is_shut_down() {
+            return Err(Error::Closed);
+        }
         let cursor = RawCursor::subscription(store, options.start);
         let (sender, ready) = crossbeam_channel::bounded(1);
         let signal = Arc::new(Signal {
@@ -211,6 +214,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         // fires and its `try_recv` looks.
         let _ = signal.ready.try_send(());
         let waiter = Waiter::new(std::task::Waker::from(signal.clone()));
+        store.notifier().join(&waiter);
         Ok(Subscription {
             store: Arc::downgrade(store),
             codec: log.codec().clone(),
@@ -466,7 +470,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
 impl<T, C> Drop for Subscription<T, C> {
     fn drop(&mut self) {
         if let Some(store) = self.store.upgrade() {
-            store.notifier().deregister(&self.waiter);
+            store.notifier().leave(&self.waiter);
         }
     }
 }

@@ -526,6 +526,7 @@ impl Wake for Unpark {
 /// parked forever, which loom reports as a deadlock.
 fn read_until(notifier: &Notifier, target: u64, register_first: bool) {
     let waiter = Waiter::new(Waker::from(Arc::new(Unpark(thread::current()))));
+    notifier.join(&waiter);
     loop {
         if notifier.end() >= target {
             return;
@@ -580,6 +581,7 @@ fn a_wake_without_a_new_end_wakes_waiters_too() {
             let (notifier, flag) = (notifier.clone(), flag.clone());
             thread::spawn(move || {
                 let waiter = Waiter::new(Waker::from(Arc::new(Unpark(thread::current()))));
+                notifier.join(&waiter);
                 while !flag.load(Ordering::SeqCst) {
                     notifier.register(&waiter);
                     if flag.load(Ordering::SeqCst) {

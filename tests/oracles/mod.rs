@@ -1505,7 +1505,7 @@ impl Api {
             // log the armed fault has already poisoned says so first. The
             // fault may have struck a flush the oracle did not see fail: a
             // read's (which keeps what was published and reads on) or one
-            // on a subscription's delivery thread.
+            // by a subscription's read.
             (Err(e), too_large) if self.armed && e.io_kind().is_some() => {
                 self.m.maybe = match too_large {
                     None => batch.to_vec(),

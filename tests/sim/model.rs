@@ -20,11 +20,12 @@
 //! unless it was past what the crash may take; every subscription ends with
 //! `Error::Closed` when the log goes; and consumer subscriptions, opened
 //! again after a reopen or a crash, resume at their last durable commit.
-//! (Subscriptions deliver on the log's background thread: nothing here
-//! depends on when; a poll takes whatever has arrived, and only a catch-up
-//! waits, with a generous timeout, for what must come. Under `Buffered`
-//! that thread also writes the buffer out when it reads, so with live
-//! subscriptions a seed's crash images can depend on thread timing.)
+//! (Subscriptions read on the receiving thread, which here is the test's:
+//! a poll takes whatever is there, and only a catch-up waits, with a
+//! generous timeout, for what must come. Under `Buffered` a receive writes
+//! the buffer out when it has read everything else, as an append does when
+//! a subscriber waits; `Interval` syncs run on the shared background
+//! threads, so with them a seed's crash images can depend on timing.)
 //!
 //! Knobs: `PROPTEST_CASES` (default 256) and `BACKBONE_SIM_CRASHES` (seeds
 //! of the power-loss campaign, default 2,000).
@@ -54,9 +55,9 @@ const NAMES: [&str; 3] = ["inventory", "shipping", "analytics"];
 const INTERVAL: Duration = Duration::from_secs(3600);
 /// Live subscriptions at most; a new one beyond replaces the oldest.
 const MAX_SUBS: usize = 6;
-/// How long a record that must come may take to arrive: generous, as the
-/// delivery thread may be descheduled on a loaded machine. Only reached on
-/// a bug (a stalled subscription, one that never ends).
+/// How long a record that must come may take to arrive: generous, as a
+/// loaded machine may deschedule the threads involved. Only reached on a
+/// bug (a stalled subscription, one that never ends).
 const MUST_ARRIVE: Duration = Duration::from_secs(10);
 
 macro_rules! ensure {
@@ -1163,7 +1164,7 @@ impl Harness {
     }
 
     /// Takes up to `max` records that have arrived (never waiting for any
-    /// beyond `wait`: how many arrived depends on the delivery thread).
+    /// beyond `wait`).
     fn poll(&mut self, sub: usize, max: u8, wait: Duration, commit: bool) -> Result<(), String> {
         if self.subs.is_empty() {
             return Ok(());
