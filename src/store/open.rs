@@ -145,6 +145,14 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
             })
         }
     };
+    let opened = |sealed, (active, tail), report| Opened {
+        lock,
+        meta,
+        sealed,
+        active,
+        tail,
+        report,
+    };
     let mut segments = listing.segments;
     if !options.read_only {
         tidy(
@@ -176,33 +184,8 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
                 reason: "it has no segment files",
             });
         }
-        let active = Segment::create(
-            storage,
-            dir,
-            fresh_base,
-            options.segment_bytes,
-            0,
-            &config,
-            None,
-        )?;
-        storage
-            .sync_dir(dir)
-            .map_err(|e| Error::io("fsync directory", dir, e))?;
-        let tail = Tail {
-            pos: RECORDS_START,
-            next: fresh_base,
-            last_ts: 0,
-            index_count: 0,
-            index_last_pos: None,
-        };
-        return Ok(Opened {
-            lock,
-            meta,
-            sealed: Vec::new(),
-            active,
-            tail,
-            report,
-        });
+        let first = create_first(options, dir, fresh_base, &config)?;
+        return Ok(opened(Vec::new(), first, report));
     };
     let sealed = segments[..segments.len() - 1].to_vec();
     let (active, tail) = tail::recover(
@@ -223,14 +206,30 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
             .sync_dir(dir)
             .map_err(|e| Error::io("fsync directory", dir, e))?;
     }
-    Ok(Opened {
-        lock,
-        meta,
-        sealed,
-        active,
-        tail,
-        report,
-    })
+    Ok(opened(sealed, (active, tail), report))
+}
+
+/// Starts a log with no segment left (a new one, or one whose only
+/// segments were unfinished creates) with an empty segment at `base`.
+fn create_first(
+    options: &Options,
+    dir: &Path,
+    base: u64,
+    config: &SegmentConfig,
+) -> Result<(Segment, Tail)> {
+    let storage = &options.storage;
+    let active = Segment::create(storage, dir, base, options.segment_bytes, 0, config, None)?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    let tail = Tail {
+        pos: RECORDS_START,
+        next: base,
+        last_ts: 0,
+        index_count: 0,
+        index_last_pos: None,
+    };
+    Ok((active, tail))
 }
 
 /// Lists the directory (creating it for a writer), refuses one that is not

@@ -28,7 +28,7 @@ use crate::format::{
     self, decode_watermark, IndexEntry, Watermark, INDEX_HEADER_LEN, RECORDS_START, WATERMARK_AT,
 };
 use crate::options::{Options, RecoveryMode};
-use crate::storage::{remove_if_exists, File, OpenMode, Storage};
+use crate::storage::{remove_if_exists, File, Map, OpenMode, Storage};
 
 /// What recovery of one newest segment found, before anything is changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,53 +76,14 @@ pub(crate) fn plan(
     options: &Options,
     config: &SegmentConfig,
 ) -> std::result::Result<Plan, (u64, u64, CorruptionKind)> {
-    let capacity = bytes.len() as u64;
-    // Scan from the durable watermark: everything before it was synced.
-    let watermark = decode_watermark(bytes)
-        .filter(|w| w.pos >= RECORDS_START && w.pos <= capacity && w.next >= base && !scan_all);
-    let (mut start_pos, mut start_next, mut start_ts) = match watermark {
-        Some(w) => (w.pos, w.next, Some(w.last_ts)),
-        None => (RECORDS_START, base, None),
-    };
-    // Index entries before the scan start are kept (each is validated when
-    // used); entries for the scanned records are regenerated.
     let index_rebuilt = existing.is_none();
-    let mut kept = match existing {
-        Some(entries) => entries
-            .into_iter()
-            .filter(|e| u64::from(e.pos) < start_pos)
-            .collect(),
-        None => segment::rebuild_entries(&bytes[..start_pos as usize], base, config),
-    };
-    // A watermark is written by this crate after the data before it was
-    // synced, so it must agree with the frames: walking them from the last
-    // index entry (or the first record) must land exactly on it. One that
-    // does not is damage (or a misdirected write), not a crash.
-    if let Some(w) = &watermark {
-        if let Err((position, offset, kind)) =
-            frames_reach(bytes, &kept, base, w, config.max_payload)
-        {
-            if options.recovery == RecoveryMode::Strict {
-                // The walk trusts length and offset fields; to name the
-                // first damaged record, check the CRCs up to where it
-                // stopped (damage the scan finds lies before that point).
-                let limit = (position as usize).min(bytes.len());
-                let first = scan(
-                    &bytes[..limit],
-                    RECORDS_START,
-                    base,
-                    config.max_payload,
-                    |_, _| {},
-                );
-                return Err(match first.damage {
-                    Some(damage) => (first.pos, first.next, damage),
-                    None => (position, offset, kind),
-                });
-            }
-            kept.clear();
-            (start_pos, start_next, start_ts) = (RECORDS_START, base, None);
-        }
-    }
+    let Start {
+        watermark,
+        pos: start_pos,
+        next: start_next,
+        last_ts: start_ts,
+        mut kept,
+    } = scan_start(bytes, base, existing, scan_all, options, config)?;
     let mut builder = IndexBuilder::new(
         options.index_interval_bytes,
         kept.last().map(|e| u64::from(e.pos)),
@@ -173,6 +134,82 @@ pub(crate) fn plan(
     })
 }
 
+/// Where the scan of a newest segment starts, and the index entries kept
+/// before it.
+struct Start {
+    /// The durable watermark, if it is intact and trusted.
+    watermark: Option<Watermark>,
+    pos: u64,
+    next: u64,
+    last_ts: Option<u64>,
+    kept: Vec<IndexEntry>,
+}
+
+/// Scans start from the durable watermark: everything before it was synced.
+/// Index entries before it are kept (each is validated when used); entries
+/// for the scanned records are regenerated.
+fn scan_start(
+    bytes: &[u8],
+    base: u64,
+    existing: Option<Vec<IndexEntry>>,
+    scan_all: bool,
+    options: &Options,
+    config: &SegmentConfig,
+) -> std::result::Result<Start, (u64, u64, CorruptionKind)> {
+    let capacity = bytes.len() as u64;
+    let watermark = decode_watermark(bytes)
+        .filter(|w| w.pos >= RECORDS_START && w.pos <= capacity && w.next >= base && !scan_all);
+    // A scan from the first record regenerates every index entry.
+    let from_first = || Start {
+        watermark: None,
+        pos: RECORDS_START,
+        next: base,
+        last_ts: None,
+        kept: Vec::new(),
+    };
+    let Some(w) = watermark else {
+        return Ok(from_first());
+    };
+    let kept: Vec<IndexEntry> = match existing {
+        Some(entries) => entries
+            .into_iter()
+            .filter(|e| u64::from(e.pos) < w.pos)
+            .collect(),
+        None => segment::rebuild_entries(&bytes[..w.pos as usize], base, config),
+    };
+    // A watermark is written by this crate after the data before it was
+    // synced, so it must agree with the frames: walking them from the last
+    // index entry (or the first record) must land exactly on it. One that
+    // does not is damage (or a misdirected write), not a crash.
+    match frames_reach(bytes, &kept, base, &w, config.max_payload) {
+        Ok(()) => Ok(Start {
+            watermark: Some(w),
+            pos: w.pos,
+            next: w.next,
+            last_ts: Some(w.last_ts),
+            kept,
+        }),
+        Err((position, offset, kind)) if options.recovery == RecoveryMode::Strict => {
+            // The walk trusts length and offset fields; to name the first
+            // damaged record, check the CRCs up to where it stopped (damage
+            // the scan finds lies before that point).
+            let limit = (position as usize).min(bytes.len());
+            let first = scan(
+                &bytes[..limit],
+                RECORDS_START,
+                base,
+                config.max_payload,
+                |_, _| {},
+            );
+            Err(match first.damage {
+                Some(damage) => (first.pos, first.next, damage),
+                None => (position, offset, kind),
+            })
+        }
+        Err(_) => Ok(from_first()),
+    }
+}
+
 /// Brings the newest segment at `base` (a file of `len` bytes) to its
 /// longest intact prefix and opens it for appending, or, read-only, for
 /// following.
@@ -187,13 +224,12 @@ pub(crate) fn recover(
     config: &SegmentConfig,
     report: &mut RecoveryReport,
 ) -> Result<(Segment, Tail)> {
-    let read_only = options.read_only;
     let path = dir.join(format::segment_name(base));
     let io = |op: &'static str| {
         let path = path.clone();
         move |e| Error::io(op, path, e)
     };
-    let mode = if read_only {
+    let mode = if options.read_only {
         OpenMode::ReadOnly
     } else {
         OpenMode::Existing
@@ -201,7 +237,7 @@ pub(crate) fn recover(
     let file = storage
         .open(&path, mode, options.file_mode)
         .map_err(io("open"))?;
-    let capacity = if read_only {
+    let capacity = if options.read_only {
         len
     } else {
         let capacity = len.max(options.segment_bytes);
@@ -211,19 +247,21 @@ pub(crate) fn recover(
         capacity
     };
     let map = file.map(capacity).map_err(io("map"))?;
-    let bytes = map.bytes();
-    segment::check_header(&bytes, &path, base)?;
     let index_path = dir.join(format::index_name(base));
-    let existing = existing_entries(storage, &index_path, base, capacity, mode, options);
-    let allocated = file.allocated_len();
-    let plan = plan(&bytes, base, existing, allocated, scan_all, options, config).map_err(
-        |(position, offset, kind)| Error::Corrupt {
-            path: path.clone(),
-            position,
-            offset: Some(offset),
-            kind,
-        },
-    )?;
+    let plan = {
+        let bytes = map.bytes();
+        segment::check_header(&bytes, &path, base)?;
+        let existing = existing_entries(storage, &index_path, base, capacity, mode, options);
+        let allocated = file.allocated_len();
+        plan(&bytes, base, existing, allocated, scan_all, options, config).map_err(
+            |(position, offset, kind)| Error::Corrupt {
+                path: path.clone(),
+                position,
+                offset: Some(offset),
+                kind,
+            },
+        )?
+    };
     if plan.index_rebuilt {
         report.rebuilt_indexes.push(index_path.clone());
     }
@@ -236,43 +274,16 @@ pub(crate) fn recover(
         index_count: plan.entries.len() as u64,
         index_last_pos: plan.entries.last().map(|e| u64::from(e.pos)),
     };
-    if read_only {
-        bytes.release();
+    let end = (plan.end_pos, plan.next);
+    if options.read_only {
         // A follower never writes; it keeps the index it checked in memory.
         let index = Index::memory(&plan.entries);
-        let end = (plan.end_pos, plan.next);
         let segment = Segment::from_recovered(dir, base, file, map, end, index, config.max_payload);
         return Ok((segment, tail));
     }
-    // The records scanned past the old watermark are read from the page
-    // cache, which after a failed fdatasync may hold pages the kernel will
-    // never write ("fsyncgate"): they are written again below. So is the
-    // header of a segment whose create was not synced (a roll whose sync
-    // failed).
-    let rescanned = bytes[plan.scan_from as usize..plan.end_pos as usize].to_vec();
-    let header = bytes[..WATERMARK_AT].to_vec();
-    if let Some(cut_len) = plan.cut_len {
-        let at = plan.end_pos as usize;
-        save_cut(
-            storage,
-            dir,
-            base,
-            &plan,
-            &bytes[at..at + cut_len as usize],
-            options,
-            report,
-        )?;
-    }
-    bytes.release();
-    drop(map);
-    if plan.closed && plan.cut_len.is_none() {
-        // A clean close synced everything, and nothing lies past the
-        // records: only the closed mark is cleared (durably, before any
-        // append can put a record past it).
-        reopen_closed(&file, &path, &plan)?;
-    } else {
-        apply(&file, &path, &header, &rescanned, &plan, capacity)?;
-    }
+    settle(
+        storage, dir, base, &file, map, &plan, capacity, options, report,
+    )?;
     let map = file.map(capacity).map_err(io("map"))?;
     let index_len = index::file_len_for(capacity, options.index_interval_bytes);
     let index = rewrite_index(
@@ -284,9 +295,50 @@ pub(crate) fn recover(
         options,
     )
     .map_err(|e| Error::io("write index", &index_path, e))?;
-    let end = (plan.end_pos, plan.next);
     let segment = Segment::from_recovered(dir, base, file, map, end, index, config.max_payload);
     Ok((segment, tail))
+}
+
+/// Does what `plan` says to the newest segment's file, whose `map` it
+/// drops before anything shrinks the file: saves the bytes to cut, then
+/// rewrites and cuts the tail (or, after a clean close with nothing to
+/// cut, only clears the closed mark).
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    storage: &Storage,
+    dir: &Path,
+    base: u64,
+    file: &File,
+    map: Map,
+    plan: &Plan,
+    capacity: u64,
+    options: &Options,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let path = dir.join(format::segment_name(base));
+    let bytes = map.bytes();
+    // The records scanned past the old watermark are read from the page
+    // cache, which after a failed fdatasync may hold pages the kernel will
+    // never write ("fsyncgate"): they are written again below. So is the
+    // header of a segment whose create was not synced (a roll whose sync
+    // failed).
+    let rescanned = bytes[plan.scan_from as usize..plan.end_pos as usize].to_vec();
+    let header = bytes[..WATERMARK_AT].to_vec();
+    if let Some(cut_len) = plan.cut_len {
+        let at = plan.end_pos as usize;
+        let cut = &bytes[at..at + cut_len as usize];
+        save_cut(storage, dir, base, plan, cut, options, report)?;
+    }
+    bytes.release();
+    drop(map);
+    if plan.closed && plan.cut_len.is_none() {
+        // A clean close synced everything, and nothing lies past the
+        // records: only the closed mark is cleared (durably, before any
+        // append can put a record past it).
+        reopen_closed(file, &path, plan)
+    } else {
+        apply(file, &path, &header, &rescanned, plan, capacity)
+    }
 }
 
 /// Keeps the bytes about to be cut in `{base}.{position}.damaged`, durably,

@@ -276,20 +276,10 @@ impl<A: Active> Writer<A> {
         }
         let ts = now_micros().max(w.last_ts);
         let start = w.buf.len();
-        let max = self.config.record_limit;
         // A panicking Serialize impl must not leave half a frame behind.
+        let max = self.config.record_limit;
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for i in 0..count {
-                let frame = w.buf.len();
-                w.buf.extend_from_slice(&[0; FRAME_OVERHEAD]);
-                encode(i, &mut w.buf)?;
-                let size = w.buf.len() - frame - FRAME_OVERHEAD;
-                if size > max as usize {
-                    return Err(Error::RecordTooLarge { size, max });
-                }
-                seal_frame(&mut w.buf[frame..], first + i as u64, ts);
-            }
-            Ok(())
+            seal_frames(&mut w.buf, count, first, ts, max, &mut encode)
         }));
         match encoded {
             Ok(Ok(())) => {}
@@ -761,6 +751,29 @@ impl<A: Active> Writer<A> {
             Stopped::AsCrashed
         }
     }
+}
+
+/// Encodes `count` records at the end of `buf` as frames with offsets from
+/// `first` and timestamp `ts`, each payload written in place by `encode`.
+fn seal_frames(
+    buf: &mut Vec<u8>,
+    count: usize,
+    first: u64,
+    ts: u64,
+    max: u32,
+    encode: &mut impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    for i in 0..count {
+        let frame = buf.len();
+        buf.extend_from_slice(&[0; FRAME_OVERHEAD]);
+        encode(i, buf)?;
+        let size = buf.len() - frame - FRAME_OVERHEAD;
+        if size > max as usize {
+            return Err(Error::RecordTooLarge { size, max });
+        }
+        seal_frame(&mut buf[frame..], first + i as u64, ts);
+    }
+    Ok(())
 }
 
 impl<A> State<A> {
