@@ -126,6 +126,26 @@ pub struct Damage {
     pub kind: CorruptionKind,
 }
 
+impl Damage {
+    /// The damage an [`Error::Corrupt`] names; any other error as it is.
+    fn from_error(error: Error) -> Result<Damage> {
+        match error {
+            Error::Corrupt {
+                path,
+                position,
+                offset,
+                kind,
+            } => Ok(Damage {
+                path,
+                position,
+                offset,
+                kind,
+            }),
+            other => Err(other),
+        }
+    }
+}
+
 /// What [`Inspector::verify`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -274,41 +294,20 @@ impl Inspector {
             let segment = match self.store.segment_for(&pin, base) {
                 Ok(Some(segment)) => segment,
                 Ok(None) => continue,
-                Err(Error::Corrupt {
-                    path,
-                    position,
-                    offset,
-                    kind,
-                }) => {
+                Err(e) => {
                     report.segments += 1;
-                    report.damage.push(Damage {
-                        path,
-                        position,
-                        offset,
-                        kind,
-                    });
+                    report.damage.push(Damage::from_error(e)?);
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             report.segments += 1;
             match segment.verify() {
                 Ok(records) => report.records += records,
-                Err(Error::Corrupt {
-                    path,
-                    position,
-                    offset,
-                    kind,
-                }) => {
-                    report.records += offset.map_or(0, |o| o.saturating_sub(base));
-                    report.damage.push(Damage {
-                        path,
-                        position,
-                        offset,
-                        kind,
-                    });
+                Err(e) => {
+                    let damage = Damage::from_error(e)?;
+                    report.records += damage.offset.map_or(0, |o| o.saturating_sub(base));
+                    report.damage.push(damage);
                 }
-                Err(e) => return Err(e),
             }
             for entry in segment.bad_index_entries() {
                 report.damage.push(Damage {

@@ -559,6 +559,23 @@ mod tests {
         SegmentConfig::of(&Options::new())
     }
 
+    /// Three records in a 64 KiB segment closed after them: the bytes, the
+    /// end of the records, and the closed watermark.
+    fn closed_segment() -> (Vec<u8>, u64, Watermark) {
+        let mut bytes = frames(0, 3);
+        let end = bytes.len() as u64;
+        bytes.resize(64 << 10, 0);
+        let mark = Watermark {
+            pos: end,
+            next: 3,
+            last_ts: 1_002,
+            closed: true,
+        };
+        bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN]
+            .copy_from_slice(&format::encode_watermark(&mark));
+        (bytes, end, mark)
+    }
+
     #[test]
     fn a_clean_tail_needs_no_cut() {
         let mut bytes = frames(0, 5);
@@ -589,17 +606,7 @@ mod tests {
 
     #[test]
     fn stray_bytes_far_past_a_clean_close_are_found() {
-        let mut bytes = frames(0, 3);
-        let end = bytes.len() as u64;
-        bytes.resize(64 << 10, 0);
-        let mark = Watermark {
-            pos: end,
-            next: 3,
-            last_ts: 1_002,
-            closed: true,
-        };
-        bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN]
-            .copy_from_slice(&format::encode_watermark(&mark));
+        let (mut bytes, end, _) = closed_segment();
         bytes[60 << 10] = 9;
         let options = Options::new();
         let plan = plan(&bytes, 0, None, None, false, &options, &config()).unwrap();
@@ -613,17 +620,7 @@ mod tests {
 
     #[test]
     fn after_a_clean_close_holes_past_the_records_are_not_read() {
-        let mut bytes = frames(0, 3);
-        let end = bytes.len() as u64;
-        bytes.resize(64 << 10, 0);
-        let mark = Watermark {
-            pos: end,
-            next: 3,
-            last_ts: 1_002,
-            closed: true,
-        };
-        bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN]
-            .copy_from_slice(&format::encode_watermark(&mark));
+        let (mut bytes, end, mark) = closed_segment();
         // A byte in the block after the records is always read; one past it
         // only when the file system has data there.
         bytes[BLOCK as usize + 5] = 7;
