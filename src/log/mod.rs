@@ -409,13 +409,18 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     }
 
     /// Flushes and syncs everything appended, records a clean shutdown so
-    /// the next open is quick, and releases the directory lock. Every clone
-    /// of this handle is closed with it: later appends fail with
-    /// [`Error::Closed`].
+    /// the next open is quick, and releases the log: its files and its
+    /// directory lock. Every clone of this handle is closed with it: later
+    /// appends and reads through any of them fail with [`Error::Closed`],
+    /// and live subscriptions end. (Dropping the last handle shuts the log
+    /// down too, without waiting for a sync; see
+    /// [`RecoveryReport::closed_cleanly`].)
     ///
     /// # Errors
     ///
-    /// As [`sync`](EventLog::sync).
+    /// As [`sync`](EventLog::sync). A close that fails leaves the log open:
+    /// what was acknowledged stays readable, and the last handle's drop
+    /// releases it.
     pub fn close(self) -> Result<()> {
         self.store().close()
     }
