@@ -18,10 +18,10 @@ use crate::storage::Storage;
 /// | `Interval(d)` | in the operating system | nothing acknowledged | at most the last `d` (plus the sync in flight) |
 /// | `Buffered` | in this process's memory | what was not flushed | what was not synced |
 ///
-/// Whatever the mode, [`EventLog::sync`](crate::EventLog::sync) returning `Ok` means every record
-/// appended before the call is on stable storage, and a crash never leaves
-/// a gap, a damaged record or a record that was not appended: recovery cuts
-/// the log back to its longest intact prefix.
+/// Whatever the mode, [`EventLog::sync`](crate::EventLog::sync) returning
+/// `Ok` means every record appended before the call is on stable storage,
+/// and a crash never leaves a gap, a damaged record or a record that was not
+/// appended: recovery cuts the log back to its longest intact prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
@@ -34,10 +34,11 @@ pub enum Durability {
     /// every interval, which bounds what a power loss can take.
     Interval(Duration),
     /// Appends collect in an in-process buffer that is written out when it
-    /// fills, on [`EventLog::flush`](crate::EventLog::flush), [`EventLog::sync`](crate::EventLog::sync) or
-    /// [`EventLog::close`](crate::EventLog::close), when the last handle is dropped, and when a
-    /// reader of this process asks for a buffered record. The fastest mode;
-    /// a process crash loses what was still buffered.
+    /// fills, on [`EventLog::flush`](crate::EventLog::flush),
+    /// [`EventLog::sync`](crate::EventLog::sync) or
+    /// [`EventLog::close`](crate::EventLog::close), when the last handle is
+    /// dropped, and when a reader of this process asks for a buffered record.
+    /// The fastest mode; a process crash loses what was still buffered.
     Buffered,
 }
 
@@ -170,7 +171,8 @@ impl Options {
 
     /// Keep at most about this many bytes: the oldest sealed segments are
     /// removed when a segment is sealed, when the log is opened, and on
-    /// [`EventLog::apply_retention`](crate::EventLog::apply_retention). The active segment is never removed.
+    /// [`EventLog::apply_retention`](crate::EventLog::apply_retention). The
+    /// active segment is never removed.
     pub fn retention_bytes(mut self, bytes: u64) -> Options {
         self.retention_bytes = Some(bytes);
         self

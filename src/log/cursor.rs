@@ -23,9 +23,10 @@ const BATCH: usize = 64;
 /// had when the cursor was made, from [`EventLog::read`].
 ///
 /// Each item is a `Result`: a record that fails to decode is an
-/// [`Error::Codec`] and the cursor goes on past it; damaged bytes are an
-/// [`Error::Corrupt`] and end the iteration, as does [`Error::Closed`] once
-/// the log is closed.
+/// [`Error::Codec`](crate::Error::Codec) and the cursor goes on past it;
+/// damaged bytes are an [`Error::Corrupt`](crate::Error::Corrupt) and end
+/// the iteration, as does [`Error::Closed`](crate::Error::Closed) once the
+/// log is closed.
 pub struct Cursor<T, C = Postcard> {
     log: EventLog<T, C>,
     raw: RawCursor,
