@@ -36,7 +36,8 @@ use crate::options::Options;
 use crate::record::{Start, Timestamp};
 use crate::store::{RawCursor, Store};
 
-/// Frames read per pin of the log's maps.
+/// Frames read per pin of the log's maps, at most: the first batch holds
+/// one frame and each next one twice as many.
 const BATCH: usize = 256;
 
 /// A read-only view of one log directory. See the [module](self) docs.
@@ -245,6 +246,7 @@ impl Inspector {
             store: &self.store,
             raw: RawCursor::new(&self.store, start),
             batch: VecDeque::new(),
+            batch_len: 1,
             ended: false,
         }
     }
@@ -331,6 +333,8 @@ pub struct Frames<'a> {
     store: &'a Store,
     raw: RawCursor,
     batch: VecDeque<Result<RawRecord>>,
+    /// How many frames the next batch reads.
+    batch_len: usize,
     ended: bool,
 }
 
@@ -344,7 +348,9 @@ impl Frames<'_> {
                 return;
             }
         };
-        for _ in 0..BATCH {
+        let len = self.batch_len;
+        self.batch_len = (len * 2).min(BATCH);
+        for _ in 0..len {
             let read = self.raw.next_frame(self.store, &pin, |frame| RawRecord {
                 offset: frame.offset,
                 timestamp: Timestamp::from_micros(frame.timestamp),

@@ -16,7 +16,9 @@ use crate::error::Result;
 use crate::record::{Record, Start};
 use crate::store::RawCursor;
 
-/// Records a cursor decodes per batch.
+/// Records a cursor decodes per batch, at most. The first batch holds one
+/// record and each next one twice as many, so that reading one record
+/// (`read(Start::Offset(o)).next()`) decodes one.
 const BATCH: usize = 64;
 
 /// An iterator over a log's records from a [`Start`] up to the end the log
@@ -32,6 +34,8 @@ pub struct Cursor<T, C = Postcard> {
     raw: RawCursor,
     /// Decoded records not yet yielded, with their offsets.
     batch: VecDeque<(u64, Result<Record<T>>)>,
+    /// How many records the next batch reads.
+    batch_len: usize,
     ended: bool,
 }
 
@@ -65,6 +69,7 @@ impl<T, C: Codec<T>> Cursor<T, C> {
             log,
             raw,
             batch: VecDeque::new(),
+            batch_len: 1,
             ended: false,
         }
     }
@@ -81,7 +86,9 @@ impl<T, C: Codec<T>> Cursor<T, C> {
             }
         };
         let codec = &**self.log.codec();
-        for _ in 0..BATCH {
+        let len = self.batch_len;
+        self.batch_len = (len * 2).min(BATCH);
+        for _ in 0..len {
             let offset = self.raw.next;
             match self
                 .raw
