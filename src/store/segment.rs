@@ -393,10 +393,15 @@ impl Segment {
                 self.base + u64::from(entry.rel_offset),
             );
             // The index is a cache: the walk checks every frame's length and
-            // offset from the entry to the target, and the read checks the
-            // target's CRC.
+            // offset from the entry to the target, and the target must be a
+            // whole, valid frame. A lying entry can point at bytes whose
+            // length and offset fields look right (inside a payload, or past
+            // the records); only the CRC tells, and then the walk from the
+            // first record decides.
             if let Ok(pos) = self.walk(start, offset) {
-                return Ok(pos);
+                if self.frame_at(pos).is_some_and(|f| f.offset == offset) {
+                    return Ok(pos);
+                }
             }
         }
         // No usable index entry: walk from the first record. A failure here

@@ -315,8 +315,11 @@ impl<A: Active> Writer<A> {
                     // would. (Readers that fall behind leave appends to
                     // collect in the buffer.) The write round's publish no
                     // longer sees the waiting bit, so the waiters are woken
-                    // here, whatever the write's outcome.
+                    // here (after the writer's lock is released, so that
+                    // other appenders need not wait for the wake-ups),
+                    // whatever the write's outcome.
                     let written = self.commit(host, &mut w, end, false);
+                    drop(w);
                     host.notifier().wake_queued();
                     written
                 } else {
