@@ -32,11 +32,19 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Another writer (in this or another process) has the log open.
-    #[error("log {} is locked by another writer", path.display())]
+    /// The log is open for writing elsewhere: in this process (every
+    /// handle of one log comes from one open; clone the [`EventLog`](crate::EventLog)),
+    /// or in another process.
+    #[error("log {} is {}", path.display(), if *in_this_process {
+        "already open in this process (clone the EventLog that opened it)"
+    } else {
+        "open for writing in another process"
+    })]
     Locked {
         /// The log directory.
         path: PathBuf,
+        /// Whether this process holds it.
+        in_this_process: bool,
     },
 
     /// A write was attempted through a handle opened with
@@ -164,6 +172,29 @@ pub enum Error {
         requested: u64,
         /// The offset the next appended record will get.
         next: u64,
+    },
+
+    /// A consumer name is held by another [`Consumer`](crate::Consumer) of
+    /// this log: a named consumer has one holder at a time (its clones
+    /// share it). Reading its position needs no ownership
+    /// ([`EventLog::consumers`](crate::EventLog::consumers)).
+    #[error("consumer {name:?} is already held by another Consumer of this log (clone that one to share it)")]
+    ConsumerInUse {
+        /// The consumer's name.
+        name: String,
+    },
+
+    /// A commit would move a consumer's position backwards. Commits only
+    /// move forward; [`Consumer::seek`](crate::Consumer::seek) moves back on
+    /// purpose.
+    #[error("commit of {requested} would move consumer {name:?} back from {position}; seek moves it back on purpose")]
+    CommitBehind {
+        /// The consumer's name.
+        name: String,
+        /// Its committed position.
+        position: u64,
+        /// The position the commit asked for.
+        requested: u64,
     },
 
     /// A name that becomes a file name (a consumer's) is not allowed.

@@ -265,7 +265,7 @@ impl Inspector {
             .map(|entry| {
                 let (slot, problem) = match entry.slot {
                     Ok(slot) => (Some(slot), None),
-                    Err(problem) => (None, Some(problem)),
+                    Err(problem) => (None, Some(problem.to_string())),
                 };
                 ConsumerInfo {
                     name: entry.name,
@@ -425,9 +425,9 @@ mod tests {
         let log = raw_log(dir.path());
         let payloads: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; 40]).collect();
         append(&log, &payloads);
-        log.open_register("shipping")
+        log.open_register("shipping", crate::Start::Beginning)
             .unwrap()
-            .commit(&log, 120)
+            .commit(&log, 120, false)
             .unwrap();
         // Open while the writer holds the log: inspection takes no lock.
         let inspector = Inspector::open(dir.path()).unwrap();

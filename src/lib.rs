@@ -117,7 +117,8 @@ pub use codec::Json;
 pub use codec::{Codec, CodecError, Postcard, Raw};
 pub use error::{CorruptionKind, Error, Result};
 pub use log::{
-    Consumer, ConsumerSubscription, Cursor, EventLog, Iter, SubscribeOptions, Subscription,
+    CommitPolicy, Consumer, ConsumerOptions, ConsumerStatus, ConsumerSubscription, Cursor,
+    DeadLetter, DeadLetters, EventLog, Iter, SubscribeOptions, Subscription, Undecodable,
 };
 pub use options::{Durability, Options, RecoveryMode};
 pub use record::{Record, Start, Timestamp};

@@ -2,7 +2,10 @@
 //! [`Start`]s, and record timestamps ([`Timestamp`], microseconds since the
 //! Unix epoch).
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 /// One record read from a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +19,27 @@ pub struct Record<T> {
     pub value: T,
 }
 
+impl<T> Record<T> {
+    /// A record as a read would return it: for a service's unit tests,
+    /// which hand records to the code under test without a log.
+    pub fn new(offset: u64, timestamp: Timestamp, value: T) -> Record<T> {
+        Record {
+            offset,
+            timestamp,
+            value,
+        }
+    }
+
+    /// The same record with its value changed by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Record<U> {
+        Record {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            value: f(self.value),
+        }
+    }
+}
+
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -25,9 +49,12 @@ pub enum Start {
     /// After the last record: a read yields nothing, a subscription only
     /// new records.
     End,
-    /// The record at this offset. Past the end, a read yields nothing;
-    /// below the first offset (removed by retention), it yields
-    /// [`Error::OffsetTruncated`](crate::Error::OffsetTruncated).
+    /// The record at this offset. An offset outside the log is an error
+    /// wherever a `Start` is taken: below the first offset (removed by
+    /// retention) [`Error::OffsetTruncated`](crate::Error::OffsetTruncated),
+    /// past the end [`Error::OffsetOutOfRange`](crate::Error::OffsetOutOfRange)
+    /// (the end itself, the next offset, is allowed: a subscription from it
+    /// waits for the next append). A read yields the error as its one item.
     Offset(u64),
     /// The first record appended at or after this time.
     Timestamp(Timestamp),
@@ -36,7 +63,14 @@ pub enum Start {
 /// When a record was appended: microseconds since the Unix epoch, taken
 /// from the system clock and never decreasing within a log (a clock that
 /// steps back repeats the last timestamp until it catches up).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// It prints as a UTC time in RFC 3339 form with microseconds
+/// (`2026-12-04T03:19:40.123456Z`), converts to and from [`SystemTime`],
+/// and serializes as its number of microseconds.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct Timestamp(u64);
 
 impl Timestamp {
@@ -71,6 +105,43 @@ impl From<SystemTime> for Timestamp {
     }
 }
 
+impl From<Timestamp> for SystemTime {
+    fn from(time: Timestamp) -> SystemTime {
+        time.to_system_time()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0 % 1_000_000;
+        let secs = self.0 / 1_000_000;
+        let (days, secs_of_day) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            secs_of_day / 3600,
+            secs_of_day / 60 % 60,
+            secs_of_day % 60
+        )
+    }
+}
+
+/// The proleptic Gregorian date `days` days after 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for days that are not negative).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 pub(crate) fn now_micros() -> u64 {
     Timestamp::from(SystemTime::now()).0
 }
@@ -88,5 +159,32 @@ mod tests {
             Timestamp(0)
         );
         assert!(Timestamp::now() > t);
+        assert_eq!(SystemTime::from(t), t.to_system_time());
+    }
+
+    #[test]
+    fn prints_as_rfc3339_utc() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (1_700_000_000_123_456, "2023-11-14T22:13:20.123456Z"),
+            // A leap day, and the last microsecond of a leap year.
+            (951_782_400_000_000, "2000-02-29T00:00:00.000000Z"),
+            (1_609_459_199_999_999, "2020-12-31T23:59:59.999999Z"),
+            (4_102_444_800_000_001, "2100-01-01T00:00:00.000001Z"),
+        ];
+        for (micros, text) in cases {
+            assert_eq!(Timestamp::from_micros(micros).to_string(), text);
+        }
+        // The largest timestamp still prints.
+        assert!(Timestamp::from_micros(u64::MAX).to_string().ends_with('Z'));
+    }
+
+    #[test]
+    fn records_can_be_built_and_mapped() {
+        let rec = Record::new(7, Timestamp::from_micros(5), "seven");
+        assert_eq!(
+            rec.clone().map(str::len),
+            Record::new(7, Timestamp::from_micros(5), 5)
+        );
     }
 }

@@ -98,7 +98,26 @@ fn reads_start_where_asked() {
     assert_eq!(offsets(Start::Offset(15)), (15..20).collect::<Vec<_>>());
     assert_eq!(offsets(Start::End), Vec::<u64>::new());
     assert_eq!(offsets(Start::Offset(20)), Vec::<u64>::new());
-    assert_eq!(offsets(Start::Offset(u64::MAX)), Vec::<u64>::new());
+    // Past the end is an error, the cursor's one item, as everywhere a
+    // start is taken.
+    let past: Vec<_> = log.read(Start::Offset(u64::MAX)).collect();
+    assert!(
+        matches!(
+            &past[..],
+            [Err(Error::OffsetOutOfRange {
+                requested: u64::MAX,
+                next: 20
+            })]
+        ),
+        "{past:?}"
+    );
+    assert!(matches!(
+        log.subscribe(Start::Offset(21)),
+        Err(Error::OffsetOutOfRange {
+            requested: 21,
+            next: 20
+        })
+    ));
     assert_eq!(
         offsets(Start::Timestamp(before)),
         (0..20).collect::<Vec<_>>()
@@ -329,12 +348,12 @@ fn consumers_commit_durably_and_refuse_positions_past_the_end() {
     shipping.commit(2).unwrap();
     // Committing a position syncs the records below it, even when Buffered.
     assert!(log.durable_offset() >= 2);
-    let same = log.consumer("shipping").unwrap();
+    let same = shipping.clone();
     assert_eq!(same.position(), 2);
     let values: Vec<u32> = same.read().map(|r| r.unwrap().value).collect();
     assert_eq!(values, vec![3]);
-    shipping.commit(1).unwrap();
-    assert_eq!(same.position(), 1, "handles of one consumer share it");
+    shipping.seek(1).unwrap();
+    assert_eq!(same.position(), 1, "clones of one consumer share it");
 }
 
 #[test]

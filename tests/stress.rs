@@ -280,11 +280,12 @@ fn stress(durability: Durability, per_thread: u64, segment_bytes: u64) {
                 let consumer = &consumers[rng.range(0, 4) as usize];
                 let next = log.next_offset();
                 // Mostly forward to the end, sometimes back (a replay).
-                let to = if rng.one_in(4) {
-                    rng.range(0, next + 1)
-                } else {
-                    next
-                };
+                if rng.one_in(4) {
+                    let to = rng.range(0, next + 1);
+                    consumer.seek(to).unwrap();
+                    assert_eq!(consumer.position(), to, "{}", consumer.name());
+                }
+                let to = next.max(consumer.position());
                 consumer.commit(to).unwrap();
                 assert_eq!(consumer.position(), to, "{}", consumer.name());
                 assert!(

@@ -1,29 +1,50 @@
-//! Durable named read positions: [`Consumer`], and the registry of the
-//! consumers open on a log.
+//! Durable named read positions: [`Consumer`], the registry of who holds
+//! which consumer of a log, and the listing of a log's consumers
+//! ([`ConsumerStatus`]) that monitoring reads without owning any.
 //!
 //! A consumer's position is a durable register of the store
 //! ([`Register`]): one small file, `{name}.consumer`, committed
-//! crash-safely. Every handle of one log that asks for the same name shares
-//! one register, through the registry the log's handles share.
+//! crash-safely. A name has one holder at a time: the first
+//! [`EventLog::consumer`] call takes it, its clones share it, and a second
+//! call while any of them lives is refused, so two services can never
+//! move one position back and forth or both receive every record. A
+//! consumer holds the log's store, not the log: it never keeps the log
+//! open, and once the log is closed or its last handle dropped, everything
+//! it does fails with [`Error::Closed`].
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::marker::PhantomData;
+use std::sync::{Arc, Weak};
 
-use super::{ConsumerSubscription, Cursor, EventLog};
+use parking_lot::Mutex;
+
+use super::subscribe::ConsumerOptions;
+use super::{ConsumerSubscription, Cursor, EventLog, Handle};
 use crate::codec::{Codec, Postcard};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::name;
 use crate::record::Start;
-use crate::store::Register;
+use crate::store::{Register, Store};
 
-/// A durable, named read position in a log, from [`EventLog::consumer`].
+/// The consumers held on one log, by name. An entry whose register is gone
+/// (every clone of its consumer dropped) is free.
+pub(crate) type Registry = Mutex<HashMap<String, Weak<Register>>>;
+
+/// A durable, named read position in a log, from [`EventLog::consumer`] or
+/// [`EventLog::consumer_with`].
 ///
 /// The position is the offset of the next record the consumer wants: after
-/// handling record `o`, commit `o + 1`. A consumer created for the first
-/// time starts at the log's first offset.
+/// handling record `o`, commit `o + 1`. Commits only move it forward;
+/// [`seek`](Consumer::seek) and [`reset`](Consumer::reset) move it anywhere
+/// on purpose. Clones share the one position. A consumer does not keep the
+/// log open.
 pub struct Consumer<T, C = Postcard> {
-    log: EventLog<T, C>,
+    store: Arc<Store>,
+    codec: Arc<C>,
+    handle: Weak<Handle>,
     register: Arc<Register>,
+    _marker: PhantomData<fn(T) -> T>,
 }
 
 impl<T, C> fmt::Debug for Consumer<T, C> {
@@ -38,8 +59,11 @@ impl<T, C> fmt::Debug for Consumer<T, C> {
 impl<T, C> Clone for Consumer<T, C> {
     fn clone(&self) -> Self {
         Consumer {
-            log: self.log.clone(),
+            store: self.store.clone(),
+            codec: self.codec.clone(),
+            handle: self.handle.clone(),
             register: self.register.clone(),
+            _marker: PhantomData,
         }
     }
 }
@@ -55,6 +79,11 @@ impl<T, C> Consumer<T, C> {
         self.register.position()
     }
 
+    /// Records appended that this consumer has not committed past.
+    pub fn lag(&self) -> u64 {
+        self.store.next_offset().saturating_sub(self.position())
+    }
+
     /// If the stored position was outside the log when the consumer was
     /// opened (below the first offset after retention, or past the end
     /// after a power loss took unsynced records), the stored value and the
@@ -63,54 +92,207 @@ impl<T, C> Consumer<T, C> {
         self.register.clamped()
     }
 
-    /// The log this consumer reads.
-    pub fn log(&self) -> &EventLog<T, C> {
-        &self.log
+    /// A handle to the log this consumer reads, while the log is open. The
+    /// handle keeps the log open as long as it lives, like any other.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the log was closed or its last handle dropped.
+    pub fn log(&self) -> Result<EventLog<T, C>> {
+        let handle = self.handle.upgrade().ok_or(Error::Closed)?;
+        if self.store.is_shut_down() {
+            return Err(Error::Closed);
+        }
+        Ok(EventLog {
+            handle,
+            codec: self.codec.clone(),
+            _marker: PhantomData,
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(crate) fn codec(&self) -> &Arc<C> {
+        &self.codec
+    }
+
+    pub(crate) fn register(&self) -> &Arc<Register> {
+        &self.register
     }
 }
 
 impl<T, C: Codec<T>> Consumer<T, C> {
-    pub(crate) fn open(log: EventLog<T, C>, name: &str) -> Result<Consumer<T, C>> {
+    /// Takes the consumer `name` of `log`, creating it at `start` if it has
+    /// no stored position yet.
+    pub(crate) fn open(log: &EventLog<T, C>, name: &str, start: Start) -> Result<Consumer<T, C>> {
         name::validate(name)?;
-        let mut registry = log.consumers().lock();
-        if let Some(register) = registry.get(name).and_then(std::sync::Weak::upgrade) {
-            drop(registry);
-            return Ok(Consumer { log, register });
+        let mut registry = log.registry().lock();
+        if registry
+            .get(name)
+            .is_some_and(|held| held.strong_count() > 0)
+        {
+            return Err(Error::ConsumerInUse {
+                name: name.to_owned(),
+            });
         }
-        registry.retain(|_, register| register.strong_count() > 0);
-        let register = Arc::new(log.store().open_register(name)?);
+        registry.retain(|_, held| held.strong_count() > 0);
+        let register = Arc::new(log.store().open_register(name, start)?);
         registry.insert(name.to_owned(), Arc::downgrade(&register));
         drop(registry);
-        Ok(Consumer { log, register })
+        Ok(Consumer {
+            store: log.store().clone(),
+            codec: log.codec().clone(),
+            handle: Arc::downgrade(&log.handle),
+            register,
+            _marker: PhantomData,
+        })
     }
 
     /// Stores `position` durably: when this returns, a crash or power loss
     /// keeps it. Records below `position` are synced first, so a stored
     /// position never points past records that a power loss could take.
-    /// Positions may move backwards (to replay).
+    /// Committing the current position again does nothing.
     ///
     /// # Errors
     ///
-    /// [`Error::OffsetOutOfRange`](crate::Error::OffsetOutOfRange) past the
-    /// log's end; [`Error::ReadOnly`](crate::Error::ReadOnly);
-    /// [`Error::Poisoned`](crate::Error::Poisoned) after a failed sync of
-    /// the log or of this consumer's file; [`Error::Io`](crate::Error::Io).
+    /// [`Error::CommitBehind`] below the committed position (nothing
+    /// stored; [`seek`](Consumer::seek) moves back on purpose);
+    /// [`Error::OffsetOutOfRange`] past the log's end;
+    /// [`Error::ReadOnly`]; [`Error::Closed`];
+    /// [`Error::Poisoned`] after a failed sync of the log or of this
+    /// consumer's file; [`Error::Io`].
     pub fn commit(&self, position: u64) -> Result<()> {
-        self.register.commit(self.log.store(), position)
+        self.register.commit(&self.store, position, false)
     }
 
-    /// A live subscription from the committed position: after a restart,
-    /// the consumer resumes with the first record it had not committed.
+    /// Moves the position to `position`, forwards or backwards (to replay),
+    /// durably, as [`commit`](Consumer::commit) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OffsetTruncated`] below the log's first offset,
+    /// [`Error::OffsetOutOfRange`] past its end; otherwise as
+    /// [`commit`](Consumer::commit).
+    pub fn seek(&self, position: u64) -> Result<()> {
+        self.register.commit(&self.store, position, true)
+    }
+
+    /// Moves the position to where `start` points now (the beginning, the
+    /// end, an offset, the first record at or after a time) and returns it.
+    ///
+    /// # Errors
+    ///
+    /// As [`seek`](Consumer::seek).
+    pub fn reset(&self, start: Start) -> Result<u64> {
+        let position = self.store.resolve(start)?;
+        self.seek(position)?;
+        Ok(position)
+    }
+
+    /// A live subscription from the committed position, committing only
+    /// when told to ([`CommitPolicy::Explicit`](super::CommitPolicy::Explicit)): after a restart, the
+    /// consumer resumes with the first record it had not committed.
     ///
     /// # Errors
     ///
     /// As [`EventLog::subscribe`].
     pub fn subscribe(&self) -> Result<ConsumerSubscription<T, C>> {
-        ConsumerSubscription::new(self)
+        self.subscribe_with(ConsumerOptions::new())
+    }
+
+    /// A live subscription from the committed position with `options`: a
+    /// [`CommitPolicy`](super::CommitPolicy) to commit by itself, what to do with records that
+    /// do not decode, a read-ahead (see [`ConsumerOptions`]).
+    ///
+    /// ```
+    /// use backbone::CommitPolicy;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+    /// log.append_batch(&[1, 2, 3])?;
+    /// let shipping = log.consumer("shipping")?;
+    /// let sub = shipping.subscribe_with(CommitPolicy::Every(2))?;
+    /// sub.recv()?;
+    /// sub.recv()?;
+    /// sub.recv()?; // asking for the third hands back the first two
+    /// assert_eq!(shipping.position(), 2);
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`EventLog::subscribe`].
+    pub fn subscribe_with(
+        &self,
+        options: impl Into<ConsumerOptions>,
+    ) -> Result<ConsumerSubscription<T, C>> {
+        ConsumerSubscription::new(self, options.into())
     }
 
     /// Reads the log from the committed position to its current end.
     pub fn read(&self) -> Cursor<T, C> {
-        self.log.read(Start::Offset(self.position()))
+        Cursor::new(
+            self.store.clone(),
+            self.codec.clone(),
+            Start::Offset(self.position()),
+        )
     }
+}
+
+/// One consumer of a log as [`EventLog::consumers`] lists it: read from its
+/// file, without taking it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStatus {
+    /// Its name.
+    pub name: String,
+    /// Its committed position.
+    pub position: u64,
+    /// Records appended that it has not committed past.
+    pub lag: u64,
+    /// Whether a [`Consumer`] of this log, in this process, holds it now.
+    pub held: bool,
+}
+
+/// The consumers of the log behind `store`, sorted by name.
+pub(crate) fn list(store: &Store, registry: &Registry) -> Result<Vec<ConsumerStatus>> {
+    let next = store.next_offset();
+    let registry = registry.lock();
+    store
+        .registers()?
+        .into_iter()
+        .map(|entry| {
+            let held = registry.get(&entry.name);
+            let live = held.and_then(Weak::upgrade);
+            // A held consumer's position is the one in memory: its file may
+            // be mid-commit.
+            let position = match &live {
+                Some(register) => register.position(),
+                None => entry.slot?.0,
+            };
+            Ok(ConsumerStatus {
+                name: entry.name,
+                position,
+                lag: next.saturating_sub(position),
+                held: live.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// Removes the consumer `name` of the log behind `store`, unless it is
+/// held. Whether there was one.
+pub(crate) fn delete(store: &Store, registry: &Registry, name: &str) -> Result<bool> {
+    name::validate(name)?;
+    let registry = registry.lock();
+    if registry
+        .get(name)
+        .is_some_and(|held| held.strong_count() > 0)
+    {
+        return Err(Error::ConsumerInUse {
+            name: name.to_owned(),
+        });
+    }
+    store.remove_register(name)
 }

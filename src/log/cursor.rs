@@ -9,12 +9,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 
-use super::{decode, EventLog};
+use super::decode;
 use crate::codec::{Codec, Postcard};
 use crate::error::Result;
 use crate::record::{Record, Start};
-use crate::store::RawCursor;
+use crate::store::{RawCursor, Store};
 
 /// Records a cursor decodes per batch, at most. The first batch holds one
 /// record and each next one twice as many, so that reading one record
@@ -28,9 +29,11 @@ const BATCH: usize = 64;
 /// [`Error::Codec`](crate::Error::Codec) and the cursor goes on past it;
 /// damaged bytes are an [`Error::Corrupt`](crate::Error::Corrupt) and end
 /// the iteration, as does [`Error::Closed`](crate::Error::Closed) once the
-/// log is closed.
+/// log is closed or its last handle dropped (a cursor does not keep the log
+/// open).
 pub struct Cursor<T, C = Postcard> {
-    log: EventLog<T, C>,
+    store: Arc<Store>,
+    codec: Arc<C>,
     raw: RawCursor,
     /// Decoded records not yet yielded, with their offsets.
     batch: VecDeque<(u64, Result<Record<T>>)>,
@@ -63,10 +66,11 @@ impl<T, C> Cursor<T, C> {
 }
 
 impl<T, C: Codec<T>> Cursor<T, C> {
-    pub(crate) fn new(log: EventLog<T, C>, start: Start) -> Cursor<T, C> {
-        let raw = RawCursor::new(log.store(), start);
+    pub(crate) fn new(store: Arc<Store>, codec: Arc<C>, start: Start) -> Cursor<T, C> {
+        let raw = RawCursor::new(&store, start);
         Cursor {
-            log,
+            store,
+            codec,
             raw,
             batch: VecDeque::new(),
             batch_len: 1,
@@ -76,7 +80,7 @@ impl<T, C: Codec<T>> Cursor<T, C> {
 
     /// Reads and decodes the next batch under one pin.
     fn fill(&mut self) {
-        let store = self.log.store();
+        let store = &self.store;
         let pin = match store.pin() {
             Ok(pin) => pin,
             Err(e) => {
@@ -85,7 +89,7 @@ impl<T, C: Codec<T>> Cursor<T, C> {
                 return;
             }
         };
-        let codec = &**self.log.codec();
+        let codec = &*self.codec;
         let len = self.batch_len;
         self.batch_len = (len * 2).min(BATCH);
         for _ in 0..len {

@@ -4,12 +4,14 @@
 //! here, not in the store) and live [`Subscription`]s (the fan-out).
 //!
 //! Everything here goes through the untyped [`Store`] below; this layer adds
-//! the event type, the codec, and the lifecycle of handles: the log stays
-//! open while an `EventLog` handle (or a consumer or cursor, which hold
-//! one) lives, and the last one's drop shuts it down.
+//! the event type, the codec, and the lifecycle of handles: only `EventLog`
+//! handles keep the log open, and the last one's drop shuts it down.
+//! Consumers, cursors and subscriptions hold the store, not the log: once
+//! it is closed or dropped they end with [`Error::Closed`].
 
 mod consumer;
 mod cursor;
+mod dead_letter;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -17,20 +19,25 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-pub use self::consumer::Consumer;
+pub use self::consumer::{Consumer, ConsumerStatus};
 pub use self::cursor::Cursor;
-pub use self::subscribe::{ConsumerSubscription, Iter, SubscribeOptions, Subscription};
+pub use self::dead_letter::{DeadLetter, DeadLetters, Undecodable};
+pub use self::subscribe::{
+    CommitPolicy, ConsumerOptions, ConsumerSubscription, Iter, SubscribeOptions, Subscription,
+};
 
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Meta};
 use crate::options::Options;
 use crate::record::{Record, Start, Timestamp};
-use crate::store::{RecoveryReport, Register, Stats, Store};
+use crate::store::{RecoveryReport, Stats, Store};
+
+use self::consumer::Registry;
 
 /// A durable, typed, append-only log of events of type `T`, stored in one
 /// directory and encoded with codec `C`.
@@ -73,8 +80,8 @@ pub struct EventLog<T, C = Postcard> {
 #[derive(Debug)]
 struct Handle {
     store: Arc<Store>,
-    /// The consumers open on this log, by name.
-    consumers: Mutex<HashMap<String, Weak<Register>>>,
+    /// Who holds which consumer of this log.
+    consumers: Registry,
 }
 
 impl Drop for Handle {
@@ -124,7 +131,8 @@ impl Options {
     /// # Errors
     ///
     /// [`Error::InvalidOption`] for contradictory options;
-    /// [`Error::Locked`] when another writer has the log open;
+    /// [`Error::Locked`] when the log is already open for writing, in this
+    /// process or another;
     /// [`Error::NotALog`] when `dir` holds files that are not a log;
     /// [`Error::CodecMismatch`], [`Error::UnsupportedVersion`] and
     /// [`Error::Corrupt`] for logs this handle cannot read; [`Error::Io`].
@@ -247,8 +255,25 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// Reads the log from `start` up to its end at the time of the call.
     /// The iterator holds no lock: appends go on while it runs, and a
     /// segment removed by retention under it is read to its end safely.
+    ///
+    /// A start outside the log makes the cursor yield one error
+    /// ([`Error::OffsetTruncated`] or [`Error::OffsetOutOfRange`]; see
+    /// [`Start::Offset`]).
     pub fn read(&self, start: Start) -> Cursor<T, C> {
-        Cursor::new(self.clone(), start)
+        Cursor::new(self.store().clone(), self.codec.clone(), start)
+    }
+
+    /// The last record in the log, if it holds any.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](EventLog::get).
+    pub fn last(&self) -> Result<Option<Record<T>>> {
+        self.store().readable_end()?;
+        match self.next_offset() {
+            next if next > self.first_offset() => self.get(next - 1),
+            _ => Ok(None),
+        }
     }
 
     /// A live subscription from `start`: every record from there on,
@@ -269,8 +294,11 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the log was closed. Errors met while reading
-    /// arrive through the subscription.
+    /// [`Error::Closed`] if the log was closed; [`Error::OffsetTruncated`]
+    /// or [`Error::OffsetOutOfRange`] for a start outside the log (a start
+    /// at the end, [`Start::End`] or `Start::Offset(next_offset())`, waits
+    /// for the next append). Errors met while reading arrive through the
+    /// subscription.
     pub fn subscribe(&self, start: Start) -> Result<Subscription<T, C>> {
         self.subscribe_with(SubscribeOptions::new(start))
     }
@@ -348,8 +376,10 @@ impl<T, C: Codec<T>> EventLog<T, C> {
         self.store().report()
     }
 
-    /// A durable, named read position: created at the first offset if new,
-    /// shared by every handle of this log that asks for the same name.
+    /// Takes the durable, named read position `name`, creating it at the
+    /// log's first offset if it does not exist yet. A name has one holder
+    /// at a time: clone the returned [`Consumer`] to share it; a second
+    /// call while it (or a clone, or a subscription of it) lives fails.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -362,16 +392,72 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     ///     inventory.commit(rec.offset + 1)?;
     /// }
     /// assert_eq!(inventory.position(), 3);
+    /// assert!(matches!(
+    ///     log.consumer("inventory"),
+    ///     Err(backbone::Error::ConsumerInUse { .. })
+    /// ));
     /// # Ok::<(), backbone::Error>(())
     /// ```
     ///
     /// # Errors
     ///
+    /// [`Error::ConsumerInUse`] while another holder has it;
     /// [`Error::InvalidName`] unless the name is 1 to 128 ASCII letters,
     /// digits, `_`, `-` or `.` (not first); [`Error::Corrupt`] if both
-    /// copies of its stored position are damaged; [`Error::Io`].
+    /// copies of its stored position are damaged; [`Error::Closed`];
+    /// [`Error::Io`].
     pub fn consumer(&self, name: &str) -> Result<Consumer<T, C>> {
-        Consumer::open(self.clone(), name)
+        self.consumer_with(name, Start::Beginning)
+    }
+
+    /// As [`consumer`](EventLog::consumer), but a consumer that does not
+    /// exist yet starts at `start`: `Start::End` for a service that wants
+    /// only what happens from now on, `Start::Beginning` for one that
+    /// catches up with all of history. An existing consumer resumes from
+    /// its committed position whatever `start` says.
+    ///
+    /// ```
+    /// use backbone::Start;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+    /// log.append_batch(&[1, 2, 3])?;
+    /// let alerting = log.consumer_with("alerting", Start::End)?;
+    /// assert_eq!(alerting.position(), 3);
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`consumer`](EventLog::consumer); for a new consumer,
+    /// [`Error::OffsetTruncated`] or [`Error::OffsetOutOfRange`] for a start
+    /// outside the log.
+    pub fn consumer_with(&self, name: &str, start: Start) -> Result<Consumer<T, C>> {
+        if self.store().is_shut_down() {
+            return Err(Error::Closed);
+        }
+        Consumer::open(self, name, start)
+    }
+
+    /// Every consumer of this log with its committed position and lag,
+    /// sorted by name, read without taking any (for monitoring).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if both copies of a stored position are damaged;
+    /// [`Error::Io`].
+    pub fn consumers(&self) -> Result<Vec<ConsumerStatus>> {
+        consumer::list(self.store(), self.registry())
+    }
+
+    /// Deletes the consumer `name` and its stored position. Whether it
+    /// existed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConsumerInUse`] while a [`Consumer`] holds it;
+    /// [`Error::InvalidName`]; [`Error::ReadOnly`]; [`Error::Io`].
+    pub fn delete_consumer(&self, name: &str) -> Result<bool> {
+        consumer::delete(self.store(), self.registry(), name)
     }
 
     /// Removes whole sealed segments whose records are all below `offset`
@@ -428,7 +514,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
 
 impl<T, C> EventLog<T, C> {
     /// The consumer registry: who holds which consumer of this log.
-    pub(crate) fn consumers(&self) -> &Mutex<HashMap<String, Weak<Register>>> {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.handle.consumers
     }
 }

@@ -40,11 +40,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use super::dead_letter::{DeadLetter, Undecodable};
 use super::{decode, Consumer, EventLog};
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
-use crate::record::{Record, Start};
-use crate::store::{RawCursor, Store, Waiter};
+use crate::format::Frame;
+use crate::record::{Record, Start, Timestamp};
+use crate::store::{RawCursor, Register, Store, Waiter};
 
 /// A filter on decoded values.
 type Filter<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
@@ -69,6 +71,7 @@ pub struct SubscribeOptions<T> {
     start: Start,
     capacity: usize,
     filter: Option<Filter<T>>,
+    undecodable: Undecodable,
 }
 
 impl<T> fmt::Debug for SubscribeOptions<T> {
@@ -77,6 +80,7 @@ impl<T> fmt::Debug for SubscribeOptions<T> {
             .field("start", &self.start)
             .field("capacity", &self.capacity)
             .field("filter", &self.filter.is_some())
+            .field("undecodable", &self.undecodable)
             .finish()
     }
 }
@@ -89,6 +93,7 @@ impl<T> SubscribeOptions<T> {
             start,
             capacity: 64,
             filter: None,
+            undecodable: Undecodable::Yield,
         }
     }
 
@@ -112,6 +117,13 @@ impl<T> SubscribeOptions<T> {
         self.filter = Some(Box::new(keep));
         self
     }
+
+    /// What to do with a record that does not decode as a `T` (default:
+    /// hand the error over and go on). See [`Undecodable`].
+    pub fn undecodable(mut self, undecodable: Undecodable) -> SubscribeOptions<T> {
+        self.undecodable = undecodable;
+        self
+    }
 }
 
 /// A live feed of a log's records: history from its start, then every new
@@ -132,7 +144,10 @@ pub struct Subscription<T, C = Postcard> {
     store: Weak<Store>,
     codec: Arc<C>,
     filter: Option<Filter<T>>,
+    undecodable: Undecodable,
     capacity: usize,
+    /// A consumer's automatic commits, for a [`ConsumerSubscription`].
+    auto: Option<Mutex<AutoCommit>>,
     reader: Mutex<Reader<T>>,
     signal: Arc<Signal>,
     waiter: Arc<Waiter>,
@@ -197,11 +212,23 @@ enum Look<T> {
 
 impl<T, C: Codec<T>> Subscription<T, C> {
     pub(crate) fn new(log: &EventLog<T, C>, options: SubscribeOptions<T>) -> Result<Self> {
-        let store = log.store();
+        Subscription::open(log.store(), log.codec(), options, None)
+    }
+
+    fn open(
+        store: &Arc<Store>,
+        codec: &Arc<C>,
+        options: SubscribeOptions<T>,
+        auto: Option<AutoCommit>,
+    ) -> Result<Self> {
         if store.is_shut_down() {
             return Err(Error::Closed);
         }
-        let cursor = RawCursor::subscription(store, options.start);
+        let mut cursor = RawCursor::subscription(store, options.start);
+        // A start outside the log is the caller's to hear about now.
+        if let Some(e) = cursor.take_pending() {
+            return Err(e);
+        }
         let (sender, ready) = crossbeam_channel::bounded(1);
         let signal = Arc::new(Signal {
             ready: sender,
@@ -217,9 +244,11 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         store.notifier().join(&waiter);
         Ok(Subscription {
             store: Arc::downgrade(store),
-            codec: log.codec().clone(),
+            codec: codec.clone(),
             filter: options.filter,
+            undecodable: options.undecodable,
             capacity: options.capacity,
+            auto: auto.map(Mutex::new),
             reader: Mutex::new(Reader {
                 cursor,
                 batch: VecDeque::new(),
@@ -351,9 +380,17 @@ impl<T, C: Codec<T>> Subscription<T, C> {
     /// Hands over the next record that passes the filter, reading a batch
     /// when none is read ahead. `Err(Closed)` once the subscription ended.
     fn look(&self) -> Result<Look<T>> {
+        // Asking for the next record hands the previous one back as handled.
+        let mut auto = self.auto.as_ref().map(|auto| auto.lock());
+        if let Some(auto) = &mut auto {
+            auto.asked()?;
+        }
         let mut reader = self.reader.lock();
         loop {
             if let Some(item) = reader.batch.pop_front() {
+                if let Some(auto) = &mut auto {
+                    auto.looked_at(&item);
+                }
                 if let (Ok(record), Some(keep)) = (&item, &self.filter) {
                     if !keep(&record.value) {
                         continue;
@@ -366,6 +403,11 @@ impl<T, C: Codec<T>> Subscription<T, C> {
                 return Err(Error::Closed);
             }
             if !self.read_batch(&mut reader) {
+                if let Some(auto) = &mut auto {
+                    auto.skipped_to(reader.cursor.next);
+                    drop(reader);
+                    auto.idle()?;
+                }
                 return Ok(Look::Empty);
             }
         }
@@ -410,14 +452,25 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             }
         };
         let codec = &*self.codec;
+        let keep_bytes = matches!(self.undecodable, Undecodable::DeadLetter(_));
+        let read_before = reader.cursor.next;
         while reader.batch.len() < self.capacity {
-            match reader
-                .cursor
-                .next_frame(&store, &pin, |frame| decode(codec, frame))
-            {
-                // A record that does not decode is reported; the ones after
-                // it still come.
-                Some(Ok(decoded)) => reader.batch.push_back(decoded),
+            match reader.cursor.next_frame(&store, &pin, |frame| {
+                decode(codec, frame).map_err(|e| Undecoded::new(e, frame, keep_bytes))
+            }) {
+                Some(Ok(Ok(record))) => reader.batch.push_back(Ok(record)),
+                Some(Ok(Err(undecoded))) => match self.set_aside(&store, undecoded) {
+                    // Skipped: the ones after it still come.
+                    Ok(None) => {}
+                    // Handed over; the ones after it still come.
+                    Ok(Some(e)) => reader.batch.push_back(Err(e)),
+                    // Not set aside: nothing after it may be handed over.
+                    Err(e) => {
+                        reader.batch.push_back(Err(e));
+                        reader.ended = true;
+                        break;
+                    }
+                },
                 Some(Err(e)) => {
                     reader.batch.push_back(Err(e));
                     reader.ended = true;
@@ -427,7 +480,28 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             }
         }
         reader.cursor.unpin();
-        true
+        // Records skipped with nothing to hand over still count as read.
+        read_before != reader.cursor.next || !reader.batch.is_empty() || reader.ended
+    }
+
+    /// Applies [`Undecodable`] to a record that did not decode: the error to
+    /// hand over (`Ok(Some)`), nothing (`Ok(None)`: skipped or set aside),
+    /// or the error that stops the subscription before it (`Err`).
+    fn set_aside(&self, store: &Store, undecoded: Undecoded) -> Result<Option<Error>> {
+        match &self.undecodable {
+            Undecodable::Yield => Ok(Some(undecoded.error)),
+            Undecodable::Skip => Ok(None),
+            Undecodable::DeadLetter(sink) => {
+                let letter = DeadLetter::new(
+                    store.dir().display().to_string(),
+                    undecoded.offset,
+                    undecoded.timestamp,
+                    error_chain(&undecoded.error),
+                    undecoded.payload,
+                );
+                sink.append(&letter).map(|_| None)
+            }
+        }
     }
 
     /// Queues this subscription for a wake-up and looks once more: whether
@@ -472,6 +546,232 @@ impl<T, C> Drop for Subscription<T, C> {
         if let Some(store) = self.store.upgrade() {
             store.notifier().leave(&self.waiter);
         }
+        if let Some(auto) = &self.auto {
+            let mut auto = auto.lock();
+            if auto.policy != CommitPolicy::Explicit {
+                // Nobody is left to hear of a failure: the position stays
+                // where it was, and the records after it are replayed.
+                let _ = auto.commit();
+            }
+        }
+    }
+}
+
+/// A record that did not decode, with what setting it aside needs.
+struct Undecoded {
+    error: Error,
+    offset: u64,
+    timestamp: Timestamp,
+    /// The payload, copied only for a dead-letter log.
+    payload: Vec<u8>,
+}
+
+impl Undecoded {
+    fn new(error: Error, frame: &Frame<'_>, keep_bytes: bool) -> Undecoded {
+        Undecoded {
+            error,
+            offset: frame.offset,
+            timestamp: Timestamp::from_micros(frame.timestamp),
+            payload: if keep_bytes {
+                frame.payload.to_vec()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// When a [`ConsumerSubscription`] commits its consumer's position by
+/// itself.
+///
+/// Automatic commits cover only records the caller is done with: a record
+/// counts as handled once the caller asks for the one after it (the next
+/// `recv`, `try_recv` or `iter()` step). The record being handled when the
+/// process dies is therefore never committed, and is delivered again after
+/// a restart: at-least-once, with a replay bounded by the policy (up to `n`
+/// records, or the records of one interval, plus the one in hand).
+/// Commits are durable (see [`Consumer::commit`]); a failed automatic
+/// commit is returned by the receive that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitPolicy {
+    /// Only [`ConsumerSubscription::commit`] commits.
+    Explicit,
+    /// Commit after every `n` handled records, and on drop.
+    Every(u64),
+    /// Commit the handled records at most this often, whenever the
+    /// subscription has caught up with the log, and on drop.
+    Interval(Duration),
+    /// Commit the handled records when the subscription is dropped.
+    OnDrop,
+}
+
+/// How a consumer subscribes ([`Consumer::subscribe_with`]): its
+/// [`CommitPolicy`], what to do with undecodable records, and its
+/// read-ahead. A `CommitPolicy` converts into one with the other settings
+/// at their defaults.
+///
+/// ```
+/// use backbone::{CommitPolicy, ConsumerOptions, Undecodable};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+/// let shipping = log.consumer("shipping")?;
+/// let sub = shipping.subscribe_with(
+///     ConsumerOptions::new()
+///         .commit(CommitPolicy::Every(100))
+///         .undecodable(Undecodable::Skip),
+/// )?;
+/// # Ok::<(), backbone::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConsumerOptions {
+    policy: CommitPolicy,
+    undecodable: Undecodable,
+    capacity: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions::new()
+    }
+}
+
+impl ConsumerOptions {
+    /// Explicit commits, undecodable records handed over as errors, a
+    /// read-ahead of 64 records.
+    pub fn new() -> ConsumerOptions {
+        ConsumerOptions {
+            policy: CommitPolicy::Explicit,
+            undecodable: Undecodable::Yield,
+            capacity: 64,
+        }
+    }
+
+    /// When to commit (default [`CommitPolicy::Explicit`]).
+    pub fn commit(mut self, policy: CommitPolicy) -> ConsumerOptions {
+        self.policy = policy;
+        self
+    }
+
+    /// What to do with a record that does not decode; a skipped or
+    /// dead-lettered record counts as handled.
+    pub fn undecodable(mut self, undecodable: Undecodable) -> ConsumerOptions {
+        self.undecodable = undecodable;
+        self
+    }
+
+    /// As [`SubscribeOptions::capacity`].
+    pub fn capacity(mut self, capacity: usize) -> ConsumerOptions {
+        self.capacity = capacity.max(1);
+        self
+    }
+}
+
+impl From<CommitPolicy> for ConsumerOptions {
+    fn from(policy: CommitPolicy) -> ConsumerOptions {
+        ConsumerOptions::new().commit(policy)
+    }
+}
+
+/// A consumer subscription's record of what was handled, and its
+/// automatic commits.
+struct AutoCommit {
+    store: Arc<Store>,
+    register: Arc<Register>,
+    policy: CommitPolicy,
+    /// The offset of the record handed over last, until the next is asked
+    /// for.
+    delivered: Option<u64>,
+    /// Records below this are handled (or were skipped).
+    handled: u64,
+    /// Records handled since the last commit.
+    uncommitted: u64,
+    last_commit: Instant,
+}
+
+impl AutoCommit {
+    fn new(consumer_store: Arc<Store>, register: Arc<Register>, policy: CommitPolicy) -> Self {
+        let handled = register.position();
+        AutoCommit {
+            store: consumer_store,
+            register,
+            policy,
+            delivered: None,
+            handled,
+            uncommitted: 0,
+            last_commit: Instant::now(),
+        }
+    }
+
+    /// The caller asks for the next record: the one it had is handled.
+    fn asked(&mut self) -> Result<()> {
+        if let Some(offset) = self.delivered.take() {
+            self.handled = self.handled.max(offset + 1);
+            self.uncommitted += 1;
+        }
+        let due = match self.policy {
+            CommitPolicy::Every(n) => self.uncommitted >= n.max(1),
+            CommitPolicy::Interval(every) => {
+                self.uncommitted > 0 && self.last_commit.elapsed() >= every
+            }
+            CommitPolicy::Explicit | CommitPolicy::OnDrop => false,
+        };
+        if due {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// `item` is handed over (or dropped by the filter).
+    fn looked_at<T>(&mut self, item: &Result<Record<T>>) {
+        self.delivered = match item {
+            Ok(record) => Some(record.offset),
+            Err(Error::Codec {
+                offset: Some(offset),
+                ..
+            }) => Some(*offset),
+            // An error that ends the subscription is not a record handled.
+            Err(_) => None,
+        };
+    }
+
+    /// Nothing is read ahead and the cursor is at `next`: what lies below
+    /// it and was not handed over was skipped.
+    fn skipped_to(&mut self, next: u64) {
+        if self.delivered.is_none() && next > self.handled {
+            self.handled = next;
+            self.uncommitted += 1;
+        }
+    }
+
+    /// The subscription caught up with the log.
+    fn idle(&mut self) -> Result<()> {
+        if matches!(self.policy, CommitPolicy::Interval(_)) && self.uncommitted > 0 {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commits what was handled, if that moves the position forward.
+    fn commit(&mut self) -> Result<()> {
+        if self.handled > self.register.position() {
+            self.register.commit(&self.store, self.handled, false)?;
+        }
+        self.uncommitted = 0;
+        self.last_commit = Instant::now();
+        Ok(())
     }
 }
 
@@ -521,9 +821,9 @@ impl<'a, T, C: Codec<T>> IntoIterator for &'a Subscription<T, C> {
 }
 
 /// A subscription that resumes after a consumer's committed position, from
-/// [`Consumer::subscribe`]. It commits when told to
-/// ([`commit`](ConsumerSubscription::commit)), and derefs to the
-/// [`Subscription`] for receiving.
+/// [`Consumer::subscribe`] or [`Consumer::subscribe_with`]. It commits when
+/// told to ([`commit`](ConsumerSubscription::commit)) or as its
+/// [`CommitPolicy`] says, and derefs to the [`Subscription`] for receiving.
 pub struct ConsumerSubscription<T, C = Postcard> {
     subscription: Subscription<T, C>,
     consumer: Consumer<T, C>,
@@ -547,9 +847,21 @@ impl<T, C> Deref for ConsumerSubscription<T, C> {
 }
 
 impl<T, C: Codec<T>> ConsumerSubscription<T, C> {
-    pub(crate) fn new(consumer: &Consumer<T, C>) -> Result<Self> {
+    pub(crate) fn new(consumer: &Consumer<T, C>, options: ConsumerOptions) -> Result<Self> {
+        let auto = AutoCommit::new(
+            consumer.store().clone(),
+            consumer.register().clone(),
+            options.policy,
+        );
         let start = Start::Offset(consumer.position());
-        let subscription = Subscription::new(consumer.log(), SubscribeOptions::new(start))?;
+        let subscription = Subscription::open(
+            consumer.store(),
+            consumer.codec(),
+            SubscribeOptions::new(start)
+                .capacity(options.capacity)
+                .undecodable(options.undecodable),
+            Some(auto),
+        )?;
         Ok(ConsumerSubscription {
             subscription,
             consumer: consumer.clone(),
@@ -576,9 +888,12 @@ impl<T, C: Codec<T>> ConsumerSubscription<T, C> {
         &self.consumer
     }
 
-    /// The plain subscription, giving up the consumer.
+    /// The plain subscription, giving up the consumer (and its automatic
+    /// commits: nothing more is committed, not even on drop).
     pub fn into_subscription(self) -> Subscription<T, C> {
-        self.subscription
+        let mut subscription = self.subscription;
+        subscription.auto = None;
+        subscription
     }
 }
 

@@ -70,9 +70,17 @@ pub(crate) enum Map {
 #[derive(Debug)]
 pub(crate) enum DirLock {
     // Held for its `Drop`, which releases the lock.
-    Os(#[allow(dead_code)] std::fs::File),
+    Os(#[allow(dead_code)] os::OsLock),
     #[cfg(any(test, fuzzing, backbone_sim))]
     Sim(#[allow(dead_code)] sim::SimLock),
+}
+
+/// Who holds a lock that [`Storage::try_lock`] could not take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockHolder {
+    /// This process (another open of the same log).
+    ThisProcess,
+    OtherProcess,
 }
 
 /// Borrowed bytes of a [`Map`].
@@ -162,13 +170,20 @@ impl Storage {
         dispatch!(self, Storage, s => s.sync_dir(dir))
     }
 
-    /// Takes the exclusive lock file `path` without blocking: `Ok(None)` when
-    /// another handle or process holds it.
-    pub(crate) fn try_lock(&self, path: &Path, mode: u32) -> io::Result<Option<DirLock>> {
+    /// Takes the exclusive lock file `path` without blocking; when it is
+    /// held, says by whom (the simulator is one process).
+    pub(crate) fn try_lock(
+        &self,
+        path: &Path,
+        mode: u32,
+    ) -> io::Result<Result<DirLock, LockHolder>> {
         match self {
             Storage::Os(s) => Ok(s.try_lock(path, mode)?.map(DirLock::Os)),
             #[cfg(any(test, fuzzing, backbone_sim))]
-            Storage::Sim(s) => Ok(s.try_lock(path)?.map(DirLock::Sim)),
+            Storage::Sim(s) => Ok(s
+                .try_lock(path)?
+                .map(DirLock::Sim)
+                .ok_or(LockHolder::ThisProcess)),
         }
     }
 }

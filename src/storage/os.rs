@@ -6,12 +6,13 @@
 //! holds the crate's one `unsafe` block (the map), the only place where the
 //! crate-wide `deny(unsafe_code)` is lifted.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::OpenMode;
+use super::{LockHolder, OpenMode};
 
 /// Real files on the local filesystem.
 #[derive(Clone, Copy, Debug, Default)]
@@ -99,16 +100,49 @@ impl OsStorage {
         }
     }
 
-    pub(crate) fn try_lock(&self, path: &Path, mode: u32) -> io::Result<Option<fs::File>> {
+    pub(crate) fn try_lock(
+        &self,
+        path: &Path,
+        mode: u32,
+    ) -> io::Result<Result<OsLock, LockHolder>> {
         let mut options = fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         set_mode(&mut options, mode);
         let file = options.open(path)?;
+        // The lock file exists now, so it has a canonical path: the key of
+        // this process's own locks.
+        let key = fs::canonicalize(path)?;
+        let mut held = HELD.lock();
+        if held.contains(&key) {
+            return Ok(Err(LockHolder::ThisProcess));
+        }
         match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Ok(()) => {
+                held.insert(key.clone());
+                Ok(Ok(OsLock { _file: file, key }))
+            }
+            Err(fs::TryLockError::WouldBlock) => Ok(Err(LockHolder::OtherProcess)),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+/// The lock files this process holds, by canonical path: `flock` alone
+/// says only that a lock is held, and a second open of a log in the
+/// process that has it open deserves its own message.
+static HELD: parking_lot::Mutex<BTreeSet<PathBuf>> = parking_lot::Mutex::new(BTreeSet::new());
+
+/// A held `flock` on a lock file; released (and forgotten) on drop.
+#[derive(Debug)]
+pub(crate) struct OsLock {
+    // Held for its `Drop`, which releases the lock.
+    _file: fs::File,
+    key: PathBuf,
+}
+
+impl Drop for OsLock {
+    fn drop(&mut self) {
+        HELD.lock().remove(&self.key);
     }
 }
 

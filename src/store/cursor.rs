@@ -65,6 +65,15 @@ impl RawCursor {
                 });
                 offset
             }
+            // Past every offset given out, appends still in flight
+            // included.
+            Start::Offset(offset) if offset > end.max(store.next_offset()) => {
+                cursor.pending = Some(Error::OffsetOutOfRange {
+                    requested: offset,
+                    next: end.max(store.next_offset()),
+                });
+                end
+            }
             Start::Offset(offset) => offset.min(end),
             Start::Timestamp(ts) => match store.offset_for_time(ts.as_micros()) {
                 Ok(offset) => offset,
@@ -82,20 +91,26 @@ impl RawCursor {
         cursor
     }
 
-    /// A cursor for a subscription: like [`RawCursor::new`], except that a
-    /// start past the end waits there instead of being clamped, and the end
-    /// moves with [`extend_to`](RawCursor::extend_to).
+    /// A cursor for a subscription: like [`RawCursor::new`], except that
+    /// the end moves with [`extend_to`](RawCursor::extend_to).
     pub(crate) fn subscription(store: &Store, start: Start) -> RawCursor {
         let mut cursor = RawCursor::new(store, start);
         // A subscription waits at the end for what comes next; a writer
         // failure reaches it as the end of the log.
         cursor.trailing = None;
+        // A start given out to an append still in flight is waited for.
         if let Start::Offset(offset) = start {
-            if offset > cursor.next {
+            if offset > cursor.next && cursor.pending.is_none() {
                 cursor.next = offset;
             }
         }
         cursor
+    }
+
+    /// An error that waits to be reported before any record (a start
+    /// outside the log), taken out of the cursor.
+    pub(crate) fn take_pending(&mut self) -> Option<Error> {
+        self.pending.take()
     }
 
     /// Lets the cursor read up to `end`.

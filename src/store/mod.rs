@@ -53,6 +53,7 @@ use self::writer::{Failure, Host, Writer, WriterConfig};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Meta};
 use crate::options::{Durability, Options};
+use crate::record::Start;
 use crate::storage::DirLock;
 
 /// How often a read-only log is looked at again while readers wait for
@@ -410,6 +411,30 @@ impl Store {
 
     /// The offset of the first record with a timestamp of at least `micros`
     /// (the end of the log if there is none).
+    /// The offset `start` names, checked against the log as it is now:
+    /// below the first offset is [`Error::OffsetTruncated`], past the end
+    /// [`Error::OffsetOutOfRange`].
+    pub(crate) fn resolve(&self, start: Start) -> Result<u64> {
+        let end = self.readable_end()?;
+        let first = self.first_offset();
+        match start {
+            Start::Beginning => Ok(first),
+            Start::End => Ok(end),
+            Start::Offset(offset) if offset < first => Err(Error::OffsetTruncated {
+                requested: offset,
+                first,
+            }),
+            Start::Offset(offset) if offset > end.max(self.next_offset()) => {
+                Err(Error::OffsetOutOfRange {
+                    requested: offset,
+                    next: end.max(self.next_offset()),
+                })
+            }
+            Start::Offset(offset) => Ok(offset),
+            Start::Timestamp(ts) => self.offset_for_time(ts.as_micros()),
+        }
+    }
+
     pub(crate) fn offset_for_time(&self, micros: u64) -> Result<u64> {
         let end = self.readable_end()?;
         let _pin = self.pin()?;

@@ -20,7 +20,7 @@ use crate::format::{
 };
 use crate::options::{Options, RecoveryMode};
 use crate::storage::{
-    remove_if_exists, write_atomically, DirEntry, DirLock, File, OpenMode, Storage,
+    remove_if_exists, write_atomically, DirEntry, DirLock, File, LockHolder, OpenMode, Storage,
 };
 
 /// What opening the log found and repaired.
@@ -261,8 +261,9 @@ fn take_directory(
     let lock = storage
         .try_lock(&path, options.file_mode)
         .map_err(|e| Error::io("lock", &path, e))?
-        .ok_or_else(|| Error::Locked {
+        .map_err(|holder| Error::Locked {
             path: dir.to_path_buf(),
+            in_this_process: holder == LockHolder::ThisProcess,
         })?;
     // List again under the lock: another writer may have changed the
     // directory between the first listing and taking the lock.

@@ -18,6 +18,7 @@ use super::Store;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{self, ConsumerError, ConsumerSlot};
 use crate::name;
+use crate::record::Start;
 use crate::storage::{write_atomically, File, OpenMode};
 
 /// One open register.
@@ -43,24 +44,25 @@ struct Inner {
 }
 
 /// A register as stored on disk, for listings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct RegisterEntry {
     pub(crate) name: String,
     pub(crate) path: PathBuf,
     /// The committed position and the commit's generation, or the error
     /// reading the file met.
-    pub(crate) slot: std::result::Result<(u64, u64), String>,
+    pub(crate) slot: Result<(u64, u64)>,
 }
 
 impl Store {
-    /// Opens the register `name`, creating it at the log's first offset if
-    /// it does not exist (a read-only handle creates nothing). A stored
-    /// position outside the log is clamped into it, and says so.
-    pub(crate) fn open_register(&self, name: &str) -> Result<Register> {
+    /// Opens the register `name`, creating it at `initial` (checked with
+    /// [`Store::resolve`]) if it does not exist (a read-only handle creates
+    /// nothing). A stored position outside the log is clamped into it, and
+    /// says so.
+    pub(crate) fn open_register(&self, name: &str, initial: Start) -> Result<Register> {
         name::validate(name)?;
         let options = &self.options;
         let storage = &options.storage;
-        let path = self.dir.join(format!("{name}.{}", format::CONSUMER_EXT));
+        let path = self.register_path(name);
         let read_only = self.writer.is_none();
         let mode = if read_only {
             OpenMode::ReadOnly
@@ -83,11 +85,16 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let slot = ConsumerSlot {
                     generation: 0,
-                    position: self.first_offset(),
+                    position: self.resolve(initial)?,
                 };
                 if read_only {
                     (None, slot)
                 } else {
+                    // A stored position never points past records a power
+                    // loss could take, from its first commit on.
+                    if slot.position > self.durable_offset() {
+                        self.sync_to(Some(slot.position))?;
+                    }
                     (Some(self.create_register(&path, &slot)?), slot)
                 }
             }
@@ -132,6 +139,32 @@ impl Store {
             .map_err(|e| Error::io("open", path, e))
     }
 
+    /// Removes the register `name`'s file (whoever holds it must have let
+    /// go). Whether there was one.
+    pub(crate) fn remove_register(&self, name: &str) -> Result<bool> {
+        name::validate(name)?;
+        if self.writer.is_none() {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        let storage = &self.options.storage;
+        let path = self.register_path(name);
+        match storage.remove(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("remove", &path, e)),
+        }
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync", &self.dir, e))?;
+        Ok(true)
+    }
+
+    fn register_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{}", format::CONSUMER_EXT))
+    }
+
     /// Every register file of the log, read without opening any for
     /// writing, sorted by name.
     pub(crate) fn registers(&self) -> Result<Vec<RegisterEntry>> {
@@ -152,8 +185,7 @@ impl Store {
                     .open(&path, OpenMode::ReadOnly, options.file_mode)
                     .map_err(|e| Error::io("open", &path, e))
                     .and_then(|file| read_slot(&file, &path))
-                    .map(|(slot, _)| (slot.position, slot.generation))
-                    .map_err(|e| e.to_string());
+                    .map(|(slot, _)| (slot.position, slot.generation));
                 Some(RegisterEntry {
                     name: name.to_owned(),
                     path,
@@ -185,14 +217,11 @@ impl Register {
     /// Stores `position` durably: when this returns, a crash or power loss
     /// keeps it. Records of `store` below `position` are synced first, so a
     /// stored position never points past records that a power loss could
-    /// take. Positions may move backwards.
-    pub(crate) fn commit(&self, store: &Store, position: u64) -> Result<()> {
-        let next = store.next_offset();
-        if position > next {
-            return Err(Error::OffsetOutOfRange {
-                requested: position,
-                next,
-            });
+    /// take. A position below the committed one is refused unless
+    /// `backwards` allows it; the committed position itself is a no-op.
+    pub(crate) fn commit(&self, store: &Store, position: u64, backwards: bool) -> Result<()> {
+        if store.is_shut_down() {
+            return Err(Error::Closed);
         }
         let file = match &self.file {
             Some(file) if !self.read_only => file,
@@ -202,8 +231,35 @@ impl Register {
                 })
             }
         };
+        let current = self.position();
+        if position < current && !backwards {
+            return Err(Error::CommitBehind {
+                name: self.name.clone(),
+                position: current,
+                requested: position,
+            });
+        }
+        if position != current {
+            let first = store.first_offset();
+            if position < first {
+                return Err(Error::OffsetTruncated {
+                    requested: position,
+                    first,
+                });
+            }
+            let next = store.next_offset();
+            if position > next {
+                return Err(Error::OffsetOutOfRange {
+                    requested: position,
+                    next,
+                });
+            }
+        }
         if position > store.durable_offset() {
             store.sync_to(Some(position))?;
+        }
+        if position == current {
+            return Ok(());
         }
         let mut inner = self.inner.lock();
         if let Some(source) = &inner.failed {
@@ -211,6 +267,14 @@ impl Register {
                 op: "fdatasync",
                 path: self.path.clone(),
                 source: source.clone(),
+            });
+        }
+        // Again under the lock: a clone's commit may have gone first.
+        if position < inner.position && !backwards {
+            return Err(Error::CommitBehind {
+                name: self.name.clone(),
+                position: inner.position,
+                requested: position,
             });
         }
         let generation = inner.generation + 1;

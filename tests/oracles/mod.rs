@@ -1347,6 +1347,18 @@ fn check_lookups(log: &Log, records: &[(u64, Vec<u8>)]) -> Outcome {
     // must be the ones appended (the first few; the whole log once).
     let expect_from = |start: Start, from: u64, take: usize| -> Outcome {
         let mut cursor = log.read(start);
+        if let Start::Offset(o) = start {
+            if o > n {
+                // A start past the end is an error, the cursor's one item.
+                let got: Vec<_> = cursor.collect();
+                ensure!(
+                    matches!(&got[..], [Err(Error::OffsetOutOfRange { requested, next })]
+                        if *requested == o && *next == n),
+                    "read({start:?}) past the end {n}: {got:?}"
+                );
+                return Ok(());
+            }
+        }
         ensure!(
             cursor.position() == from.min(n) && cursor.end() == n,
             "read({start:?}) starts at {} (ends {}), expected {from}",
@@ -1710,7 +1722,17 @@ impl Api {
                 let o = self.m.pick(inp.u64());
                 self.trace.push(format!("read from {o}"));
                 let got: Vec<_> = self.log().read(Start::Offset(o)).collect();
-                if o < self.m.first {
+                if o > next {
+                    let ok = matches!(&got[..], [Err(Error::OffsetOutOfRange { requested, next: n })]
+                        if *requested == o && *n == next);
+                    if !ok
+                        && !got
+                            .iter()
+                            .any(|r| matches!(r, Err(e) if io_fault(self.armed, e)))
+                    {
+                        return Err(Some(format!("read past the end {next}: {got:?}")));
+                    }
+                } else if o < self.m.first {
                     let ok = matches!(&got[..], [Err(Error::OffsetTruncated { requested, first })]
                         if *requested == o && *first == self.m.first);
                     if !ok
@@ -1819,8 +1841,20 @@ impl Api {
                         handle.position()
                     )));
                 }
+                let position = handle.position();
                 match handle.commit(at) {
-                    Ok(()) if at <= next => {
+                    // Commits never move a position back.
+                    Err(Error::CommitBehind {
+                        position: p,
+                        requested,
+                        ..
+                    }) if at < position && p == position && requested == at => {}
+                    Err(Error::OffsetTruncated {
+                        requested,
+                        first: f,
+                    }) if at > position && at < first && requested == at && f == first => {}
+                    Ok(()) if at == position => {}
+                    Ok(()) if at <= next && at > position && at >= first => {
                         c.stored = at;
                         self.m.durable = self.m.durable.max(at);
                         self.m.written = self.m.written.max(at);
@@ -1876,17 +1910,27 @@ impl Api {
                     .flush()
                     .map_err(|e| Some(format!("flush: {e}")))?;
                 self.m.written = next;
-                let sub = self
-                    .log()
-                    .subscribe(Start::Offset(o))
-                    .map_err(|e| Some(format!("subscribe: {e}")))?;
+                let sub = self.log().subscribe(Start::Offset(o));
                 let wait = Duration::from_secs(10);
-                if o < self.m.first {
-                    let got = sub.recv_timeout(wait);
-                    if !matches!(got, Err(Error::OffsetTruncated { .. })) {
-                        return Err(Some(format!("subscribe below first: {got:?}")));
+                // A start outside the log is refused at once.
+                if o < self.m.first || o > next {
+                    let ok = match &sub {
+                        Err(Error::OffsetTruncated { requested, first }) => {
+                            *requested == o && *first == self.m.first
+                        }
+                        Err(Error::OffsetOutOfRange { requested, next: n }) => {
+                            *requested == o && *n == next
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(Some(format!(
+                            "subscribe from {o} outside [{}, {next}]: {sub:?}",
+                            self.m.first
+                        )));
                     }
                 } else {
+                    let sub = sub.map_err(|e| Some(format!("subscribe: {e}")))?;
                     for at in o.min(next)..next {
                         match sub.recv_timeout(wait) {
                             Ok(Some(rec))

@@ -669,21 +669,7 @@ impl Harness {
                 let handle = self.handle(name)?;
                 let position = self.model.resolve(*at);
                 let result = handle.commit(position);
-                if position > next {
-                    ensure!(
-                        matches!(result, Err(Error::OffsetOutOfRange { requested, next: n })
-                            if requested == position && n == next),
-                        "commit({position}) past the end {next}: {result:?}"
-                    );
-                } else {
-                    result.map_err(|e| format!("commit({position}): {e}"))?;
-                    let c = self.model.consumers.get_mut(name).expect("opened");
-                    c.stored = position;
-                    c.view = Some(position);
-                    // A commit makes the records below it durable first.
-                    self.model.durable = self.model.durable.max(position);
-                    self.model.written = self.model.written.max(position);
-                }
+                self.check_commit(name, position, result)?;
             }
             Op::ConsumerPosition { name } => {
                 let name = NAMES[name % NAMES.len()];
@@ -975,7 +961,13 @@ impl Harness {
                 let offset = self.model.resolve(pick);
                 let got: Vec<_> = self.log().read(Start::Offset(offset)).collect();
                 flushes(self);
-                if offset < first {
+                if offset > next {
+                    ensure!(
+                        matches!(&got[..], [Err(Error::OffsetOutOfRange { requested, next: n })]
+                            if *requested == offset && *n == next),
+                        "read(Offset({offset})) past the end {next}: {got:?}"
+                    );
+                } else if offset < first {
                     ensure!(
                         got.len() == 1
                             && matches!(&got[0], Err(Error::OffsetTruncated { requested, first: f })
@@ -1058,8 +1050,22 @@ impl Harness {
         };
         let sub = self
             .log()
-            .subscribe_with(SubscribeOptions::new(start).capacity(capacity))
-            .map_err(|e| format!("subscribe({start:?}): {e}"))?;
+            .subscribe_with(SubscribeOptions::new(start).capacity(capacity));
+        if from < first || from > next {
+            // A start outside the log is refused at once.
+            ensure!(
+                matches!(&sub, Err(Error::OffsetTruncated { requested, first: f })
+                    if from < first && *requested == from && *f == first)
+                    || matches!(&sub, Err(Error::OffsetOutOfRange { requested, next: n })
+                    if from > next && *requested == from && *n == next),
+                "subscribe({start:?}) outside [{first}, {next}]: {sub:?}"
+            );
+            if from < first {
+                self.counts.truncated += 1;
+            }
+            return Ok(());
+        }
+        let sub = sub.map_err(|e| format!("subscribe({start:?}): {e}"))?;
         // Subscribing writes `Buffered` appends out, as a read does.
         self.model.written = next;
         let what = format!("{start:?}, capacity {capacity}, log [{first}, {next})");
@@ -1072,9 +1078,19 @@ impl Harness {
     fn consumer_subscribe(&mut self, name: &'static str) -> Result<(), String> {
         let handle = self.handle(name)?;
         let (first, next) = (self.model.first, self.model.next());
-        let sub = handle
-            .subscribe()
-            .map_err(|e| format!("consumer {name}: subscribe: {e}"))?;
+        let view = self.model.consumers[name].view.expect("held");
+        let sub = handle.subscribe();
+        if view < first {
+            // Retention went past the consumer: it hears so at once.
+            ensure!(
+                matches!(&sub, Err(Error::OffsetTruncated { requested, first: f })
+                    if *requested == view && *f == first),
+                "consumer {name} at {view}, below the first offset {first}: subscribe gave {sub:?}"
+            );
+            self.counts.truncated += 1;
+            return Ok(());
+        }
+        let sub = sub.map_err(|e| format!("consumer {name}: subscribe: {e}"))?;
         self.model.written = next;
         let from = sub.position();
         let view = self.model.consumers[name].view;
@@ -1199,11 +1215,52 @@ impl Harness {
             return Ok(());
         };
         let (name, position) = (*name, s.next);
-        sub.commit(position)
-            .map_err(|e| format!("consumer {name}: commit({position}) by its subscription: {e}"))?;
+        let result = sub.commit(position);
+        self.check_commit(name, position, result)
+            .map_err(|e| format!("by its subscription: {e}"))
+    }
+
+    /// Checks a commit of `position` by consumer `name` against the model
+    /// (commits never move back; a position outside the log is refused),
+    /// and applies it.
+    fn check_commit(
+        &mut self,
+        name: &'static str,
+        position: u64,
+        result: backbone::Result<()>,
+    ) -> Result<(), String> {
+        let (first, next) = (self.model.first, self.model.next());
         let c = self.model.consumers.get_mut(name).expect("opened");
-        c.stored = position;
-        c.view = Some(position);
+        let view = c.view.expect("held");
+        match result {
+            Err(Error::CommitBehind {
+                position: p,
+                requested,
+                ..
+            }) if position < view && p == view && requested == position => return Ok(()),
+            Err(Error::OffsetTruncated {
+                requested,
+                first: f,
+            }) if position > view && position < first && requested == position && f == first => {
+                return Ok(())
+            }
+            Err(Error::OffsetOutOfRange { requested, next: n })
+                if position > next && requested == position && n == next =>
+            {
+                return Ok(())
+            }
+            Ok(()) if position == view => {}
+            Ok(()) if position > view && position >= first && position <= next => {
+                c.stored = position;
+                c.view = Some(position);
+            }
+            other => {
+                return Err(format!(
+                    "consumer {name} at {view}: commit({position}) in [{first}, {next}]: {other:?}"
+                ))
+            }
+        }
+        // A commit makes the records below it durable first.
         self.model.durable = self.model.durable.max(position);
         self.model.written = self.model.written.max(position);
         Ok(())

@@ -1,0 +1,476 @@
+//! What services need around the log: handles that do not keep a log open,
+//! one holder per consumer name, commits that never move back, where a
+//! consumer starts, listing and deleting consumers, automatic commit
+//! policies, records that do not decode, and the small conveniences
+//! (`last`, `Record::new`, `Timestamp`'s display).
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use backbone::{
+    Codec, CodecError, CommitPolicy, ConsumerOptions, DeadLetter, Durability, Error, EventLog,
+    Options, Record, Start, SubscribeOptions, Timestamp, Undecodable,
+};
+
+fn open(dir: &std::path::Path) -> EventLog<u64> {
+    Options::new()
+        .durability(Durability::Buffered)
+        .open(dir)
+        .unwrap()
+}
+
+/// Runs `f` on a thread and waits at most `limit` for it: a test of "this
+/// ends" must fail, not hang, when it does not.
+fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
+}
+
+// ---- lifecycle --------------------------------------------------------------
+
+#[test]
+fn consumers_cursors_and_subscriptions_do_not_keep_the_log_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&[1, 2, 3]).unwrap();
+    let consumer = log.consumer("shipping").unwrap();
+    let sub = consumer.subscribe().unwrap();
+    let mut cursor = log.read(Start::Beginning);
+    assert_eq!(cursor.next().unwrap().unwrap().value, 1);
+    // The service drains what is there, then waits in `iter()`.
+    let waiting = std::thread::spawn(move || {
+        let received: Vec<u64> = sub.iter().map(|rec| rec.unwrap().value).collect();
+        (received, sub.recv())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(log);
+
+    // The subscription ends with `Closed` once the last log handle is gone,
+    // after every record it had.
+    let (received, after) = within(Duration::from_secs(10), move || waiting.join().unwrap());
+    assert_eq!(received, vec![1, 2, 3]);
+    assert!(matches!(after, Err(Error::Closed)), "{after:?}");
+    // The log can be opened again while the consumer and the cursor live.
+    let again = open(dir.path());
+    assert_eq!(again.next_offset(), 3);
+    // They are closed for good: they belong to the log that is gone.
+    assert!(matches!(consumer.commit(1), Err(Error::Closed)));
+    assert!(matches!(consumer.log(), Err(Error::Closed)));
+    assert!(matches!(cursor.next(), Some(Err(Error::Closed))));
+    assert!(cursor.next().is_none());
+    // A new holder takes the name on the new log.
+    again.consumer("shipping").unwrap().commit(2).unwrap();
+}
+
+#[test]
+fn a_second_open_in_the_same_process_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let second = Options::new().open::<u64>(dir.path());
+    match second {
+        Err(
+            e @ Error::Locked {
+                in_this_process: true,
+                ..
+            },
+        ) => assert!(
+            e.to_string().contains("already open in this process"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    drop(log);
+    open(dir.path());
+}
+
+// ---- one holder per consumer -------------------------------------------------
+
+#[test]
+fn a_consumer_name_has_one_holder_and_commits_never_move_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    let email = log.consumer("email").unwrap();
+    let clone = email.clone();
+    assert!(matches!(
+        log.consumer("email"),
+        Err(Error::ConsumerInUse { ref name }) if name == "email"
+    ));
+    // Another handle of the same log is the same log.
+    assert!(matches!(
+        log.clone().consumer_with("email", Start::End),
+        Err(Error::ConsumerInUse { .. })
+    ));
+
+    clone.commit(6).unwrap();
+    let behind = email.commit(2);
+    assert!(
+        matches!(
+            behind,
+            Err(Error::CommitBehind {
+                position: 6,
+                requested: 2,
+                ..
+            })
+        ),
+        "{behind:?}"
+    );
+    assert_eq!(email.position(), 6);
+    email.commit(6).unwrap();
+    // Moving back is asked for by name.
+    email.seek(2).unwrap();
+    assert_eq!(clone.position(), 2);
+    assert_eq!(email.reset(Start::End).unwrap(), 10);
+    assert_eq!(email.reset(Start::Beginning).unwrap(), 0);
+    assert!(matches!(
+        email.seek(11),
+        Err(Error::OffsetOutOfRange {
+            requested: 11,
+            next: 10
+        })
+    ));
+
+    // A subscription holds the consumer too.
+    let sub = email.subscribe().unwrap();
+    drop((email, clone));
+    assert!(matches!(
+        log.consumer("email"),
+        Err(Error::ConsumerInUse { .. })
+    ));
+    drop(sub);
+    let again = log.consumer("email").unwrap();
+    assert_eq!(again.position(), 0);
+}
+
+#[test]
+fn positions_and_lag_are_listed_without_taking_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    let shipping = log.consumer("shipping").unwrap();
+    shipping.commit(4).unwrap();
+    log.consumer("analytics").unwrap().commit(9).unwrap();
+    let alerting = log.consumer_with("alerting", Start::End).unwrap();
+    assert_eq!((alerting.position(), alerting.lag()), (10, 0));
+
+    let listed: Vec<_> = log
+        .consumers()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.position, c.lag, c.held))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("alerting".to_owned(), 10, 0, true),
+            ("analytics".to_owned(), 9, 1, false),
+            ("shipping".to_owned(), 4, 6, true),
+        ]
+    );
+
+    // Deleting: refused while held, done when free.
+    assert!(matches!(
+        log.delete_consumer("shipping"),
+        Err(Error::ConsumerInUse { .. })
+    ));
+    assert!(log.delete_consumer("analytics").unwrap());
+    assert!(!log.delete_consumer("analytics").unwrap());
+    assert!(matches!(
+        log.delete_consumer("../escape"),
+        Err(Error::InvalidName { .. })
+    ));
+    let names: Vec<_> = log
+        .consumers()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["alerting", "shipping"]);
+    // A deleted consumer starts afresh.
+    assert_eq!(
+        log.consumer_with("analytics", Start::Offset(3))
+            .unwrap()
+            .position(),
+        3
+    );
+}
+
+#[test]
+fn a_new_consumer_starts_where_asked_and_an_existing_one_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&(0..5).collect::<Vec<_>>()).unwrap();
+    let before = Timestamp::now();
+    std::thread::sleep(Duration::from_millis(2));
+    log.append_batch(&(5..8).collect::<Vec<_>>()).unwrap();
+
+    let cases = [
+        ("from-beginning", Start::Beginning, 0),
+        ("from-end", Start::End, 8),
+        ("from-offset", Start::Offset(6), 6),
+        ("from-time", Start::Timestamp(before), 5),
+    ];
+    for (name, start, position) in cases {
+        let consumer = log.consumer_with(name, start).unwrap();
+        assert_eq!(consumer.position(), position, "{name}");
+        // The stored position is durable from the start.
+        drop(consumer);
+        assert_eq!(
+            log.consumer_with(name, Start::Beginning)
+                .unwrap()
+                .position(),
+            position,
+            "{name} resumes where it was, whatever the start says"
+        );
+    }
+    assert!(matches!(
+        log.consumer_with("too-far", Start::Offset(9)),
+        Err(Error::OffsetOutOfRange {
+            requested: 9,
+            next: 8
+        })
+    ));
+    assert!(log.consumers().unwrap().iter().all(|c| c.name != "too-far"));
+    // A consumer made at the end of a Buffered log made those records
+    // durable: its position never points past what a power loss keeps.
+    log.append(&8).unwrap();
+    log.consumer_with("late", Start::End).unwrap();
+    assert_eq!(log.durable_offset(), 9);
+}
+
+// ---- commit policies ------------------------------------------------------------
+
+#[test]
+fn automatic_commits_cover_only_records_whose_successor_was_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+
+    // Every(3): a commit each third record handed back.
+    let consumer = log.consumer("every").unwrap();
+    let sub = consumer.subscribe_with(CommitPolicy::Every(3)).unwrap();
+    let mut positions = Vec::new();
+    for _ in 0..7 {
+        sub.recv().unwrap();
+        positions.push(consumer.position());
+    }
+    // Received 0..=6; asking for 3 handed back 0, 1, 2 (commit 3); asking
+    // for 6 handed back 3, 4, 5 (commit 6). Record 6 is in hand.
+    assert_eq!(positions, [0, 0, 0, 3, 3, 3, 6]);
+    drop(sub);
+    // Dropping commits what was handed back, not the record in hand.
+    assert_eq!(consumer.position(), 6);
+
+    // OnDrop: nothing until the drop.
+    let on_drop = log.consumer("on-drop").unwrap();
+    let sub = on_drop.subscribe_with(CommitPolicy::OnDrop).unwrap();
+    for _ in 0..5 {
+        sub.recv().unwrap();
+    }
+    assert_eq!(on_drop.position(), 0);
+    drop(sub);
+    assert_eq!(on_drop.position(), 4);
+
+    // Interval: commits when caught up with the log.
+    let interval = log.consumer("interval").unwrap();
+    let sub = interval
+        .subscribe_with(CommitPolicy::Interval(Duration::from_secs(3600)))
+        .unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| sub.try_recv().unwrap())
+        .map(|rec| rec.value)
+        .collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert_eq!(interval.position(), 10, "caught up: everything handed back");
+
+    // Explicit: only `commit` commits, drop or not.
+    let explicit = log.consumer("explicit").unwrap();
+    let sub = explicit.subscribe().unwrap();
+    for _ in 0..5 {
+        sub.recv().unwrap();
+    }
+    sub.commit(2).unwrap();
+    drop(sub);
+    assert_eq!(explicit.position(), 2);
+    // The stored positions survive a reopen.
+    drop((consumer, on_drop, interval, explicit));
+    drop(log);
+    let log = open(dir.path());
+    let stored: Vec<_> = log
+        .consumers()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.position))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("every".to_owned(), 6),
+            ("explicit".to_owned(), 2),
+            ("interval".to_owned(), 10),
+            ("on-drop".to_owned(), 4)
+        ]
+    );
+}
+
+// ---- records that do not decode ----------------------------------------------------
+
+/// A producer with a bug: it claims to write postcard but writes whatever
+/// bytes it is given.
+struct BuggyPostcard;
+
+impl Codec<Vec<u8>> for BuggyPostcard {
+    fn name(&self) -> &'static str {
+        "postcard"
+    }
+
+    fn encode(&self, value: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+/// A log of `u64` (postcard) with two records that are not `u64`s: at
+/// offsets 1 and 3, bytes that end too early for a varint.
+fn log_with_two_bad_records(dir: &std::path::Path) {
+    let raw: EventLog<Vec<u8>, BuggyPostcard> =
+        Options::new().open_with_codec(dir, BuggyPostcard).unwrap();
+    let good = |v: u64| postcard::to_allocvec(&v).unwrap();
+    raw.append_batch(&[good(10), vec![0x80], good(12), vec![0xff, 0xff], good(14)])
+        .unwrap();
+}
+
+#[test]
+fn an_undecodable_record_is_handed_over_skipped_or_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    log_with_two_bad_records(&events);
+    let log: EventLog<u64> = Options::new().open(&events).unwrap();
+
+    // Yield (the default): the error comes in the record's place, and the
+    // subscription goes on.
+    let sub = log.subscribe(Start::Beginning).unwrap();
+    let got: Vec<_> = (0..5)
+        .map(|_| match sub.recv() {
+            Ok(rec) => Ok(rec.value),
+            Err(Error::Codec {
+                offset: Some(o), ..
+            }) => Err(o),
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    assert_eq!(got, [Ok(10), Err(1), Ok(12), Err(3), Ok(14)]);
+
+    // Skip.
+    let sub = log
+        .subscribe_with(SubscribeOptions::new(Start::Beginning).undecodable(Undecodable::Skip))
+        .unwrap();
+    let got: Vec<_> = std::iter::from_fn(|| sub.try_recv().unwrap())
+        .map(|rec| (rec.offset, rec.value))
+        .collect();
+    assert_eq!(got, [(0, 10), (2, 12), (4, 14)]);
+
+    // Dead letters: set aside with their bytes and the reason.
+    let dead: EventLog<DeadLetter> = EventLog::open(dir.path().join("dead")).unwrap();
+    let sub = log
+        .subscribe_with(
+            SubscribeOptions::new(Start::Beginning).undecodable(Undecodable::dead_letter(&dead)),
+        )
+        .unwrap();
+    let got: Vec<_> = std::iter::from_fn(|| sub.try_recv().unwrap())
+        .map(|rec| rec.value)
+        .collect();
+    assert_eq!(got, [10, 12, 14]);
+    let letters: Vec<DeadLetter> = dead
+        .read(Start::Beginning)
+        .map(|rec| rec.unwrap().value)
+        .collect();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(
+        letters
+            .iter()
+            .map(|l| (l.offset, l.payload.clone()))
+            .collect::<Vec<_>>(),
+        [(1, vec![0x80]), (3, vec![0xff, 0xff])]
+    );
+    assert!(letters.iter().all(|l| l.source.ends_with("events")));
+    assert!(
+        letters[0].reason.contains("postcard") && letters[0].reason.contains("offset 1"),
+        "{}",
+        letters[0].reason
+    );
+    let stored = backbone::inspect::Inspector::open(&events)
+        .unwrap()
+        .frames(Start::Offset(3))
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(letters[1].timestamp, stored.timestamp);
+
+    // A consumer that skips them counts them as handled: caught up, an
+    // Interval policy commits the whole log.
+    let consumer = log.consumer("tolerant").unwrap();
+    let sub = consumer
+        .subscribe_with(
+            ConsumerOptions::new()
+                .commit(CommitPolicy::Interval(Duration::from_secs(3600)))
+                .undecodable(Undecodable::Skip),
+        )
+        .unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| sub.try_recv().unwrap())
+        .map(|rec| rec.value)
+        .collect();
+    assert_eq!(got, [10, 12, 14]);
+    assert_eq!(consumer.position(), 5);
+}
+
+#[test]
+fn a_dead_letter_log_that_fails_stops_the_subscription_before_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    log_with_two_bad_records(&events);
+    let log: EventLog<u64> = Options::new().open(&events).unwrap();
+    let dead: EventLog<DeadLetter> = EventLog::open(dir.path().join("dead")).unwrap();
+    let sub = log
+        .subscribe_with(
+            SubscribeOptions::new(Start::Beginning).undecodable(Undecodable::dead_letter(&dead)),
+        )
+        .unwrap();
+    dead.clone().close().unwrap();
+    assert_eq!(sub.recv().unwrap().value, 10);
+    // Offset 1 could not be set aside: the error, then the end; never 12.
+    assert!(matches!(sub.recv(), Err(Error::Closed)));
+    assert!(matches!(sub.try_recv(), Err(Error::Closed)));
+}
+
+// ---- small things ---------------------------------------------------------------
+
+#[test]
+fn the_last_record_is_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert!(log.last().unwrap().is_none());
+    log.append_batch(&[7, 8, 9]).unwrap();
+    let last = log.last().unwrap().unwrap();
+    assert_eq!((last.offset, last.value), (2, 9));
+    // A service's unit test builds records by hand.
+    let made = Record::new(2, last.timestamp, 9u64);
+    assert_eq!(made, last);
+    // Timestamps print as UTC times and convert to SystemTime and back.
+    let shown = last.timestamp.to_string();
+    assert!(
+        shown.starts_with("20") && shown.ends_with('Z') && shown.len() == 27,
+        "{shown}"
+    );
+    let system: std::time::SystemTime = last.timestamp.into();
+    assert_eq!(Timestamp::from(system), last.timestamp);
+}
