@@ -483,7 +483,7 @@ mod tests {
             &log,
             &(0..300u32).map(|i| vec![i as u8; 40]).collect::<Vec<_>>(),
         );
-        log.close().unwrap();
+        log.close(drop).unwrap();
         let segments = Inspector::open(dir.path()).unwrap().segments().unwrap();
         assert!(segments.len() >= 3);
         // A flipped payload byte in the first and the second segment, and

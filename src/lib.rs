@@ -117,8 +117,9 @@ pub use codec::Json;
 pub use codec::{Codec, CodecError, Postcard, Raw};
 pub use error::{CorruptionKind, Error, Result};
 pub use log::{
-    CommitPolicy, Consumer, ConsumerOptions, ConsumerStatus, ConsumerSubscription, Cursor,
-    DeadLetter, DeadLetters, EventLog, Iter, SubscribeOptions, Subscription, Undecodable,
+    CloseReport, CommitPolicy, Consumer, ConsumerOptions, ConsumerStatus, ConsumerSubscription,
+    Cursor, DeadLetter, DeadLetters, EventLog, Iter, Stopper, SubscribeOptions, Subscription,
+    Undecodable,
 };
 pub use options::{Durability, Options, RecoveryMode};
 pub use record::{Record, Start, Timestamp};

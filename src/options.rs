@@ -88,6 +88,7 @@ pub struct Options {
     pub(crate) read_only: bool,
     pub(crate) file_mode: u32,
     pub(crate) max_open_segments: usize,
+    pub(crate) close_timeout: Duration,
     /// `None`: on unless the durability is `Buffered`.
     preallocate: Option<bool>,
     pub(crate) storage: Storage,
@@ -121,6 +122,7 @@ impl Options {
             read_only: false,
             file_mode: 0o600,
             max_open_segments: 64,
+            close_timeout: Duration::from_secs(5),
             preallocate: None,
             storage: Storage::os(),
         }
@@ -196,6 +198,15 @@ impl Options {
     /// 256 KiB): appends are written out when it fills.
     pub fn buffer_bytes(mut self, bytes: usize) -> Options {
         self.buffer_bytes = bytes;
+        self
+    }
+
+    /// How long [`EventLog::close`](crate::EventLog::close) lets live
+    /// subscriptions receive the records appended before it, at most,
+    /// before it ends them (default 5 s; zero ends them at once). Dropping
+    /// the last handle never waits.
+    pub fn close_timeout(mut self, timeout: Duration) -> Options {
+        self.close_timeout = timeout;
         self
     }
 

@@ -89,6 +89,142 @@ fn a_second_open_in_the_same_process_says_so() {
     open(dir.path());
 }
 
+// ---- graceful close ---------------------------------------------------------------
+
+#[test]
+fn close_lets_live_subscriptions_receive_everything_appended_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let slow = log.subscribe(Start::Beginning).unwrap();
+    let consumer = log.consumer("shipping").unwrap();
+    let durable = consumer.subscribe_with(CommitPolicy::Every(1)).unwrap();
+    log.append_batch(&(0..200).collect::<Vec<_>>()).unwrap();
+    let slow = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for rec in slow.iter() {
+            got.push(rec.unwrap().value);
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        got
+    });
+    let durable = std::thread::spawn(move || {
+        durable.iter().fold(0usize, |n, r| {
+            r.unwrap();
+            n + 1
+        })
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    let report = log.close().unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.drained, 2);
+    assert_eq!(slow.join().unwrap(), (0..200).collect::<Vec<_>>());
+    assert_eq!(durable.join().unwrap(), 200);
+    // The consumer committed as it went: record 199 counts as handled once
+    // the next was asked for, which may come after the close (then its
+    // commit fails and 199 is replayed after a restart: at-least-once).
+    assert!(
+        (199..=200).contains(&consumer.position()),
+        "{}",
+        consumer.position()
+    );
+}
+
+#[test]
+fn close_refuses_appends_at_once_and_reports_what_a_stuck_subscriber_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u64> = Options::new()
+        .durability(Durability::Buffered)
+        .close_timeout(Duration::from_millis(300))
+        .open(dir.path())
+        .unwrap();
+    log.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    // Nobody receives from this one while the close waits.
+    let stuck = log.subscribe(Start::Beginning).unwrap();
+    assert_eq!(stuck.recv().unwrap().value, 0);
+    let caught_up = log.subscribe(Start::End).unwrap();
+    let caught_up = std::thread::spawn(move || {
+        caught_up.iter().fold(0usize, |n, r| {
+            r.unwrap();
+            n + 1
+        })
+    });
+    let other = log.clone();
+    let closing = std::thread::spawn(move || log.close().unwrap());
+    // While the close waits for the stuck subscriber, appends are refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match other.append(&99) {
+            Err(Error::Closed) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "appends never refused"
+        );
+    }
+    let report = closing.join().unwrap();
+    assert_eq!(report.drained, 1, "{report:?}");
+    assert_eq!(report.missed.len(), 1, "{report:?}");
+    // The one that kept receiving got every append that got in before the
+    // close; the stuck one had received record 0 of those and the ten.
+    let appended_after = caught_up.join().unwrap() as u64;
+    assert_eq!(report.missed[0], 9 + appended_after, "{report:?}");
+    // It ends now, after what it had read ahead.
+    let rest: Vec<_> = stuck.iter().collect();
+    assert!(rest.iter().all(|r| r.is_ok()));
+    assert!(rest.len() < 64);
+    assert!(matches!(other.append(&1), Err(Error::Closed)));
+}
+
+#[test]
+fn dropping_the_last_handle_never_waits_for_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: EventLog<u64> = Options::new()
+        .close_timeout(Duration::from_secs(3600))
+        .open(dir.path())
+        .unwrap();
+    log.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    let stuck = log.subscribe(Start::Beginning).unwrap();
+    within(Duration::from_secs(30), move || drop(log));
+    assert!(stuck.iter().all(|r| r.is_ok()));
+}
+
+#[test]
+fn a_stopped_subscription_hands_over_what_it_holds_then_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&(0..100).collect::<Vec<_>>()).unwrap();
+    let consumer = log.consumer("email").unwrap();
+    let sub = consumer
+        .subscribe_with(
+            ConsumerOptions::new()
+                .commit(CommitPolicy::OnDrop)
+                .capacity(8),
+        )
+        .unwrap();
+    assert_eq!(sub.recv().unwrap().value, 0);
+    sub.stopper().stop();
+    // The first read took one record and read ahead up to eight; those come,
+    // then the end, though 100 are in the log.
+    let rest: Vec<u64> = sub.iter().map(|r| r.unwrap().value).collect();
+    assert!(rest.len() <= 8, "{rest:?}");
+    assert_eq!(rest, (1..=rest.len() as u64).collect::<Vec<_>>());
+    drop(sub);
+    // Record 0 and the ones read ahead were handled (the iterator asked for
+    // the one after the last and met the end).
+    assert_eq!(consumer.position(), rest.len() as u64 + 1);
+
+    // A receiver blocked waiting wakes and ends.
+    let idle = log.subscribe(Start::End).unwrap();
+    let stop = idle.stopper();
+    let waiting = std::thread::spawn(move || idle.recv());
+    std::thread::sleep(Duration::from_millis(20));
+    stop.stop();
+    let got = within(Duration::from_secs(10), move || waiting.join().unwrap());
+    assert!(matches!(got, Err(Error::Closed)), "{got:?}");
+}
+
 // ---- one holder per consumer -------------------------------------------------
 
 #[test]

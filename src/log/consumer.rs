@@ -19,6 +19,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use super::drain::Subscribers;
 use super::subscribe::ConsumerOptions;
 use super::{ConsumerSubscription, Cursor, EventLog, Handle};
 use crate::codec::{Codec, Postcard};
@@ -43,6 +44,7 @@ pub struct Consumer<T, C = Postcard> {
     store: Arc<Store>,
     codec: Arc<C>,
     handle: Weak<Handle>,
+    subscribers: Arc<Subscribers>,
     register: Arc<Register>,
     _marker: PhantomData<fn(T) -> T>,
 }
@@ -62,6 +64,7 @@ impl<T, C> Clone for Consumer<T, C> {
             store: self.store.clone(),
             codec: self.codec.clone(),
             handle: self.handle.clone(),
+            subscribers: self.subscribers.clone(),
             register: self.register.clone(),
             _marker: PhantomData,
         }
@@ -121,6 +124,10 @@ impl<T, C> Consumer<T, C> {
     pub(crate) fn register(&self) -> &Arc<Register> {
         &self.register
     }
+
+    pub(crate) fn subscribers(&self) -> &Subscribers {
+        &self.subscribers
+    }
 }
 
 impl<T, C: Codec<T>> Consumer<T, C> {
@@ -145,6 +152,7 @@ impl<T, C: Codec<T>> Consumer<T, C> {
             store: log.store().clone(),
             codec: log.codec().clone(),
             handle: Arc::downgrade(&log.handle),
+            subscribers: log.subscribers().clone(),
             register,
             _marker: PhantomData,
         })

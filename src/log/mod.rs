@@ -12,6 +12,7 @@
 mod consumer;
 mod cursor;
 mod dead_letter;
+mod drain;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -26,8 +27,10 @@ use parking_lot::Mutex;
 pub use self::consumer::{Consumer, ConsumerStatus};
 pub use self::cursor::Cursor;
 pub use self::dead_letter::{DeadLetter, DeadLetters, Undecodable};
+pub use self::drain::CloseReport;
 pub use self::subscribe::{
-    CommitPolicy, ConsumerOptions, ConsumerSubscription, Iter, SubscribeOptions, Subscription,
+    CommitPolicy, ConsumerOptions, ConsumerSubscription, Iter, Stopper, SubscribeOptions,
+    Subscription,
 };
 
 use crate::codec::{Codec, Postcard};
@@ -38,6 +41,7 @@ use crate::record::{Record, Start, Timestamp};
 use crate::store::{RecoveryReport, Stats, Store};
 
 use self::consumer::Registry;
+use self::drain::Subscribers;
 
 /// A durable, typed, append-only log of events of type `T`, stored in one
 /// directory and encoded with codec `C`.
@@ -82,6 +86,8 @@ struct Handle {
     store: Arc<Store>,
     /// Who holds which consumer of this log.
     consumers: Registry,
+    /// The live subscriptions, for a close to drain.
+    subscribers: Arc<Subscribers>,
 }
 
 impl Drop for Handle {
@@ -163,6 +169,7 @@ impl Options {
             handle: Arc::new(Handle {
                 store,
                 consumers: Mutex::new(HashMap::new()),
+                subscribers: Arc::default(),
             }),
             codec: Arc::new(codec),
             _marker: PhantomData,
@@ -494,21 +501,39 @@ impl<T, C: Codec<T>> EventLog<T, C> {
         self.store().verify()
     }
 
-    /// Flushes and syncs everything appended, records a clean shutdown so
-    /// the next open is quick, and releases the log: its files and its
-    /// directory lock. Every clone of this handle is closed with it: later
-    /// appends and reads through any of them fail with [`Error::Closed`],
-    /// and live subscriptions end. (Dropping the last handle shuts the log
-    /// down too, without waiting for a sync; see
-    /// [`RecoveryReport::closed_cleanly`].)
+    /// Closes the log gracefully: refuses appends from its first instant,
+    /// flushes and syncs everything appended, lets live subscriptions
+    /// receive every record appended before it (waiting up to
+    /// [`Options::close_timeout`], default 5 s), then ends them, records a
+    /// clean shutdown so the next open is quick, and releases the log: its
+    /// files and its directory lock. Every clone of this handle is closed
+    /// with it: later appends and reads through any of them fail with
+    /// [`Error::Closed`]. The report says which subscriptions received
+    /// everything and what the others missed. (Dropping the last handle
+    /// shuts the log down too, without waiting for a sync or for
+    /// subscribers; see [`RecoveryReport::closed_cleanly`].)
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+    /// let sub = log.subscribe(backbone::Start::Beginning)?;
+    /// log.append_batch(&[1, 2, 3])?;
+    /// let service = std::thread::spawn(move || sub.iter().count());
+    /// let report = log.close()?;
+    /// assert!(report.is_complete());
+    /// assert_eq!(service.join().unwrap(), 3);
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// As [`sync`](EventLog::sync). A close that fails leaves the log open:
     /// what was acknowledged stays readable, and the last handle's drop
     /// releases it.
-    pub fn close(self) -> Result<()> {
-        self.store().close()
+    pub fn close(self) -> Result<CloseReport> {
+        let subscribers = &self.handle.subscribers;
+        let timeout = self.store().close_timeout();
+        self.store().close(|end| subscribers.drain(end, timeout))
     }
 }
 
@@ -516,6 +541,11 @@ impl<T, C> EventLog<T, C> {
     /// The consumer registry: who holds which consumer of this log.
     pub(crate) fn registry(&self) -> &Registry {
         &self.handle.consumers
+    }
+
+    /// The live subscriptions.
+    pub(crate) fn subscribers(&self) -> &Arc<Subscribers> {
+        &self.handle.subscribers
     }
 }
 

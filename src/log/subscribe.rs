@@ -41,6 +41,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::dead_letter::{DeadLetter, Undecodable};
+use super::drain::{Progress, Subscribers};
 use super::{decode, Consumer, EventLog};
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
@@ -148,6 +149,8 @@ pub struct Subscription<T, C = Postcard> {
     capacity: usize,
     /// A consumer's automatic commits, for a [`ConsumerSubscription`].
     auto: Option<Mutex<AutoCommit>>,
+    /// How far it has received, for a close to wait on.
+    progress: Arc<Progress>,
     reader: Mutex<Reader<T>>,
     signal: Arc<Signal>,
     waiter: Arc<Waiter>,
@@ -174,6 +177,8 @@ struct Signal {
     /// [`Subscription::ready`] was called: keep a token present whenever
     /// records may be waiting, for a `select!` loop.
     selecting: AtomicBool,
+    /// [`Stopper::stop`] was called.
+    stopped: AtomicBool,
     #[cfg(feature = "async")]
     task: Mutex<Option<std::task::Waker>>,
 }
@@ -212,12 +217,13 @@ enum Look<T> {
 
 impl<T, C: Codec<T>> Subscription<T, C> {
     pub(crate) fn new(log: &EventLog<T, C>, options: SubscribeOptions<T>) -> Result<Self> {
-        Subscription::open(log.store(), log.codec(), options, None)
+        Subscription::open(log.store(), log.codec(), log.subscribers(), options, None)
     }
 
     fn open(
         store: &Arc<Store>,
         codec: &Arc<C>,
+        subscribers: &Subscribers,
         options: SubscribeOptions<T>,
         auto: Option<AutoCommit>,
     ) -> Result<Self> {
@@ -234,6 +240,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             ready: sender,
             sleepers: AtomicUsize::new(0),
             selecting: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             #[cfg(feature = "async")]
             task: Mutex::new(None),
         });
@@ -249,6 +256,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             undecodable: options.undecodable,
             capacity: options.capacity,
             auto: auto.map(Mutex::new),
+            progress: subscribers.join(cursor.next),
             reader: Mutex::new(Reader {
                 cursor,
                 batch: VecDeque::new(),
@@ -343,6 +351,29 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         &self.ready
     }
 
+    /// A handle that asks this subscription to stop, from any thread: it
+    /// hands over the records it has already read ahead (at most its
+    /// capacity), reads no more, and then ends with [`Error::Closed`] (an
+    /// `iter()` loop ends). A receiver blocked waiting wakes. For a
+    /// service's graceful shutdown; a consumer subscription with an
+    /// automatic [`CommitPolicy`] commits what was handled when dropped.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let log: backbone::EventLog<u32> = backbone::EventLog::open(dir.path())?;
+    /// let sub = log.subscribe(backbone::Start::End)?;
+    /// let stop = sub.stopper();
+    /// let service = std::thread::spawn(move || sub.iter().count());
+    /// stop.stop();
+    /// assert_eq!(service.join().unwrap(), 0);
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            signal: self.signal.clone(),
+        }
+    }
+
     /// Records appended that this subscriber has not received yet (records
     /// its filter drops count as received once looked at). Zero once the
     /// log is gone.
@@ -391,6 +422,9 @@ impl<T, C: Codec<T>> Subscription<T, C> {
                 if let Some(auto) = &mut auto {
                     auto.looked_at(&item);
                 }
+                if let Some(offset) = offset_of(&item) {
+                    self.progress.reached(offset + 1);
+                }
                 if let (Ok(record), Some(keep)) = (&item, &self.filter) {
                     if !keep(&record.value) {
                         continue;
@@ -402,7 +436,15 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             if reader.ended {
                 return Err(Error::Closed);
             }
+            if self.signal.stopped.load(Ordering::Acquire) {
+                // Asked to stop: what was read ahead was handed over.
+                reader.ended = true;
+                return Err(Error::Closed);
+            }
             if !self.read_batch(&mut reader) {
+                // Nothing read ahead: everything below the cursor was
+                // handed over, filtered out or skipped.
+                self.progress.reached(reader.cursor.next);
                 if let Some(auto) = &mut auto {
                     auto.skipped_to(reader.cursor.next);
                     drop(reader);
@@ -521,6 +563,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         // Published past the cursor, buffered appends to write out, or an
         // end to report.
         end > reader.cursor.next
+            || self.signal.stopped.load(Ordering::Acquire)
             || store.has_unflushed()
             || reader.cursor.has_pending()
             || reader.ended
@@ -554,6 +597,34 @@ impl<T, C> Drop for Subscription<T, C> {
                 let _ = auto.commit();
             }
         }
+    }
+}
+
+/// Asks a [`Subscription`] to stop, from any thread: see
+/// [`Subscription::stopper`].
+#[derive(Clone, Debug)]
+pub struct Stopper {
+    signal: Arc<Signal>,
+}
+
+impl Stopper {
+    /// Asks the subscription to hand over what it holds and end.
+    pub fn stop(&self) {
+        self.signal.stopped.store(true, Ordering::Release);
+        self.signal.wake_by_ref();
+    }
+}
+
+/// The offset an item handed over stands for: a record's, or that of a
+/// record that did not decode.
+fn offset_of<T>(item: &Result<Record<T>>) -> Option<u64> {
+    match item {
+        Ok(record) => Some(record.offset),
+        Err(Error::Codec {
+            offset: Some(offset),
+            ..
+        }) => Some(*offset),
+        Err(_) => None,
     }
 }
 
@@ -736,15 +807,8 @@ impl AutoCommit {
 
     /// `item` is handed over (or dropped by the filter).
     fn looked_at<T>(&mut self, item: &Result<Record<T>>) {
-        self.delivered = match item {
-            Ok(record) => Some(record.offset),
-            Err(Error::Codec {
-                offset: Some(offset),
-                ..
-            }) => Some(*offset),
-            // An error that ends the subscription is not a record handled.
-            Err(_) => None,
-        };
+        // An error that ends the subscription is not a record handled.
+        self.delivered = offset_of(item);
     }
 
     /// Nothing is read ahead and the cursor is at `next`: what lies below
@@ -857,6 +921,7 @@ impl<T, C: Codec<T>> ConsumerSubscription<T, C> {
         let subscription = Subscription::open(
             consumer.store(),
             consumer.codec(),
+            consumer.subscribers(),
             SubscribeOptions::new(start)
                 .capacity(options.capacity)
                 .undecodable(options.undecodable),

@@ -275,12 +275,22 @@ impl Store {
     /// A close that fails (the writer was poisoned, or its last sync failed)
     /// releases nothing: what was acknowledged stays readable through the
     /// other handles, and the last handle's drop releases the log.
-    pub(crate) fn close(&self) -> Result<()> {
+    ///
+    /// Between the writer's close and the release, `drain` is called with
+    /// the log's final end: readers can still read (appends are refused),
+    /// so the layer above can let its subscribers finish.
+    pub(crate) fn close<R>(&self, drain: impl FnOnce(u64) -> R) -> Result<R> {
         if let Some(writer) = &self.writer {
             writer.close(self)?;
         }
+        let drained = drain(self.notifier.end());
         self.release();
-        Ok(())
+        Ok(drained)
+    }
+
+    /// How long a close lets subscribers drain.
+    pub(crate) fn close_timeout(&self) -> Duration {
+        self.options.close_timeout
     }
 
     /// The last handle is going: stops the writer without waiting for a

@@ -1472,6 +1472,9 @@ impl Api {
             .max_record_bytes(100)
             .index_interval_bytes(interval)
             .durability(durability)
+            // The harness receives on the thread that closes: a close
+            // could only wait out its timeout.
+            .close_timeout(Duration::ZERO)
             .simulated(storage)
             .open_with_codec(DIR, Raw)
     }
@@ -1766,7 +1769,7 @@ impl Api {
                 let log = self.log.take().expect("open log");
                 if close {
                     match log.close() {
-                        Ok(()) => self.m.durable = next,
+                        Ok(_) => self.m.durable = next,
                         Err(e) if io_fault(self.armed, &e) => return Err(None),
                         Err(e) => return Err(Some(format!("close: {e}"))),
                     }

@@ -90,7 +90,10 @@ impl Config {
         if let Some(bytes) = self.buffer_bytes {
             options = options.buffer_bytes(bytes);
         }
-        options.simulated(storage)
+        // The harness receives on the thread that closes, so a close
+        // could only wait out its timeout; draining is tested in
+        // tests/services.rs.
+        options.close_timeout(Duration::ZERO).simulated(storage)
     }
 
     fn open(&self, storage: &SimStorage) -> backbone::Result<Log> {
