@@ -88,12 +88,14 @@ pub enum Error {
     /// The codec failed to encode a value (`offset` is `None`; nothing was
     /// written) or to decode the record at `offset` (the log was written
     /// with another type or codec, or the type changed incompatibly).
-    #[error("{codec} codec failed to {} {}", if offset.is_some() { "decode" } else { "encode" }, DisplayOffset(*offset))]
+    #[error("{codec} codec failed to {} {}{}: {source}", if offset.is_some() { "decode" } else { "encode" }, DisplayOffset(*offset), DisplayEvent(event_type.as_deref()))]
     Codec {
         /// The codec's name.
         codec: &'static str,
         /// The offset of the record that failed to decode.
         offset: Option<u64>,
+        /// The event type recorded in the log, when it has one.
+        event_type: Option<String>,
         /// The codec's own error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -143,6 +145,18 @@ pub enum Error {
         /// The codec of this handle.
         expected: String,
         /// The codec recorded in the log.
+        found: String,
+    },
+
+    /// The log records another event type than the one it is opened with
+    /// (see [`Options::event_type`](crate::Options::event_type)).
+    #[error("log {} holds events of type {found}, not {expected}: declare the log's own type with Options::event_type (a higher version of the same name upgrades the log), or open it anyway with Options::any_event_type", path.display())]
+    EventTypeMismatch {
+        /// The log directory.
+        path: PathBuf,
+        /// The event type (name and version) of this handle.
+        expected: String,
+        /// The event type recorded in the log.
         found: String,
     },
 
@@ -313,6 +327,18 @@ impl fmt::Display for DisplayOffset {
         match self.0 {
             Some(offset) => write!(f, "the record at offset {offset}"),
             None => f.write_str("a value"),
+        }
+    }
+}
+
+/// ` of a log of {type}`, when the log records its event type.
+struct DisplayEvent<'a>(Option<&'a str>);
+
+impl fmt::Display for DisplayEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(event) => write!(f, " of a log of {event}"),
+            None => Ok(()),
         }
     }
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::FORMAT_VERSION;
 use crate::options::Options;
-use crate::record::{Start, Timestamp};
+use crate::record::{LogId, Start, Timestamp};
 use crate::store::{RawCursor, Store};
 
 /// Frames read per pin of the log's maps, at most: the first batch holds
@@ -50,11 +50,17 @@ pub struct Inspector {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LogMeta {
-    /// The on-disk format version.
+    /// The on-disk format version of the segments this build writes.
     pub format_version: u32,
+    /// The version of the `META` file itself (1 or 2).
+    pub meta_version: u32,
+    /// The log's random id (`None` in a version-1 `META`).
+    pub log_id: Option<LogId>,
     /// The codec of the records' payloads (`postcard`, `bincode`, `json`,
     /// `raw`, or a custom codec's name).
     pub codec: String,
+    /// The event type recorded, as `(name, version)`; `None` if none is.
+    pub event_type: Option<(String, u32)>,
     /// The Rust type name of the events, as the writer spelled it.
     pub type_name: String,
 }
@@ -193,7 +199,11 @@ impl Inspector {
         let meta = self.store.meta();
         LogMeta {
             format_version: FORMAT_VERSION,
+            meta_version: meta.version,
+            log_id: meta.log_id.map(LogId),
             codec: meta.codec.clone(),
+            event_type: (!meta.event.is_none())
+                .then(|| (meta.event.name.clone(), meta.event.version)),
             type_name: meta.type_name.clone(),
         }
     }
@@ -405,7 +415,11 @@ mod tests {
             .max_record_bytes(512)
             .index_interval_bytes(256);
         let meta = Meta {
+            version: crate::format::META_VERSION,
+            log_id: None,
+            checksum: crate::format::CHECKSUM_CRC32,
             codec: "raw".into(),
+            event: crate::format::EventType::none(),
             type_name: "Vec<u8>".into(),
         };
         Store::open(options, dir, Some(&meta)).unwrap()

@@ -121,8 +121,8 @@ pub use log::{
     Cursor, DeadLetter, DeadLetters, EventLog, Iter, Stopper, SubscribeOptions, Subscription,
     Undecodable,
 };
-pub use options::{Durability, Options, RecoveryMode};
-pub use record::{Record, Start, Timestamp};
+pub use options::{Durability, Event, Options, RecoveryMode};
+pub use record::{LogId, Record, Start, Timestamp};
 pub use store::{RecoveryReport, Stats};
 
 /// The crash-simulating, fault-injecting storage this crate's tests run

@@ -89,9 +89,47 @@ pub struct Options {
     pub(crate) file_mode: u32,
     pub(crate) max_open_segments: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) event: EventDecl,
     /// `None`: on unless the durability is `Buffered`.
     preallocate: Option<bool>,
     pub(crate) storage: Storage,
+}
+
+/// An event type with a stable name and version, for
+/// [`Options::event`].
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Checkout { order_id: u64 }
+///
+/// impl backbone::Event for Checkout {
+///     const NAME: &'static str = "shop.Checkout";
+///     const VERSION: u32 = 1;
+/// }
+///
+/// # let dir = tempfile::tempdir().unwrap();
+/// let log: backbone::EventLog<Checkout> =
+///     backbone::Options::new().event::<Checkout>().open(dir.path())?;
+/// # Ok::<(), backbone::Error>(())
+/// ```
+pub trait Event {
+    /// The name recorded in the log; keep it stable.
+    const NAME: &'static str;
+    /// Raise it when the shape of the event changes.
+    const VERSION: u32;
+}
+
+/// Which event type a log is opened as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum EventDecl {
+    /// The Rust type's own name, version 1.
+    Derived,
+    Declared {
+        name: String,
+        version: u32,
+    },
+    /// No check.
+    Any,
 }
 
 impl Default for Options {
@@ -123,6 +161,7 @@ impl Options {
             file_mode: 0o600,
             max_open_segments: 64,
             close_timeout: Duration::from_secs(5),
+            event: EventDecl::Derived,
             preallocate: None,
             storage: Storage::os(),
         }
@@ -201,6 +240,44 @@ impl Options {
         self
     }
 
+    /// Declares the event type of the log: a stable name and a version,
+    /// recorded in the log when it is created and checked at every open.
+    /// Opening a log recorded under another name, or under a higher version
+    /// of this one, is [`Error::EventTypeMismatch`]; opening it with a
+    /// higher version records the new version (older builds of the
+    /// application then refuse the log rather than misread it). Without a
+    /// declaration the name is the Rust type's own name without its module
+    /// path (`Checkout` for `app::shop::Checkout`), version 1: it survives
+    /// moving the type between modules, but not renaming it. The [`Raw`]
+    /// codec and [`inspect`](crate::inspect) skip the check.
+    ///
+    /// The check is by name only: the codecs do not describe the shape of
+    /// a value, so two types that serialize alike decode into each other.
+    /// Declare a new version when the shape changes, and keep the types of
+    /// older versions (or an enum of them) to read old records.
+    ///
+    /// [`Raw`]: crate::Raw
+    pub fn event_type(mut self, name: impl Into<String>, version: u32) -> Options {
+        self.event = EventDecl::Declared {
+            name: name.into(),
+            version,
+        };
+        self
+    }
+
+    /// Declares the event type from `E`'s [`Event`] implementation: as
+    /// [`event_type`](Options::event_type)`(E::NAME, E::VERSION)`.
+    pub fn event<E: Event>(self) -> Options {
+        self.event_type(E::NAME, E::VERSION)
+    }
+
+    /// Opens the log whatever event type it records (and records none for
+    /// a new log).
+    pub fn any_event_type(mut self) -> Options {
+        self.event = EventDecl::Any;
+        self
+    }
+
     /// How long [`EventLog::close`](crate::EventLog::close) lets live
     /// subscriptions receive the records appended before it, at most,
     /// before it ends them (default 5 s; zero ends them at once). Dropping
@@ -265,6 +342,19 @@ impl Options {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |name, reason: String| Err(Error::InvalidOption { name, reason });
+        if let EventDecl::Declared { name, version } = &self.event {
+            if name.is_empty() || name.len() > 1024 || name.chars().any(char::is_control) {
+                return invalid(
+                    "event_type",
+                    format!(
+                        "the name must be 1 to 1024 bytes with no control characters: {name:?}"
+                    ),
+                );
+            }
+            if *version == 0 {
+                return invalid("event_type", "versions start at 1".into());
+            }
+        }
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return invalid(
                 "segment_bytes",

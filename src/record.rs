@@ -40,6 +40,18 @@ impl<T> Record<T> {
     }
 }
 
+/// A log's random 128-bit id
+/// ([`EventLog::log_id`](crate::EventLog::log_id)), made when the log is
+/// created; it prints as 32 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogId(pub u128);
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

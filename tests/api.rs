@@ -233,7 +233,10 @@ fn oversized_and_unencodable_values_write_nothing() {
     assert!(err.to_string().contains("encode"));
     assert_eq!(fails.next_offset(), 0);
     drop(fails);
-    let reopened: EventLog<u8> = EventLog::open(dir.path().join("fails")).unwrap();
+    let reopened: EventLog<u8> = Options::new()
+        .any_event_type()
+        .open(dir.path().join("fails"))
+        .unwrap();
     assert_eq!(reopened.next_offset(), 0);
 }
 
@@ -244,11 +247,33 @@ fn reading_with_the_wrong_type_names_the_offset() {
         let log: EventLog<String> = EventLog::open(dir.path()).unwrap();
         log.append(&"a string, not a checkout".to_string()).unwrap();
     }
-    let log: EventLog<Checkout> = EventLog::open(dir.path()).unwrap();
+    // The recorded event type catches it at open, naming both types.
+    let err = EventLog::<Checkout>::open(dir.path()).unwrap_err();
+    match &err {
+        Error::EventTypeMismatch {
+            expected, found, ..
+        } => assert_eq!(
+            (expected.as_str(), found.as_str()),
+            ("Checkout version 1", "String version 1")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("any_event_type"), "{err}");
+    // Opened anyway, the record does not decode: the error names the
+    // offset, the recorded type and the codec's own cause.
+    let log: EventLog<Checkout> = Options::new().any_event_type().open(dir.path()).unwrap();
     match log.get(0) {
-        Err(Error::Codec {
-            offset: Some(0), ..
-        }) => {}
+        Err(
+            e @ Error::Codec {
+                offset: Some(0), ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("offset 0") && text.contains("String version 1"),
+                "{text}"
+            );
+        }
         other => panic!("expected a decode error at offset 0, got {other:?}"),
     }
     let first = log.read(Start::Beginning).next().unwrap();

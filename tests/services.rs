@@ -478,8 +478,11 @@ impl Codec<Vec<u8>> for BuggyPostcard {
 /// A log of `u64` (postcard) with two records that are not `u64`s: at
 /// offsets 1 and 3, bytes that end too early for a varint.
 fn log_with_two_bad_records(dir: &std::path::Path) {
-    let raw: EventLog<Vec<u8>, BuggyPostcard> =
-        Options::new().open_with_codec(dir, BuggyPostcard).unwrap();
+    // It claims the log's own type, too.
+    let raw: EventLog<Vec<u8>, BuggyPostcard> = Options::new()
+        .event_type("u64", 1)
+        .open_with_codec(dir, BuggyPostcard)
+        .unwrap();
     let good = |v: u64| postcard::to_allocvec(&v).unwrap();
     raw.append_batch(&[good(10), vec![0x80], good(12), vec![0xff, 0xff], good(14)])
         .unwrap();
@@ -609,4 +612,113 @@ fn the_last_record_is_one_call() {
     );
     let system: std::time::SystemTime = last.timestamp.into();
     assert_eq!(Timestamp::from(system), last.timestamp);
+}
+
+// ---- declared event types and the log id -----------------------------------------------
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Checkout {
+    order_id: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Refund {
+    order_id: u64,
+}
+
+impl backbone::Event for Refund {
+    const NAME: &'static str = "shop.Refund";
+    const VERSION: u32 = 4;
+}
+
+#[test]
+fn a_log_records_its_event_type_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkouts");
+    let log: EventLog<Checkout> = EventLog::open(&path).unwrap();
+    // Undeclared: the type's own name, without its module path.
+    assert_eq!(log.event_type(), Some(("Checkout", 1)));
+    log.append(&Checkout { order_id: 1 }).unwrap();
+    drop(log);
+    // A same-shaped type of another name is refused at open, naming both.
+    let err = EventLog::<Refund>::open(&path).unwrap_err();
+    match &err {
+        Error::EventTypeMismatch {
+            expected, found, ..
+        } => assert_eq!(
+            (expected.as_str(), found.as_str()),
+            ("Refund version 1", "Checkout version 1")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Opened anyway, it decodes: the codecs do not know names.
+    let anyway: EventLog<Refund> = Options::new().any_event_type().open(&path).unwrap();
+    assert_eq!(
+        anyway.get(0).unwrap().unwrap().value,
+        Refund { order_id: 1 }
+    );
+    assert_eq!(anyway.event_type(), Some(("Checkout", 1)));
+}
+
+#[test]
+fn declared_versions_move_forward_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refunds");
+    let open = |options: Options| options.open::<Refund>(&path);
+    let log = open(Options::new().event::<Refund>()).unwrap();
+    assert_eq!(log.event_type(), Some(("shop.Refund", 4)));
+    drop(log);
+    // The same declaration reopens; an older version is refused; a newer
+    // one is recorded, after which the older is refused.
+    drop(open(Options::new().event_type("shop.Refund", 4)).unwrap());
+    assert!(matches!(
+        open(Options::new().event_type("shop.Refund", 3)),
+        Err(Error::EventTypeMismatch { .. })
+    ));
+    let newer = open(Options::new().event_type("shop.Refund", 5)).unwrap();
+    assert_eq!(newer.recovery_report().meta_upgraded, Some(2));
+    assert_eq!(newer.event_type(), Some(("shop.Refund", 5)));
+    drop(newer);
+    assert!(matches!(
+        open(Options::new().event::<Refund>()),
+        Err(Error::EventTypeMismatch { .. })
+    ));
+    // Another name, whatever the version.
+    assert!(matches!(
+        open(Options::new().event_type("shop.Return", 9)),
+        Err(Error::EventTypeMismatch { .. })
+    ));
+    // Bad declarations are refused before touching the disk.
+    for (name, version) in [("", 1), ("shop.Refund", 0), ("a\nb", 1)] {
+        let fresh = dir.path().join("never");
+        let result = Options::new()
+            .event_type(name, version)
+            .open::<Refund>(&fresh);
+        assert!(
+            matches!(
+                result,
+                Err(Error::InvalidOption {
+                    name: "event_type",
+                    ..
+                })
+            ),
+            "{name:?} {version}: {result:?}"
+        );
+        assert!(!fresh.exists());
+    }
+}
+
+#[test]
+fn every_log_gets_its_own_id_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a"));
+    let b = open(&dir.path().join("b"));
+    let (id_a, id_b) = (a.log_id().unwrap(), b.log_id().unwrap());
+    assert_ne!(id_a, id_b);
+    assert_eq!(id_a.to_string().len(), 32);
+    drop(a);
+    assert_eq!(open(&dir.path().join("a")).log_id(), Some(id_a));
+    // A log deleted and created again is another log.
+    std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+    assert_ne!(open(&dir.path().join("a")).log_id(), Some(id_a));
 }

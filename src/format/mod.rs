@@ -101,6 +101,7 @@ mod tests {
             "index entry: 16 bytes",
             "consumer file: 64 bytes",
             "format version: 1",
+            "META version: 2",
         ] {
             assert!(
                 spec.contains(fact),

@@ -1,5 +1,5 @@
 //! Replay from any start: [`Cursor`], the iterator that
-//! [`EventLog::read`] returns.
+//! [`EventLog::read`](super::EventLog::read) returns.
 //!
 //! A cursor reads and decodes records in batches, each under one pin of the
 //! store's maps ([`Store::pin`](crate::store::Store::pin)), and holds no map
@@ -23,7 +23,7 @@ use crate::store::{RawCursor, Store};
 const BATCH: usize = 64;
 
 /// An iterator over a log's records from a [`Start`] up to the end the log
-/// had when the cursor was made, from [`EventLog::read`].
+/// had when the cursor was made, from [`EventLog::read`](super::EventLog::read).
 ///
 /// Each item is a `Result`: a record that fails to decode is an
 /// [`Error::Codec`](crate::Error::Codec) and the cursor goes on past it;
@@ -90,13 +90,14 @@ impl<T, C: Codec<T>> Cursor<T, C> {
             }
         };
         let codec = &*self.codec;
+        let event = &store.meta().event;
         let len = self.batch_len;
         self.batch_len = (len * 2).min(BATCH);
         for _ in 0..len {
             let offset = self.raw.next;
             match self
                 .raw
-                .next_frame(store, &pin, |frame| decode(codec, frame))
+                .next_frame(store, &pin, |frame| decode(codec, frame, event))
             {
                 Some(Ok(decoded)) => self.batch.push_back((offset, decoded)),
                 Some(Err(e)) => {

@@ -35,9 +35,9 @@ pub use self::subscribe::{
 
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
-use crate::format::{Frame, Meta};
-use crate::options::Options;
-use crate::record::{Record, Start, Timestamp};
+use crate::format::{short_type_name, EventType, Frame, Meta, CHECKSUM_CRC32, META_VERSION};
+use crate::options::{EventDecl, Options};
+use crate::record::{LogId, Record, Start, Timestamp};
 use crate::store::{RecoveryReport, Stats, Store};
 
 use self::consumer::Registry;
@@ -160,9 +160,26 @@ impl Options {
         codec: C,
     ) -> Result<EventLog<T, C>> {
         self.validate()?;
+        let type_name = std::any::type_name::<T>();
+        let event = match (&self.event, codec.name()) {
+            // Raw bytes are whatever the application says they are.
+            (EventDecl::Any, _) | (_, "raw") => EventType::none(),
+            (EventDecl::Declared { name, version }, _) => EventType {
+                name: name.clone(),
+                version: *version,
+            },
+            (EventDecl::Derived, _) => EventType {
+                name: short_type_name(type_name),
+                version: 1,
+            },
+        };
         let meta = Meta {
+            version: META_VERSION,
+            log_id: None,
+            checksum: CHECKSUM_CRC32,
             codec: codec.name().to_owned(),
-            type_name: std::any::type_name::<T>().to_owned(),
+            event,
+            type_name: type_name.to_owned(),
         };
         let store = Store::open(self, dir.as_ref(), Some(&meta))?;
         Ok(EventLog {
@@ -255,7 +272,9 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// [`Error::Codec`] if it does not decode as a `T`; [`Error::Io`].
     pub fn get(&self, offset: u64) -> Result<Option<Record<T>>> {
         self.store()
-            .get(offset, |frame| decode(&*self.codec, frame))?
+            .get(offset, |frame| {
+                decode(&*self.codec, frame, &self.store().meta().event)
+            })?
             .transpose()
     }
 
@@ -366,6 +385,22 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     /// Whether the log holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The log's random 128-bit id, made when it was created: two logs
+    /// never share one, and a log deleted and created again gets a new one.
+    /// `None` only for a read-only handle of a log no writer of this
+    /// version has opened yet (a version-1 log).
+    pub fn log_id(&self) -> Option<LogId> {
+        self.store().meta().log_id.map(LogId)
+    }
+
+    /// The event type recorded in the log, as `(name, version)`; `None`
+    /// when it records none (a log of [`Raw`](crate::Raw) bytes, or one
+    /// opened with [`Options::any_event_type`] since it was created).
+    pub fn event_type(&self) -> Option<(&str, u32)> {
+        let event = &self.store().meta().event;
+        (!event.is_none()).then_some((event.name.as_str(), event.version))
     }
 
     /// The log's directory.
@@ -554,12 +589,18 @@ fn encode<T, C: Codec<T>>(codec: &C, value: &T, out: &mut Vec<u8>) -> Result<()>
     codec.encode(value, out).map_err(|source| Error::Codec {
         codec: codec.name(),
         offset: None,
+        event_type: None,
         source,
     })
 }
 
-/// Decodes the record in `frame`, naming the codec and offset in the error.
-pub(crate) fn decode<T, C: Codec<T>>(codec: &C, frame: &Frame<'_>) -> Result<Record<T>> {
+/// Decodes the record in `frame`, naming the codec, the offset and the
+/// log's recorded event type in the error.
+pub(crate) fn decode<T, C: Codec<T>>(
+    codec: &C,
+    frame: &Frame<'_>,
+    event: &EventType,
+) -> Result<Record<T>> {
     match codec.decode(frame.payload) {
         Ok(value) => Ok(Record {
             offset: frame.offset,
@@ -569,6 +610,7 @@ pub(crate) fn decode<T, C: Codec<T>>(codec: &C, frame: &Frame<'_>) -> Result<Rec
         Err(source) => Err(Error::Codec {
             codec: codec.name(),
             offset: Some(frame.offset),
+            event_type: (!event.is_none()).then(|| event.to_string()),
             source,
         }),
     }

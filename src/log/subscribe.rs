@@ -495,10 +495,11 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         };
         let codec = &*self.codec;
         let keep_bytes = matches!(self.undecodable, Undecodable::DeadLetter(_));
+        let event = &store.meta().event;
         let read_before = reader.cursor.next;
         while reader.batch.len() < self.capacity {
             match reader.cursor.next_frame(&store, &pin, |frame| {
-                decode(codec, frame).map_err(|e| Undecoded::new(e, frame, keep_bytes))
+                decode(codec, frame, event).map_err(|e| Undecoded::new(e, frame, keep_bytes))
             }) {
                 Some(Ok(Ok(record))) => reader.batch.push_back(Ok(record)),
                 Some(Ok(Err(undecoded))) => match self.set_aside(&store, undecoded) {

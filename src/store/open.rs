@@ -15,9 +15,7 @@ use super::segment::{check_header, Segment, SegmentConfig};
 use super::tail;
 use super::writer::Tail;
 use crate::error::{CorruptionKind, Error, Result};
-use crate::format::{
-    self, decode_meta, encode_meta, Meta, MetaError, FORMAT_VERSION, RECORDS_START,
-};
+use crate::format::{self, decode_meta, encode_meta, Meta, MetaError, RECORDS_START};
 use crate::options::{Options, RecoveryMode};
 use crate::storage::{
     remove_if_exists, write_atomically, DirEntry, DirLock, File, LockHolder, OpenMode, Storage,
@@ -57,6 +55,10 @@ pub struct RecoveryReport {
     /// records not yet durable (a `Buffered` log not synced, an `Interval`
     /// log before its sync), which recovery handles as a crash.
     pub closed_cleanly: bool,
+    /// `META` was rewritten by this open: from the version given here (a
+    /// version-1 log gets version 2 and a log id), or to record the event
+    /// type (or the newer version of it) the log was opened with.
+    pub meta_upgraded: Option<u32>,
 }
 
 impl RecoveryReport {
@@ -132,11 +134,25 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
     let mut report = RecoveryReport::default();
     let (lock, listing, found) = take_directory(options, dir, meta)?;
     let meta = match (found, meta) {
-        (Some(found), _) => found,
+        (Some(found), asked) => {
+            let upgraded = upgrade_meta(&found, asked)?;
+            match upgraded {
+                Some(upgraded) if !options.read_only => {
+                    write_meta(storage, dir, &upgraded, options.file_mode)?;
+                    report.meta_upgraded = Some(found.version);
+                    upgraded
+                }
+                _ => found,
+            }
+        }
         (None, Some(meta)) => {
             // (A read-only open of a directory without META was refused.)
-            write_meta(storage, dir, meta, options.file_mode)?;
-            meta.clone()
+            let meta = Meta {
+                log_id: Some(new_log_id(dir)?),
+                ..meta.clone()
+            };
+            write_meta(storage, dir, &meta, options.file_mode)?;
+            meta
         }
         (None, None) => {
             return Err(Error::NotALog {
@@ -409,7 +425,7 @@ fn check_meta(
             return Err(Error::UnsupportedVersion {
                 path,
                 found,
-                supported: FORMAT_VERSION,
+                supported: format::META_VERSION,
             })
         }
         Err(MetaError::Damaged) => {
@@ -429,8 +445,50 @@ fn check_meta(
                 found: found.codec,
             });
         }
+        // A log whose type was never recorded takes the asked one; an
+        // older version of the same name is upgraded by the writer.
+        let (asked, recorded) = (&meta.event, &found.event);
+        if !asked.is_none()
+            && !recorded.is_none()
+            && (asked.name != recorded.name || asked.version < recorded.version)
+        {
+            return Err(Error::EventTypeMismatch {
+                path: dir.to_path_buf(),
+                expected: asked.to_string(),
+                found: recorded.to_string(),
+            });
+        }
     }
     Ok(Some(found))
+}
+
+/// What a writer rewrites an existing log's `META` as, if anything: a
+/// version-1 `META` becomes version 2 (with a new log id), and a log with
+/// no recorded event type, or an older version of the asked one, records
+/// the asked one.
+fn upgrade_meta(found: &Meta, asked: Option<&Meta>) -> Result<Option<Meta>> {
+    let mut upgraded = found.clone();
+    upgraded.version = format::META_VERSION;
+    if upgraded.log_id.is_none() {
+        upgraded.log_id = Some(new_log_id(Path::new(""))?);
+    }
+    if let Some(asked) = asked {
+        if !asked.event.is_none()
+            && (found.event.is_none() || asked.event.version > found.event.version)
+        {
+            upgraded.event = asked.event.clone();
+            upgraded.type_name = asked.type_name.clone();
+        }
+    }
+    Ok((upgraded != *found).then_some(upgraded))
+}
+
+/// A random 128-bit log id, from the operating system's generator.
+fn new_log_id(dir: &Path) -> Result<u128> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::io("read random bytes for", dir, std::io::Error::other(e)))?;
+    Ok(u128::from_le_bytes(bytes))
 }
 
 /// Writes `META` atomically: a temporary file, synced, renamed into place,
