@@ -83,6 +83,7 @@ pub struct Options {
     pub(crate) recovery: RecoveryMode,
     pub(crate) retention_bytes: Option<u64>,
     pub(crate) retention_age: Option<Duration>,
+    pub(crate) retention_hard_bytes: Option<u64>,
     pub(crate) index_interval_bytes: u32,
     pub(crate) buffer_bytes: usize,
     pub(crate) read_only: bool,
@@ -155,6 +156,7 @@ impl Options {
             recovery: RecoveryMode::Strict,
             retention_bytes: None,
             retention_age: None,
+            retention_hard_bytes: None,
             index_interval_bytes: 4096,
             buffer_bytes: 256 << 10,
             read_only: false,
@@ -213,16 +215,34 @@ impl Options {
     /// Keep at most about this many bytes: the oldest sealed segments are
     /// removed when a segment is sealed, when the log is opened, and on
     /// [`EventLog::apply_retention`](crate::EventLog::apply_retention). The
-    /// active segment is never removed.
+    /// active segment is never removed, and neither is a segment holding
+    /// records a durable consumer has not committed past: a consumer that
+    /// lags holds the log's size up (see
+    /// [`retention_hard_bytes`](Options::retention_hard_bytes)).
     pub fn retention_bytes(mut self, bytes: u64) -> Options {
         self.retention_bytes = Some(bytes);
         self
     }
 
     /// Remove sealed segments whose records are all older than `age`, at the
-    /// same moments as [`retention_bytes`](Options::retention_bytes).
+    /// same moments as [`retention_bytes`](Options::retention_bytes), and
+    /// like it never records a durable consumer has not committed past.
     pub fn retention_age(mut self, age: Duration) -> Options {
         self.retention_age = Some(age);
+        self
+    }
+
+    /// A limit on size that overrides consumers: past it, the oldest sealed
+    /// segments are removed even if a consumer has not passed them. Such a
+    /// consumer then cannot miss it: its next read, subscription or
+    /// commit fails with
+    /// [`Error::OffsetTruncated`](crate::Error::OffsetTruncated) naming its
+    /// position and the log's new first offset (the difference is what it
+    /// lost), until it is moved on with
+    /// [`Consumer::reset`](crate::Consumer::reset) or
+    /// [`seek`](crate::Consumer::seek). No limit by default.
+    pub fn retention_hard_bytes(mut self, bytes: u64) -> Options {
+        self.retention_hard_bytes = Some(bytes);
         self
     }
 

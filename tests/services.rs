@@ -722,3 +722,67 @@ fn every_log_gets_its_own_id_and_keeps_it() {
     std::fs::remove_dir_all(dir.path().join("a")).unwrap();
     assert_ne!(open(&dir.path().join("a")).log_id(), Some(id_a));
 }
+
+// ---- retention and consumers ----------------------------------------------------------
+
+#[test]
+fn retention_keeps_what_a_consumer_has_not_passed_unless_a_hard_limit_forces_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::new()
+            .segment_bytes(4096)
+            .durability(Durability::Buffered)
+            .retention_bytes(2 * 4096)
+    };
+    let log: EventLog<Vec<u8>> = options().open(dir.path()).unwrap();
+    let slow = log.consumer("slow").unwrap();
+    for i in 0..200u8 {
+        log.append(&vec![i; 100]).unwrap();
+    }
+    log.apply_retention().unwrap();
+    // The byte budget is long exceeded, but "slow" is at 0.
+    assert_eq!(log.first_offset(), 0);
+    assert!(log.stats().segments > 3);
+    // Once it moves on, what it passed goes.
+    slow.commit(150).unwrap();
+    log.apply_retention().unwrap();
+    let first = log.first_offset();
+    assert!(first > 0 && first <= 150, "{first}");
+    drop((slow, log));
+
+    // A hard limit removes records even a consumer still needs, and the
+    // consumer cannot miss it.
+    let log: EventLog<Vec<u8>> = options()
+        .retention_hard_bytes(3 * 4096)
+        .open(dir.path())
+        .unwrap();
+    let slow = log.consumer("slow").unwrap();
+    for i in 0..200u8 {
+        log.append(&vec![i; 100]).unwrap();
+    }
+    log.apply_retention().unwrap();
+    let first = log.first_offset();
+    assert!(first > 150, "{first}");
+    assert_eq!(slow.position(), 150, "its position is not moved silently");
+    assert!(matches!(
+        slow.subscribe(),
+        Err(Error::OffsetTruncated { requested: 150, first: f }) if f == first
+    ));
+    let mut read = slow.read();
+    assert!(matches!(
+        read.next(),
+        Some(Err(Error::OffsetTruncated { requested: 150, .. }))
+    ));
+    drop(slow);
+    // It stays so across a reopen, until it is moved on.
+    drop(log);
+    let log: EventLog<Vec<u8>> = options()
+        .retention_hard_bytes(3 * 4096)
+        .open(dir.path())
+        .unwrap();
+    let slow = log.consumer("slow").unwrap();
+    assert_eq!((slow.position(), slow.clamped()), (150, None));
+    assert!(slow.subscribe().is_err());
+    assert_eq!(slow.reset(Start::Beginning).unwrap(), first);
+    assert_eq!(slow.subscribe().unwrap().recv().unwrap().offset, first);
+}

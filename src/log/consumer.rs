@@ -87,10 +87,12 @@ impl<T, C> Consumer<T, C> {
         self.store.next_offset().saturating_sub(self.position())
     }
 
-    /// If the stored position was outside the log when the consumer was
-    /// opened (below the first offset after retention, or past the end
-    /// after a power loss took unsynced records), the stored value and the
-    /// value it was clamped to.
+    /// If the stored position was past the log's end when the consumer was
+    /// opened (a disk that lost acknowledged records), the stored value and
+    /// the end it was clamped to. A position below the first offset (a hard
+    /// retention limit removed records it had not passed) is not clamped:
+    /// reads from it fail with
+    /// [`Error::OffsetTruncated`] until it is moved on.
     pub fn clamped(&self) -> Option<(u64, u64)> {
         self.register.clamped()
     }

@@ -100,8 +100,12 @@ impl Store {
             }
             Err(e) => return Err(Error::io("open", &path, e)),
         };
+        // Past the end (a power loss took records a damaged disk had
+        // acknowledged) it is clamped and says so. Below the first offset
+        // it stays: retention forced out records it had not passed, and
+        // its reads say so (`OffsetTruncated`) until it is moved on.
         let (first, next) = (self.first_offset(), self.next_offset());
-        let position = slot.position.clamp(first, next.max(first));
+        let position = slot.position.min(next.max(first));
         let clamped = (position != slot.position).then_some((slot.position, position));
         Ok(Register {
             name: name.to_owned(),

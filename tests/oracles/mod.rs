@@ -1581,7 +1581,7 @@ impl Api {
                 .consumer(name)
                 .map_err(|e| format!("consumer {name}: {e}"))?;
             let model = self.m.consumers[name].clone();
-            let ok = |stored: u64| stored <= next && c.position() == stored.clamp(first, next);
+            let ok = |stored: u64| stored <= next && c.position() == stored.min(next.max(first));
             ensure!(
                 ok(model.stored) || model.maybe.is_some_and(ok),
                 "consumer {name} at {} after recovery; its commits: {model:?}, log [{first}, {next})",
@@ -1833,11 +1833,14 @@ impl Api {
                     Err(e) => return Err(Some(format!("consumer {name}: {e}"))),
                 };
                 let first = self.m.first;
+                // Unknown to the model: new, or created by an open that then
+                // failed (after its rename), at the first offset of that
+                // time, which retention may have passed since.
                 let c = self.m.consumers.entry(name).or_insert(ConsumerModel {
-                    stored: first,
+                    stored: handle.position().min(first),
                     maybe: None,
                 });
-                let expected = c.stored.clamp(first, next);
+                let expected = c.stored.min(next.max(first));
                 if handle.position() != expected && handle.position() != c.stored {
                     return Err(Some(format!(
                         "consumer {name} at {}, model {expected}",
