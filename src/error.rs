@@ -211,6 +211,15 @@ pub enum Error {
         requested: u64,
     },
 
+    /// A work group's record was acknowledged (or set aside) already: a
+    /// delivery that timed out was given to another worker, which finished
+    /// it first.
+    #[error("the record at offset {offset} was acknowledged already")]
+    AlreadyAcked {
+        /// The record's offset.
+        offset: u64,
+    },
+
     /// A name that becomes a file name (a consumer's) is not allowed.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

@@ -118,8 +118,8 @@ pub use codec::{Codec, CodecError, Postcard, Raw};
 pub use error::{CorruptionKind, Error, Result};
 pub use log::{
     CloseReport, CommitPolicy, Consumer, ConsumerOptions, ConsumerStatus, ConsumerSubscription,
-    Cursor, DeadLetter, DeadLetters, EventLog, Iter, Stopper, SubscribeOptions, Subscription,
-    Undecodable,
+    Cursor, DeadLetter, DeadLetters, EventLog, GroupEvent, GroupOptions, Iter, Stopper,
+    SubscribeOptions, Subscription, Task, Undecodable, WorkGroup,
 };
 pub use options::{Durability, Event, Options, RecoveryMode};
 pub use record::{LogId, Record, Start, Timestamp};

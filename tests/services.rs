@@ -786,3 +786,195 @@ fn retention_keeps_what_a_consumer_has_not_passed_unless_a_hard_limit_forces_it_
     assert_eq!(slow.reset(Start::Beginning).unwrap(), first);
     assert_eq!(slow.subscribe().unwrap().recv().unwrap().offset, first);
 }
+
+// ---- competing consumers --------------------------------------------------------------
+
+use backbone::{GroupOptions, WorkGroup};
+
+#[test]
+fn a_work_group_shares_records_among_workers_each_acked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir.path().join("orders"));
+    log.append_batch(&(0..500).collect::<Vec<_>>()).unwrap();
+    let group = log.work_group("fulfil", GroupOptions::new()).unwrap();
+    assert!(matches!(
+        log.work_group("fulfil", GroupOptions::new()),
+        Err(Error::ConsumerInUse { .. })
+    ));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let group: WorkGroup<u64> = group.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                while let Some(task) = group.recv_timeout(Duration::from_millis(200)).unwrap() {
+                    mine.push(task.record.value);
+                    task.ack().unwrap();
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..500).collect::<Vec<_>>(),
+        "each record to one worker"
+    );
+    assert_eq!((group.lag(), group.in_flight()), (0, 0));
+    // New records go on being shared.
+    log.append(&500).unwrap();
+    let task = group
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!((task.record.offset, task.delivery), (500, 1));
+    task.ack().unwrap();
+    // Its position is listed like a consumer's, for monitoring and retention.
+    drop(group);
+    let listed = log.consumers().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].position),
+        ("fulfil", 501)
+    );
+}
+
+#[test]
+fn unanswered_and_rejected_records_come_again_then_go_to_the_dead_letter_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir.path().join("orders"));
+    let dead: EventLog<DeadLetter> = EventLog::open(dir.path().join("dead")).unwrap();
+    log.append_batch(&[10, 11]).unwrap();
+    let options = GroupOptions::new()
+        .ack_timeout(Duration::from_millis(50))
+        .max_deliveries(3)
+        .dead_letter(&dead);
+    let group: WorkGroup<u64> = log.work_group("g", options.clone()).unwrap();
+    // Record 0: rejected, then dropped unanswered (a worker that died),
+    // then rejected again: three deliveries, then set aside.
+    let first = group.recv().unwrap();
+    assert_eq!((first.record.offset, first.delivery), (0, 1));
+    first.reject().unwrap();
+    let again = group.recv().unwrap();
+    assert_eq!((again.record.offset, again.delivery), (0, 2));
+    drop(again);
+    // Record 1 is handed out meanwhile; the dropped one comes back after
+    // its ack timeout.
+    let other = group.recv().unwrap();
+    assert_eq!(other.record.offset, 1);
+    let third = group
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!((third.record.offset, third.delivery), (0, 3));
+    third.reject().unwrap();
+    other.ack().unwrap();
+    // A fourth delivery is not made: the record goes to the dead letters.
+    assert!(group
+        .recv_timeout(Duration::from_millis(100))
+        .unwrap()
+        .is_none());
+    let letters: Vec<DeadLetter> = dead
+        .read(Start::Beginning)
+        .map(|r| r.unwrap().value)
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].offset, 0);
+    assert!(
+        letters[0].reason.contains("3 times"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(group.lag(), 0);
+
+    // Durable: reopened, nothing comes again.
+    drop(group);
+    let group: WorkGroup<u64> = log.work_group("g", options).unwrap();
+    assert_eq!(group.lag(), 0);
+    assert!(group
+        .recv_timeout(Duration::from_millis(50))
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn a_delivery_that_timed_out_cannot_be_acked_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir.path().join("orders"));
+    log.append(&1).unwrap();
+    let group: WorkGroup<u64> = log
+        .work_group(
+            "g",
+            GroupOptions::new().ack_timeout(Duration::from_millis(20)),
+        )
+        .unwrap();
+    let slow = group.recv().unwrap();
+    let fast = group
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!((slow.record.offset, fast.record.offset), (0, 0));
+    assert_eq!(fast.delivery, 2);
+    fast.ack().unwrap();
+    assert!(matches!(slow.ack(), Err(Error::AlreadyAcked { offset: 0 })));
+}
+
+#[test]
+fn a_reopened_group_delivers_again_what_was_in_flight_and_keeps_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders");
+    let log = open(&path);
+    log.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    {
+        let group: WorkGroup<u64> = log.work_group("g", GroupOptions::new()).unwrap();
+        for _ in 0..5 {
+            group.recv().unwrap().ack().unwrap();
+        }
+        // Two handed out and never answered: the process "dies".
+        let held = (group.recv().unwrap(), group.recv().unwrap());
+        std::mem::forget(held);
+    }
+    drop(log);
+    let log = open(&path);
+    let group: WorkGroup<u64> = log.work_group("g", GroupOptions::new()).unwrap();
+    assert_eq!(group.lag(), 5);
+    let mut got = Vec::new();
+    while let Some(task) = group.recv_timeout(Duration::from_millis(50)).unwrap() {
+        got.push((task.record.offset, task.delivery));
+        task.ack().unwrap();
+    }
+    assert_eq!(got, [(5, 2), (6, 2), (7, 1), (8, 1), (9, 1)]);
+}
+
+#[test]
+fn a_group_replays_through_its_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders");
+    let log = open(&path);
+    log.append_batch(&(0..2600).collect::<Vec<_>>()).unwrap();
+    {
+        // 2,500 deliveries and acks: 5,000 events, a snapshot among them.
+        let group: WorkGroup<u64> = log.work_group("g", GroupOptions::new()).unwrap();
+        for _ in 0..2500 {
+            group.recv().unwrap().ack().unwrap();
+        }
+        let held: Vec<_> = (0..3).map(|_| group.recv().unwrap()).collect();
+        std::mem::forget(held);
+    }
+    let group: WorkGroup<u64> = log.work_group("g", GroupOptions::new()).unwrap();
+    assert_eq!(group.lag(), 100);
+    let first = group.recv().unwrap();
+    assert_eq!((first.record.offset, first.delivery), (2500, 2));
+    let mut rest = 0;
+    first.ack().unwrap();
+    while let Some(task) = group.recv_timeout(Duration::from_millis(50)).unwrap() {
+        assert!(task.record.offset > 2500);
+        task.ack().unwrap();
+        rest += 1;
+    }
+    assert_eq!((rest, group.lag()), (99, 0));
+}

@@ -136,6 +136,19 @@ impl<T, C: Codec<T>> Consumer<T, C> {
     /// Takes the consumer `name` of `log`, creating it at `start` if it has
     /// no stored position yet.
     pub(crate) fn open(log: &EventLog<T, C>, name: &str, start: Start) -> Result<Consumer<T, C>> {
+        Consumer::take(log, name, start, log.codec().clone())
+    }
+}
+
+impl<T, C> Consumer<T, C> {
+    /// Takes the consumer `name` of `log` (whose event type may differ
+    /// from `T`: a work group keeps its position as a consumer of `()`).
+    pub(crate) fn take<U, D>(
+        log: &EventLog<U, D>,
+        name: &str,
+        start: Start,
+        codec: Arc<C>,
+    ) -> Result<Consumer<T, C>> {
         name::validate(name)?;
         let mut registry = log.registry().lock();
         if registry
@@ -152,14 +165,16 @@ impl<T, C: Codec<T>> Consumer<T, C> {
         drop(registry);
         Ok(Consumer {
             store: log.store().clone(),
-            codec: log.codec().clone(),
+            codec,
             handle: Arc::downgrade(&log.handle),
             subscribers: log.subscribers().clone(),
             register,
             _marker: PhantomData,
         })
     }
+}
 
+impl<T, C: Codec<T>> Consumer<T, C> {
     /// Stores `position` durably: when this returns, a crash or power loss
     /// keeps it. Records below `position` are synced first, so a stored
     /// position never points past records that a power loss could take.

@@ -84,10 +84,7 @@ impl Undecodable {
     where
         C: Codec<DeadLetter> + Send + Sync + 'static,
     {
-        let log = log.clone();
-        Undecodable::DeadLetter(DeadLetters {
-            sink: Arc::new(move |letter| log.append(letter)),
-        })
+        Undecodable::DeadLetter(DeadLetters::new(log))
     }
 }
 
@@ -109,6 +106,17 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// Appends to `log` (kept open while this lives).
+    pub(crate) fn new<C>(log: &EventLog<DeadLetter, C>) -> DeadLetters
+    where
+        C: Codec<DeadLetter> + Send + Sync + 'static,
+    {
+        let log = log.clone();
+        DeadLetters {
+            sink: Arc::new(move |letter| log.append(letter)),
+        }
+    }
+
     pub(crate) fn append(&self, letter: &DeadLetter) -> Result<u64> {
         (self.sink)(letter)
     }

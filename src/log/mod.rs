@@ -13,6 +13,7 @@ mod consumer;
 mod cursor;
 mod dead_letter;
 mod drain;
+mod group;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ pub use self::consumer::{Consumer, ConsumerStatus};
 pub use self::cursor::Cursor;
 pub use self::dead_letter::{DeadLetter, DeadLetters, Undecodable};
 pub use self::drain::CloseReport;
+pub use self::group::{GroupEvent, GroupOptions, Task, WorkGroup};
 pub use self::subscribe::{
     CommitPolicy, ConsumerOptions, ConsumerSubscription, Iter, Stopper, SubscribeOptions,
     Subscription,
@@ -478,6 +480,21 @@ impl<T, C: Codec<T>> EventLog<T, C> {
             return Err(Error::Closed);
         }
         Consumer::open(self, name, start)
+    }
+
+    /// Joins (or creates) the work group `name`: competing workers that
+    /// share this log's records, each record acknowledged once (see
+    /// [`WorkGroup`]). The group's position is a consumer of the same name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConsumerInUse`] while another handle holds the name;
+    /// [`Error::InvalidName`]; errors opening the group's own log.
+    pub fn work_group(&self, name: &str, options: GroupOptions) -> Result<WorkGroup<T, C>> {
+        if self.store().is_shut_down() {
+            return Err(Error::Closed);
+        }
+        WorkGroup::open(self, name, options)
     }
 
     /// Every consumer of this log with its committed position and lag,

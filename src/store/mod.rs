@@ -288,6 +288,11 @@ impl Store {
         Ok(drained)
     }
 
+    /// The permission bits of the log's files.
+    pub(crate) fn file_mode(&self) -> u32 {
+        self.options.file_mode
+    }
+
     /// How long a close lets subscribers drain.
     pub(crate) fn close_timeout(&self) -> Duration {
         self.options.close_timeout
