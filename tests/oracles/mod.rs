@@ -1235,11 +1235,18 @@ pub fn dir_recover(data: &[u8]) -> Outcome {
     }
     for name in ["x", "y"] {
         if let Ok(c) = log.consumer(name) {
+            // Past the end it is clamped; below the first offset it stays
+            // (records it had not passed are gone) and its reads say so.
             let p = c.position();
-            ensure!(
-                p >= first && p <= next,
-                "consumer {name} at {p}, outside [{first}, {next}]"
-            );
+            ensure!(p <= next, "consumer {name} at {p}, past the end {next}");
+            if p < first {
+                let read: Vec<_> = c.read().take(1).collect();
+                ensure!(
+                    matches!(&read[..], [Err(Error::OffsetTruncated { requested, first: f })]
+                        if *requested == p && *f == first),
+                    "consumer {name} at {p} below {first}: its read gave {read:?}"
+                );
+            }
         }
     }
     let files: Vec<String> = s
