@@ -24,9 +24,11 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// Everything below `offset` was received.
+    /// Everything below `offset` was received. Only the subscription
+    /// writes it, under its reader's lock and never backwards, so a plain
+    /// store does (a read-modify-write per record would cost fan-out).
     pub(crate) fn reached(&self, offset: u64) {
-        self.received.fetch_max(offset, Ordering::Release);
+        self.received.store(offset, Ordering::Release);
     }
 }
 
