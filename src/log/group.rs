@@ -351,7 +351,14 @@ impl<T, C: Codec<T>> WorkGroup<T, C> {
             ..State::default()
         };
         for event in events.read(Start::Beginning) {
-            state.apply(&event?.value);
+            let event = event?.value;
+            state.apply(&event);
+            // Counted across lives, so that a group that restarts often
+            // still snapshots and compacts its log.
+            state.since_snapshot = match event {
+                GroupEvent::Snapshot { .. } => 0,
+                _ => state.since_snapshot + 1,
+            };
         }
         state.fresh = state.fresh.max(state.floor);
         // Delivered and never answered before the restart: again.
@@ -495,12 +502,13 @@ impl<T, C: Codec<T>> WorkGroup<T, C> {
             }
             // Durable before the worker sees it: a crash counts it.
             shared.events.append(&GroupEvent::Delivered(offset))?;
-            shared.events_written(&mut state)?;
             let delivery = attempts + 1;
             state.attempts.insert(offset, delivery);
             state
                 .in_flight
                 .insert(offset, now + shared.options.ack_timeout);
+            // Only now: a snapshot taken here must include this delivery.
+            shared.events_written(&mut state)?;
             drop(state);
             return Ok(Some(Task {
                 record: decoded.expect("checked above"),
