@@ -273,8 +273,39 @@ impl Options {
     ///
     /// The check is by name only: the codecs do not describe the shape of
     /// a value, so two types that serialize alike decode into each other.
-    /// Declare a new version when the shape changes, and keep the types of
-    /// older versions (or an enum of them) to read old records.
+    /// Declare a new version when the shape changes, and keep reading the
+    /// old records: with postcard, add fields only at the end, as
+    /// `#[serde(default)] Option`s (old records decode with `None`), or
+    /// make the event an enum of its versions from the start, so that each
+    /// record says which one it is:
+    ///
+    /// ```
+    /// use backbone::{EventLog, Options};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    /// enum Checkout {
+    ///     V1 { order_id: u64 },
+    ///     // Added later, with version 2 declared: V1 records still decode.
+    ///     V2 { order_id: u64, coupon: Option<String> },
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let v1: EventLog<Checkout> = Options::new()
+    ///     .event_type("shop.Checkout", 1)
+    ///     .open(dir.path())?;
+    /// v1.append(&Checkout::V1 { order_id: 7 })?;
+    /// drop(v1);
+    /// let v2: EventLog<Checkout> = Options::new()
+    ///     .event_type("shop.Checkout", 2)
+    ///     .open(dir.path())?;
+    /// assert_eq!(v2.get(0)?.unwrap().value, Checkout::V1 { order_id: 7 });
+    /// // A build that still declares version 1 now refuses the log.
+    /// drop(v2);
+    /// let old = Options::new().event_type("shop.Checkout", 1).open::<Checkout>(dir.path());
+    /// assert!(matches!(old, Err(backbone::Error::EventTypeMismatch { .. })));
+    /// # Ok::<(), backbone::Error>(())
+    /// ```
     ///
     /// [`Raw`]: crate::Raw
     pub fn event_type(mut self, name: impl Into<String>, version: u32) -> Options {
