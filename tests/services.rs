@@ -808,7 +808,9 @@ fn a_work_group_shares_records_among_workers_each_acked_once() {
             let group: WorkGroup<u64> = group.clone();
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
-                while let Some(task) = group.recv_timeout(Duration::from_millis(200)).unwrap() {
+                // Generous: an idle wait this long means the work is done,
+                // even when another worker's ack waits on a slow fsync.
+                while let Some(task) = group.recv_timeout(Duration::from_secs(2)).unwrap() {
                     mine.push(task.record.value);
                     task.ack().unwrap();
                 }
@@ -851,8 +853,10 @@ fn unanswered_and_rejected_records_come_again_then_go_to_the_dead_letter_log() {
     let log = open(&dir.path().join("orders"));
     let dead: EventLog<DeadLetter> = EventLog::open(dir.path().join("dead")).unwrap();
     log.append_batch(&[10, 11]).unwrap();
+    // Long enough that the dropped delivery cannot expire before record 1
+    // is handed out, even on a loaded machine.
     let options = GroupOptions::new()
-        .ack_timeout(Duration::from_millis(50))
+        .ack_timeout(Duration::from_millis(500))
         .max_deliveries(3)
         .dead_letter(&dead);
     let group: WorkGroup<u64> = log.work_group("g", options.clone()).unwrap();
@@ -945,7 +949,7 @@ fn a_reopened_group_delivers_again_what_was_in_flight_and_keeps_counts() {
     let group: WorkGroup<u64> = log.work_group("g", GroupOptions::new()).unwrap();
     assert_eq!(group.lag(), 5);
     let mut got = Vec::new();
-    while let Some(task) = group.recv_timeout(Duration::from_millis(50)).unwrap() {
+    while let Some(task) = group.recv_timeout(Duration::from_secs(1)).unwrap() {
         got.push((task.record.offset, task.delivery));
         task.ack().unwrap();
     }
@@ -973,7 +977,7 @@ fn a_group_replays_through_its_snapshots() {
     assert_eq!((first.record.offset, first.delivery), (2500, 2));
     let mut rest = 0;
     first.ack().unwrap();
-    while let Some(task) = group.recv_timeout(Duration::from_millis(50)).unwrap() {
+    while let Some(task) = group.recv_timeout(Duration::from_secs(1)).unwrap() {
         assert!(task.record.offset > 2500);
         task.ack().unwrap();
         rest += 1;
@@ -997,7 +1001,7 @@ fn a_delivery_that_triggers_a_snapshot_is_in_it() {
     }
     let group: WorkGroup<u64> = log.work_group("g", GroupOptions::new()).unwrap();
     let mut again = Vec::new();
-    while let Some(task) = group.recv_timeout(Duration::from_millis(50)).unwrap() {
+    while let Some(task) = group.recv_timeout(Duration::from_secs(1)).unwrap() {
         again.push((task.record.offset, task.delivery));
         task.ack().unwrap();
     }
