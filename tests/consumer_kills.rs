@@ -34,8 +34,8 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use backbone::{CommitPolicy, Durability, Error, EventLog, Options};
-use common::{say, ChildProcess, Rng};
+use backbone::{CommitPolicy, Durability, EventLog, Options};
+use common::{retry_locked, say, ChildProcess, Rng};
 
 const CHILD: &str = "child_consumer_kill";
 const DIR_VAR: &str = "BACKBONE_CONSUMER_DIR";
@@ -93,29 +93,14 @@ impl Policy {
     }
 }
 
-/// Opens the campaign's log. `Locked` by another process is retried
-/// briefly: the two campaigns run side by side in one parent, and a child
-/// forked for one campaign holds copies of the parent's open files until
-/// it execs, the other campaign's log lock among them if that log was
-/// open just then. A lock a killed child really kept would outlast the
-/// retries and fail the campaign.
+/// Opens the campaign's log (the two campaigns run side by side in one
+/// parent: see `retry_locked`).
 fn open_log(dir: &Path) -> backbone::Result<EventLog<u64>> {
-    let mut tries = 0;
-    loop {
-        match Options::new()
+    retry_locked(|| {
+        Options::new()
             .durability(Durability::Buffered)
             .open::<u64>(dir)
-        {
-            Err(Error::Locked {
-                in_this_process: false,
-                ..
-            }) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
+    })
 }
 
 // ---- the child --------------------------------------------------------------

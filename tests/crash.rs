@@ -38,7 +38,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use backbone::{Durability, EventLog, Options, Raw, Start};
-use common::{mix64, open_raw, say, segment_files, seq_of, seq_payload, ChildProcess, Rng};
+use common::{
+    mix64, open_raw, retry_locked, say, segment_files, seq_of, seq_payload, ChildProcess, Rng,
+};
 
 const CHILD: &str = "child_crash_writer";
 const DIR_VAR: &str = "BACKBONE_CRASH_DIR";
@@ -120,26 +122,9 @@ fn child_crash_writer() {
     let retention = retention_bytes(run);
 
     say(format_args!("PH open"));
-    // The two campaigns run side by side in one parent, and a child forked
-    // for one campaign holds copies of the parent's open files until it
-    // execs, the lock of the other campaign's log among them if the parent
-    // was verifying that log just then. So `Locked` (from another process)
-    // is retried briefly; a lock a killed child really kept would outlast
-    // the retries and fail the campaign.
+    // The two campaigns run side by side in one parent (see retry_locked).
     let options = mode.options().retention_bytes(retention);
-    let mut tries = 0;
-    let log = loop {
-        match open_raw(dir, options.clone()) {
-            Err(backbone::Error::Locked {
-                in_this_process: false,
-                ..
-            }) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => break other.expect("child open"),
-        }
-    };
+    let log = retry_locked(|| open_raw(dir, options.clone())).expect("child open");
     let consumer = log.consumer(CONSUMER).expect("child consumer");
     let next = log.next_offset();
     let mut seq = if next > log.first_offset() {

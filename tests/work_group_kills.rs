@@ -118,7 +118,7 @@ use backbone::{
     Codec, DeadLetter, Durability, Error, EventLog, GroupEvent, GroupOptions, Options, Postcard,
     Start, WorkGroup,
 };
-use common::{say, ChildOutput, ChildProcess, Rng};
+use common::{retry_locked, say, ChildOutput, ChildProcess, Rng};
 
 const CHILD: &str = "child_work_group_worker";
 const HOLDER: &str = "child_work_group_holder";
@@ -182,26 +182,6 @@ fn dead_dir(base: &Path) -> PathBuf {
 
 fn group_dir(base: &Path) -> PathBuf {
     source_dir(base).join(format!("{GROUP}.group"))
-}
-
-/// Opens, retrying `Locked` by another process briefly: a child forked
-/// for one test holds copies of the parent's open files until it execs,
-/// the lock of the other test's log among them if that log was open just
-/// then. A lock a killed child really kept would outlast the retries.
-fn retry_locked<T>(mut open: impl FnMut() -> backbone::Result<T>) -> backbone::Result<T> {
-    let mut tries = 0;
-    loop {
-        match open() {
-            Err(Error::Locked {
-                in_this_process: false,
-                ..
-            }) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }
 
 fn open_source(base: &Path) -> backbone::Result<EventLog<u64>> {

@@ -151,14 +151,7 @@ impl<T, C> Consumer<T, C> {
     ) -> Result<Consumer<T, C>> {
         name::validate(name)?;
         let mut registry = log.registry().lock();
-        if registry
-            .get(name)
-            .is_some_and(|held| held.strong_count() > 0)
-        {
-            return Err(Error::ConsumerInUse {
-                name: name.to_owned(),
-            });
-        }
+        refuse_if_held(&registry, name)?;
         registry.retain(|_, held| held.strong_count() > 0);
         let register = Arc::new(log.store().open_register(name, start)?);
         registry.insert(name.to_owned(), Arc::downgrade(&register));
@@ -311,13 +304,16 @@ pub(crate) fn list(store: &Store, registry: &Registry) -> Result<Vec<ConsumerSta
 pub(crate) fn delete(store: &Store, registry: &Registry, name: &str) -> Result<bool> {
     name::validate(name)?;
     let registry = registry.lock();
-    if registry
-        .get(name)
-        .is_some_and(|held| held.strong_count() > 0)
-    {
-        return Err(Error::ConsumerInUse {
-            name: name.to_owned(),
-        });
-    }
+    refuse_if_held(&registry, name)?;
     store.remove_register(name)
+}
+
+/// [`Error::ConsumerInUse`] if a live [`Consumer`] holds `name`.
+fn refuse_if_held(registry: &HashMap<String, Weak<Register>>, name: &str) -> Result<()> {
+    match registry.get(name) {
+        Some(held) if held.strong_count() > 0 => Err(Error::ConsumerInUse {
+            name: name.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }

@@ -467,12 +467,16 @@ impl<T, C: Codec<T>> WorkGroup<T, C> {
             }
             let attempts = state.attempts.get(&offset).copied().unwrap_or(0);
             let event_type = &shared.source.meta().event;
+            let exhausted = attempts >= shared.options.max_deliveries;
             let read = shared.source.get(offset, |frame| {
-                (
-                    decode(&*self.codec, frame, event_type),
-                    frame.payload.to_vec(),
-                    frame.timestamp,
-                )
+                let decoded = decode(&*self.codec, frame, event_type);
+                // The bytes are copied only for a dead letter.
+                let payload = if exhausted || decoded.is_err() {
+                    frame.payload.to_vec()
+                } else {
+                    Vec::new()
+                };
+                (decoded, payload, frame.timestamp)
             })?;
             let Some((decoded, payload, timestamp)) = read else {
                 // Removed by retention's hard limit: lost to the group.
@@ -480,7 +484,7 @@ impl<T, C: Codec<T>> WorkGroup<T, C> {
                 continue;
             };
             let reason = match &decoded {
-                _ if attempts >= shared.options.max_deliveries => Some(format!(
+                _ if exhausted => Some(format!(
                     "delivered {attempts} times without an ack (max_deliveries {})",
                     shared.options.max_deliveries
                 )),

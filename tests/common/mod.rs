@@ -302,3 +302,26 @@ impl SplitMix {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// Opens with `open`, retrying briefly while another process holds the
+/// log's lock. Test parents run campaigns side by side on threads, and a
+/// child forked for one campaign holds copies of the parent's open files
+/// until it execs, the lock of another campaign's log among them if the
+/// parent had that log open just then. A lock a killed child really kept
+/// outlasts the retries (2 s) and fails the campaign.
+#[allow(dead_code)]
+pub fn retry_locked<T>(mut open: impl FnMut() -> backbone::Result<T>) -> backbone::Result<T> {
+    let mut tries = 0;
+    loop {
+        match open() {
+            Err(backbone::Error::Locked {
+                in_this_process: false,
+                ..
+            }) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
