@@ -85,6 +85,19 @@ pub enum Error {
         max: u32,
     },
 
+    /// A committing append's batch (its checkpoint and records) does not
+    /// fit in one segment, which it must to be all or nothing: split it, or
+    /// raise `Options::segment_bytes`. Nothing was written.
+    #[error(
+        "a committing batch of {size} bytes does not fit in one segment ({max} bytes are free)"
+    )]
+    BatchTooLarge {
+        /// The batch's bytes on disk.
+        size: u64,
+        /// The room in the segment it would have to fit in.
+        max: u64,
+    },
+
     /// The codec failed to encode a value (`offset` is `None`; nothing was
     /// written) or to decode the record at `offset` (the log was written
     /// with another type or codec, or the type changed incompatibly).
@@ -198,6 +211,16 @@ pub enum Error {
         name: String,
     },
 
+    /// A consumer is held by another process following or writing the log
+    /// (or by another open of the log in this process): its file is locked.
+    #[error("consumer {name:?} of log {} is held by another process (or another open of the log)", path.display())]
+    ConsumerLocked {
+        /// The consumer's name.
+        name: String,
+        /// The log's directory.
+        path: PathBuf,
+    },
+
     /// A commit would move a consumer's position backwards. Commits only
     /// move forward; [`Consumer::seek`](crate::Consumer::seek) moves back on
     /// purpose.
@@ -218,6 +241,48 @@ pub enum Error {
     AlreadyAcked {
         /// The record's offset.
         offset: u64,
+    },
+
+    /// The newest checkpoints of all names would take more than half a
+    /// segment: they are carried into every new segment, which must hold
+    /// records too. Nothing was written. Store less state per checkpoint,
+    /// use fewer names, or raise `Options::segment_bytes`.
+    #[error(
+        "the newest checkpoints would take {bytes} bytes, more than half a segment ({max} bytes)"
+    )]
+    CheckpointsTooLarge {
+        /// Their bytes on disk with this checkpoint.
+        bytes: u64,
+        /// Half the room of a segment.
+        max: u64,
+    },
+
+    /// A checkpoint stands past the end of one of its source logs: the
+    /// source lost records (a power loss took back records that were not
+    /// durable, or it was restored from an older copy) that the reader had
+    /// already handed on. Never a silent resume point.
+    #[error("checkpoint {name:?} stands at offset {stored} of log {}, past its end (next offset {next})", source_log.display())]
+    CheckpointAhead {
+        /// The checkpoint's name.
+        name: String,
+        /// The source log's directory.
+        source_log: PathBuf,
+        /// The offset the checkpoint holds.
+        stored: u64,
+        /// The source's next offset.
+        next: u64,
+    },
+
+    /// A checkpoint holds no position in this source log: another log, or
+    /// this one deleted and created again (which gives it a new id).
+    #[error("checkpoint {name:?} holds no position in log {} (id {log_id})", source_log.display())]
+    NotInCheckpoint {
+        /// The checkpoint's name.
+        name: String,
+        /// The log asked about: its directory.
+        source_log: PathBuf,
+        /// The log's id, as [`LogId`](crate::LogId) prints it.
+        log_id: String,
     },
 
     /// A name that becomes a file name (a consumer's) is not allowed.
@@ -293,6 +358,26 @@ pub enum CorruptionKind {
         /// The entry's number in its index file.
         entry: u64,
     },
+    /// A version-2 frame whose checksum holds but whose kind, flags or
+    /// reserved bytes this build does not know (a later build's frame, or
+    /// crafted bytes).
+    UnknownFrame {
+        /// The kind byte found.
+        kind: u8,
+        /// The flags byte found.
+        flags: u8,
+    },
+    /// A control frame whose checksum holds but whose payload this build
+    /// cannot read (a checkpoint's fields contradict each other).
+    BadControl,
+    /// A checkpoint's batch ends before the records (or checkpoint chunks)
+    /// it states: the torn last write of a crash, cut whole by recovery.
+    TornBatch {
+        /// The records the checkpoint says follow it.
+        records: u32,
+        /// The records found after it.
+        found: u32,
+    },
 }
 
 impl fmt::Display for CorruptionKind {
@@ -325,6 +410,15 @@ impl fmt::Display for CorruptionKind {
             CorruptionKind::IndexEntry { entry } => {
                 write!(f, "index entry {entry} points at no such record")
             }
+            CorruptionKind::UnknownFrame { kind, flags } => write!(
+                f,
+                "a frame of kind {kind} with flags {flags:#04x}, which this build does not know"
+            ),
+            CorruptionKind::BadControl => f.write_str("a control frame this build cannot read"),
+            CorruptionKind::TornBatch { records, found } => write!(
+                f,
+                "a checkpoint's batch ends early: it states {records} records, {found} follow"
+            ),
         }
     }
 }

@@ -1,13 +1,13 @@
 //! A read-only, codec-agnostic view of a log on disk: what its `META` says,
-//! its segments, its records as bytes, its consumers' positions, and a
-//! verification of every byte. The `backbone` command-line tool is built on
+//! its segments, its records as bytes, its consumers' positions, its
+//! checkpoints and registered readers, and a verification of every byte. The `backbone` command-line tool is built on
 //! it; so can any program that needs to look at a log without knowing (or
 //! having) its event type.
 //!
 //! An [`Inspector`] opens the log read-only: it takes no lock, changes
 //! nothing on disk (a damaged index is rebuilt in memory only), and works on
-//! a log another process is writing, seeing that writer's records as they
-//! are written.
+//! a log another process is writing, seeing that writer's records once
+//! they are durable.
 //!
 //! ```
 //! use backbone::inspect::Inspector;
@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{CorruptionKind, Error, Result};
-use crate::format::FORMAT_VERSION;
+use crate::format::{decode_checkpoint_body, FORMAT_VERSION};
 use crate::options::Options;
-use crate::record::{LogId, Start, Timestamp};
+use crate::record::{LogId, SourcePosition, Start, Timestamp};
 use crate::store::{RawCursor, Store};
 
 /// Frames read per pin of the log's maps, at most: the first batch holds
@@ -85,6 +85,8 @@ pub struct SegmentInfo {
     pub closed: Option<bool>,
     /// Entries in its index.
     pub index_entries: u64,
+    /// Its format version (1 or 2), which decides its frame layout.
+    pub format_version: u32,
 }
 
 /// One record, as bytes.
@@ -97,6 +99,9 @@ pub struct RawRecord {
     pub timestamp: Timestamp,
     /// The encoded event, as the log's codec wrote it.
     pub payload: Vec<u8>,
+    /// The event time of the input it was derived from, if its writer
+    /// recorded one (format version 2).
+    pub source_time: Option<Timestamp>,
     /// The base offset of the segment that holds it.
     pub segment: u64,
     /// The byte position of its frame in that segment's file.
@@ -117,6 +122,31 @@ pub struct ConsumerInfo {
     pub generation: Option<u64>,
     /// Why the file could not be read.
     pub problem: Option<String>,
+}
+
+/// The newest checkpoint of one name, stored by a hand-off in this log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckpointInfo {
+    /// The reader's name.
+    pub name: String,
+    /// Where it stands in its sources; empty if the body does not decode.
+    pub positions: Vec<SourcePosition>,
+    /// Its own state's size in bytes.
+    pub state_bytes: usize,
+}
+
+/// A reader registered on this log (`{name}.reader`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReaderInfo {
+    /// Its name.
+    pub name: String,
+    /// Where its true position lives (the log holding its checkpoint).
+    pub location: PathBuf,
+    /// The advisory copy of its position; `None` if the file could not be
+    /// read.
+    pub position: Option<u64>,
 }
 
 /// One damaged place found by [`Inspector::verify`].
@@ -245,6 +275,7 @@ impl Inspector {
                 used_bytes: segment.limit(),
                 closed: segment.watermark().map(|w| w.closed),
                 index_entries: segment.index.count(),
+                format_version: segment.layout().version(),
             });
         }
         Ok(segments)
@@ -284,6 +315,45 @@ impl Inspector {
                     generation: slot.map(|(_, generation)| generation),
                     problem,
                 }
+            })
+            .collect())
+    }
+
+    /// The newest checkpoint of every name stored in this log, by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]; [`Error::Corrupt`] from the newest segment.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>> {
+        Ok(self
+            .store
+            .follower_checkpoints()?
+            .into_iter()
+            .map(|(name, body)| {
+                let (positions, state) = decode_checkpoint_body(&body).unwrap_or_default();
+                CheckpointInfo {
+                    name,
+                    positions,
+                    state_bytes: state.len(),
+                }
+            })
+            .collect())
+    }
+
+    /// The readers registered on this log, by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the directory cannot be listed.
+    pub fn readers(&self) -> Result<Vec<ReaderInfo>> {
+        Ok(self
+            .store
+            .reader_entries()?
+            .into_iter()
+            .map(|entry| ReaderInfo {
+                name: entry.name,
+                location: entry.location.into(),
+                position: entry.position,
             })
             .collect())
     }
@@ -365,6 +435,7 @@ impl Frames<'_> {
                 offset: frame.offset,
                 timestamp: Timestamp::from_micros(frame.timestamp),
                 payload: frame.payload.to_vec(),
+                source_time: frame.source_time.map(Timestamp::from_micros),
                 segment: 0,
                 position: frame.len as u64,
             });
@@ -426,7 +497,7 @@ mod tests {
     }
 
     fn append(log: &Store, payloads: &[Vec<u8>]) {
-        log.append(payloads.len(), None, |i, out| {
+        log.append(payloads.len(), None, None, |i, out| {
             out.extend_from_slice(&payloads[i]);
             Ok(())
         })

@@ -117,12 +117,12 @@ pub use codec::Json;
 pub use codec::{Codec, CodecError, Postcard, Raw};
 pub use error::{CorruptionKind, Error, Result};
 pub use log::{
-    CloseReport, CommitPolicy, Consumer, ConsumerOptions, ConsumerStatus, ConsumerSubscription,
-    Cursor, DeadLetter, DeadLetters, EventLog, GroupEvent, GroupOptions, Iter, Stopper,
-    SubscribeOptions, Subscription, Task, Undecodable, WorkGroup,
+    Checkpoint, CloseReport, CommitPolicy, Consumer, ConsumerOptions, ConsumerStatus,
+    ConsumerSubscription, Cursor, DeadLetter, DeadLetters, EventLog, GroupEvent, GroupOptions,
+    Iter, ReaderStatus, Stopper, SubscribeOptions, Subscription, Task, Undecodable, WorkGroup,
 };
 pub use options::{Durability, Event, Options, RecoveryMode};
-pub use record::{LogId, Record, Start, Timestamp};
+pub use record::{LogId, Record, SourcePosition, Start, Timestamp};
 pub use store::{RecoveryReport, Stats};
 
 /// The crash-simulating, fault-injecting storage this crate's tests run

@@ -340,7 +340,10 @@ impl Options {
 
     /// Open for reading only: no lock is taken, nothing on disk is changed,
     /// and another process may be writing the log at the same time. Readers
-    /// see the writer's new records as they are written. Appends fail with
+    /// see the writer's new records once the writer has made them durable
+    /// (at once with `EveryAppend`; at its syncs with `Interval`; at its
+    /// `sync` and `close` with `Buffered`), so nothing a follower hands on
+    /// can be taken back by a power loss. Appends fail with
     /// [`Error::ReadOnly`].
     pub fn read_only(mut self) -> Options {
         self.read_only = true;
@@ -492,14 +495,14 @@ mod tests {
         assert_eq!(Options::new().record_limit(), 1 << 20);
         let small = Options::new().segment_bytes(4096);
         small.validate().unwrap();
-        assert_eq!(small.record_limit(), 4096 - 88);
+        assert_eq!(small.record_limit(), 4096 - 92);
     }
 
     #[test]
     fn a_record_of_exactly_the_room_left_is_allowed() {
         let options = Options::new()
             .segment_bytes(4096)
-            .max_record_bytes(4096 - 88);
+            .max_record_bytes(4096 - 92);
         options.validate().unwrap();
     }
 }

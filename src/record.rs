@@ -52,6 +52,29 @@ impl fmt::Display for LogId {
     }
 }
 
+/// Where a reader stands in one of its sources, as a checkpoint stores it
+/// ([`EventLog::append_committing`](crate::EventLog::append_committing)).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SourcePosition {
+    /// A backbone log, by its [`LogId`]: the next offset to read from it.
+    Log {
+        /// The source log's id.
+        log_id: LogId,
+        /// The next offset to read.
+        offset: u64,
+    },
+    /// A sequence number in another system (a JetStream stream sequence,
+    /// a file's line number), under a name the caller chooses: the last
+    /// sequence handled, or the next, as the caller defines.
+    External {
+        /// The caller's name for the source (at most 65535 bytes).
+        name: String,
+        /// The sequence.
+        sequence: u64,
+    },
+}
+
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -54,7 +54,7 @@ const SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_EXTRA: u64 = 2000;
 /// From docs/FORMAT.md: the child predicts its rolls with them.
 const SEGMENT_HEADER: u64 = 64;
-const FRAME_OVERHEAD: u64 = 24;
+const FRAME_OVERHEAD: u64 = 28;
 /// One step in this many commits the consumer.
 const COMMIT_ONE_IN: u64 = 6;
 /// The largest batch the child appends, and so the largest single write.

@@ -244,3 +244,52 @@ fn a_read_only_follower_sees_every_record_of_a_live_writer() {
     );
     assert_eq!(log.verify().unwrap(), FOLLOW_RECORDS);
 }
+
+// ---- a consumer owned by another process --------------------------------------
+
+const CONSUMER_DIR_VAR: &str = "BACKBONE_CONSUMER_OWNER_DIR";
+
+/// Child: follows the log read-only, takes consumer `audit`, reads what is
+/// there, commits past it, says `HOLDING <position>` and holds the
+/// consumer until killed.
+#[test]
+fn child_consumer_owner() {
+    let Some(dir) = std::env::var_os(CONSUMER_DIR_VAR) else {
+        return;
+    };
+    let log = open_raw(Path::new(&dir), Options::new().read_only()).expect("child open");
+    let consumer = log.consumer("audit").expect("child consumer");
+    let read = consumer.read().count() as u64;
+    consumer.commit(read).expect("child commit");
+    say(format_args!("HOLDING {read}"));
+    sleep_forever();
+}
+
+#[test]
+fn a_consumer_owned_by_a_follower_in_another_process_is_held_until_it_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let log = open_raw(&dir, Options::new()).unwrap();
+    log.append_batch(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .unwrap();
+    let mut child = ChildProcess::spawn(
+        "child_consumer_owner",
+        &[(CONSUMER_DIR_VAR, OsString::from(&dir))],
+    );
+    let Some(line) = child.wait_for_line("HOLDING", STARTUP) else {
+        panic!("the child never took the consumer: {:?}", child.kill());
+    };
+    assert_eq!(line, "HOLDING 3");
+    // The writer's process sees its position and cannot take it.
+    let listed = log.consumers().unwrap();
+    assert_eq!((listed[0].name.as_str(), listed[0].position), ("audit", 3));
+    assert!(matches!(
+        log.consumer("audit"),
+        Err(Error::ConsumerLocked { .. })
+    ));
+    let out = child.kill();
+    assert!(out.was_killed(), "the child ended by itself: {out:?}");
+    // The lock died with the process; the position it committed stays.
+    let audit = log.consumer("audit").expect("free once the owner is gone");
+    assert_eq!(audit.position(), 3);
+}

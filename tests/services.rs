@@ -1008,3 +1008,70 @@ fn a_delivery_that_triggers_a_snapshot_is_in_it() {
     assert_eq!(again, (0..4100).map(|o| (o, 2)).collect::<Vec<_>>());
     assert_eq!(group.lag(), 0);
 }
+
+// ---- consumers in other processes -------------------------------------------------
+
+#[test]
+fn a_follower_owns_a_consumer_by_its_file_lock_and_commits_only_durable_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer: EventLog<u64> = Options::new()
+        .durability(Durability::Interval(Duration::from_secs(3600)))
+        .open(dir.path())
+        .unwrap();
+    writer.append_batch(&[1, 2, 3, 4]).unwrap();
+    writer.sync().unwrap();
+    writer.append(&5).unwrap();
+    // Another open of the log (here a follower handle; in practice another
+    // process) owns "audit".
+    let follower: EventLog<u64> = Options::new().read_only().open(dir.path()).unwrap();
+    let audit = follower.consumer("audit").unwrap();
+    let seen: Vec<u64> = audit.read().map(|r| r.unwrap().value).collect();
+    assert_eq!(seen, [1, 2, 3, 4], "record 5 is not durable yet");
+    audit.commit(4).unwrap();
+    // Only positions it could have read: what the writer made durable.
+    assert!(matches!(
+        audit.commit(5),
+        Err(Error::OffsetOutOfRange {
+            requested: 5,
+            next: 4
+        })
+    ));
+    // The writer's side sees it, cannot take it, nor delete it.
+    let listed = writer.consumers().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), listed[0].position), ("audit", 4));
+    assert!(
+        matches!(writer.consumer("audit"), Err(Error::ConsumerLocked { ref name, .. }) if name == "audit")
+    );
+    assert!(matches!(
+        writer.delete_consumer("audit"),
+        Err(Error::ConsumerLocked { .. })
+    ));
+    // Once the owner lets go, the name is free, at the position it left.
+    drop(audit);
+    let taken = writer.consumer("audit").unwrap();
+    assert_eq!(taken.position(), 4);
+    drop(taken);
+    drop(follower);
+    assert!(writer.delete_consumer("audit").unwrap());
+    assert_eq!(writer.consumers().unwrap(), []);
+}
+
+#[test]
+fn an_unfinished_consumer_creation_reads_as_no_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_batch(&[1, 2, 3]).unwrap();
+    // A crash between creating the file and writing it leaves it empty.
+    std::fs::write(dir.path().join("half.consumer"), b"").unwrap();
+    std::fs::write(dir.path().join("zeros.consumer"), [0u8; 64]).unwrap();
+    assert_eq!(log.consumers().unwrap(), []);
+    let half = log.consumer_with("half", Start::End).unwrap();
+    assert_eq!(half.position(), 3);
+    half.commit(3).unwrap();
+    drop(half);
+    assert_eq!(log.consumers().unwrap().len(), 1);
+    // A start the log cannot give leaves no file behind.
+    assert!(log.consumer_with("far", Start::Offset(99)).is_err());
+    assert!(!dir.path().join("far.consumer").exists());
+}

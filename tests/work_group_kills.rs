@@ -217,6 +217,21 @@ fn append_records(log: &EventLog<u64>, count: u64) {
     }
 }
 
+/// Opens the group's log as its writer and lets go (the child is dead):
+/// recovery, then the durable notice of everything it kept.
+fn settle_group_log(base: &Path) {
+    let dir = group_dir(base);
+    if !dir.join("META").exists() {
+        return;
+    }
+    let opened = Options::new()
+        .segment_bytes(4 << 20)
+        .open::<GroupEvent>(&dir);
+    // (A child killed while creating the log leaves one that is not a log
+    // yet: there is nothing to settle.)
+    drop(opened);
+}
+
 /// Keeps a copy of the group's log that never loses an event: its `META`
 /// and a hard link to each of its segment files, which outlives the
 /// group's removal of the file. Returns the copy's directory (`None`
@@ -243,7 +258,9 @@ fn shadow_group_log(base: &Path) -> Option<PathBuf> {
     for entry in std::fs::read_dir(&dir).expect("list the group's log") {
         let entry = entry.expect("list the group's log");
         let name = entry.file_name();
-        if !name.to_string_lossy().ends_with(".seg") {
+        // Segments, and `LOCK`: its writer's durable notice says how far a
+        // reader may read (without it, only to the last watermark).
+        if !name.to_string_lossy().ends_with(".seg") && name != "LOCK" {
             continue;
         }
         let linked = shadow.join(&name);
@@ -650,7 +667,12 @@ impl Campaign {
             None => self.killed_in_startup += 1,
         }
 
-        // 2. The group's log: every event this life wrote.
+        // 2. The group's log: every event this life wrote. Its writer was
+        // killed, perhaps between a sync and the durable notice after it
+        // (a reader reads only what the notice says is durable): a writer's
+        // open recovers the log, as the next life's would, and states what
+        // it kept.
+        settle_group_log(&self.base);
         let shadow = shadow_group_log(&self.base);
         let events = shadow.and_then(|dir| read_from::<GroupEvent>(&dir, self.group_read));
         let mut poison_deliveries = 0;

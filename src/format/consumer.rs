@@ -1,7 +1,11 @@
 //! Consumer position files: a 16-byte header and two 24-byte slots that
 //! commits fill in turn.
 
-use super::{read_u32, read_u64, FORMAT_VERSION};
+use super::{read_u32, read_u64};
+
+/// The version of consumer files: unchanged since format version 1 (format
+/// version 2 changed segments only).
+pub(crate) const CONSUMER_VERSION: u32 = 1;
 
 pub(crate) const CONSUMER_MAGIC: &[u8; 8] = b"BBONECSR";
 pub(crate) const CONSUMER_HEADER_LEN: usize = 16;
@@ -19,7 +23,7 @@ pub(crate) struct ConsumerSlot {
 pub(crate) fn encode_consumer_header() -> [u8; CONSUMER_HEADER_LEN] {
     let mut out = [0u8; CONSUMER_HEADER_LEN];
     out[..8].copy_from_slice(CONSUMER_MAGIC);
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[8..12].copy_from_slice(&CONSUMER_VERSION.to_le_bytes());
     out
 }
 
@@ -51,9 +55,15 @@ pub(crate) fn decode_consumer(bytes: &[u8]) -> Result<ConsumerSlot, ConsumerErro
         return Err(ConsumerError::Magic);
     }
     let version = read_u32(bytes, 8).expect("in header");
-    if version != FORMAT_VERSION {
+    if version != CONSUMER_VERSION {
         return Err(ConsumerError::Version(version));
     }
+    decode_slots(bytes)
+}
+
+/// The newest valid of the two slots after a 16-byte header (consumer and
+/// reader files share them).
+pub(crate) fn decode_slots(bytes: &[u8]) -> Result<ConsumerSlot, ConsumerError> {
     let slot = |at: usize| -> Option<ConsumerSlot> {
         let raw = bytes.get(at..at + CONSUMER_SLOT_LEN)?;
         // (An all-zero slot, never written, fails this too: the CRC of

@@ -1,6 +1,10 @@
 //! Index files: a 32-byte header naming the segment, then 16-byte entries.
 
-use super::{read_u32, read_u64, FORMAT_VERSION};
+use super::{read_u32, read_u64};
+
+/// The version of index files: unchanged since format version 1 (format
+/// version 2 changed segments only).
+pub(crate) const INDEX_VERSION: u32 = 1;
 
 pub(crate) const INDEX_MAGIC: &[u8; 8] = b"BBONEIDX";
 pub(crate) const INDEX_HEADER_LEN: usize = 32;
@@ -23,7 +27,7 @@ pub(crate) fn index_entry_at(entry: u64) -> u64 {
 pub(crate) fn encode_index_header(base: u64) -> [u8; INDEX_HEADER_LEN] {
     let mut out = [0u8; INDEX_HEADER_LEN];
     out[..8].copy_from_slice(INDEX_MAGIC);
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[8..12].copy_from_slice(&INDEX_VERSION.to_le_bytes());
     out[16..24].copy_from_slice(&base.to_le_bytes());
     let crc = crc32fast::hash(&out[..24]);
     out[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -36,7 +40,7 @@ pub(crate) fn index_header_ok(bytes: &[u8], base: u64) -> bool {
         return false;
     };
     &header[..8] == INDEX_MAGIC
-        && read_u32(header, 8) == Some(FORMAT_VERSION)
+        && read_u32(header, 8) == Some(INDEX_VERSION)
         && read_u64(header, 16) == Some(base)
         && read_u32(header, 24) == Some(crc32fast::hash(&header[..24]))
 }

@@ -8,24 +8,33 @@
 //! and positions it documents against these constants. All integers are
 //! little-endian. One file per kind of file: [`meta`] (the directory
 //! marker), [`segment`] (segment header and durable watermark), [`frame`]
-//! (record frames), [`index`] (index header and entries), [`consumer`]
-//! (consumer position files); this module holds the version, file names
+//! (record and control frames), [`control`] (checkpoint payloads and the
+//! batch rule), [`index`] (index header and entries), [`consumer`]
+//! (consumer position files), [`reader`] (registered readers), [`notice`]
+//! (the durable notice in `LOCK`);
+//! this module holds the version, file names
 //! and the little-endian helpers.
 
 mod consumer;
+mod control;
 mod frame;
 mod index;
 mod meta;
+mod notice;
+mod reader;
 mod segment;
 
 pub(crate) use consumer::*;
+pub(crate) use control::*;
 pub(crate) use frame::*;
 pub(crate) use index::*;
 pub(crate) use meta::*;
+pub(crate) use notice::*;
+pub(crate) use reader::*;
 pub(crate) use segment::*;
 
-/// The on-disk format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The segment format version this build writes; it reads 1 and 2.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 // ---- file names ---------------------------------------------------------------
 
@@ -89,18 +98,21 @@ mod tests {
     fn documented_layout_matches_constants() {
         assert_eq!(SEGMENT_HEADER_LEN, 64);
         assert_eq!(WATERMARK_AT + WATERMARK_LEN, SEGMENT_HEADER_LEN);
-        assert_eq!(FRAME_OVERHEAD, 24);
+        assert_eq!(FRAME_OVERHEAD, 28);
+        assert_eq!(FRAME_OVERHEAD_V1, 24);
+        assert_eq!(SOURCE_TIME_LEN, 8);
         assert_eq!(INDEX_HEADER_LEN, 32);
         assert_eq!(INDEX_ENTRY_LEN, 16);
         assert_eq!(CONSUMER_FILE_LEN, 64);
         let spec = include_str!("../../docs/FORMAT.md");
         for fact in [
             "segment header: 64 bytes",
-            "frame overhead: 24 bytes",
+            "version-1 frame overhead: 24 bytes",
+            "version-2 frame overhead: 28 bytes",
             "index header: 32 bytes",
             "index entry: 16 bytes",
             "consumer file: 64 bytes",
-            "format version: 1",
+            "format version: 2",
             "META version: 2",
         ] {
             assert!(

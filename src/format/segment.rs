@@ -1,8 +1,10 @@
 //! The 64-byte header of a segment file: its immutable part (magic,
-//! version, base offset, CRC) and the durable-watermark slot the writer
-//! rewrites in place.
+//! version, checksum kind, base offset, CRC) and the durable-watermark slot
+//! the writer rewrites in place. The version decides the layout of the
+//! segment's frames ([`Layout`]), so one log can hold version-1 segments
+//! followed by version-2 ones.
 
-use super::{read_u32, read_u64, FORMAT_VERSION};
+use super::{read_u32, read_u64, Layout, CHECKSUM_CRC32};
 use crate::error::CorruptionKind;
 
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"BBONESEG";
@@ -20,6 +22,8 @@ pub(crate) const WATERMARK_LEN: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
     pub(crate) base: u64,
+    /// How its frames are laid out: its format version.
+    pub(crate) layout: Layout,
 }
 
 /// The durable watermark of a segment: every byte before `pos` was on
@@ -41,8 +45,12 @@ const WATERMARK_CLOSED: u32 = 1;
 pub(crate) fn encode_segment_header(header: &SegmentHeader, mark: &Watermark) -> [u8; 64] {
     let mut out = [0u8; SEGMENT_HEADER_LEN];
     out[..8].copy_from_slice(SEGMENT_MAGIC);
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // 12..16: flags, zero in version 1.
+    out[8..12].copy_from_slice(&header.layout.version().to_le_bytes());
+    // 12..16: flags, zero in version 1; the checksum kind in the low byte
+    // from version 2.
+    if header.layout == Layout::V2 {
+        out[12] = CHECKSUM_CRC32;
+    }
     out[16..24].copy_from_slice(&header.base.to_le_bytes());
     let crc = crc32fast::hash(&out[..SEGMENT_HEADER_CRC_AT]);
     out[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -75,14 +83,21 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Heade
         return Err(HeaderError::Corrupt(CorruptionKind::HeaderChecksum));
     }
     let version = read_u32(bytes, 8).expect("in header");
-    if version != FORMAT_VERSION {
+    let Some(layout) = Layout::of_version(version) else {
         return Err(HeaderError::Version(version));
-    }
-    if read_u32(bytes, 12) != Some(0) {
+    };
+    let flags = match layout {
+        Layout::V1 => 0,
+        // A checksum this build does not know, or other flags set: a later
+        // build's segment, which must not be misread.
+        Layout::V2 => u32::from(CHECKSUM_CRC32),
+    };
+    if read_u32(bytes, 12) != Some(flags) {
         return Err(HeaderError::Corrupt(CorruptionKind::BadHeader));
     }
     Ok(SegmentHeader {
         base: read_u64(bytes, 16).expect("in header"),
+        layout,
     })
 }
 
@@ -121,7 +136,10 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let header = SegmentHeader { base: 1234 };
+        let header = SegmentHeader {
+            base: 1234,
+            layout: Layout::V2,
+        };
         let mark = Watermark {
             pos: 64,
             next: 1234,
@@ -151,11 +169,34 @@ mod tests {
             decode_segment_header(&bad),
             Err(HeaderError::Corrupt(CorruptionKind::HeaderChecksum))
         );
-        let mut newer = bytes;
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let crc = crc32fast::hash(&newer[..24]);
-        newer[24..28].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_segment_header(&newer), Err(HeaderError::Version(2)));
+        assert_eq!(read_u32(&bytes, 8), Some(2));
+        assert_eq!(read_u32(&bytes, 12), Some(1), "the CRC-32 checksum kind");
+        let reseal = |mut bytes: [u8; 64], at: usize, value: u32| {
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            let crc = crc32fast::hash(&bytes[..24]);
+            bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let newer = reseal(bytes, 8, 3);
+        assert_eq!(decode_segment_header(&newer), Err(HeaderError::Version(3)));
+        let other_checksum = reseal(bytes, 12, 2);
+        assert_eq!(
+            decode_segment_header(&other_checksum),
+            Err(HeaderError::Corrupt(CorruptionKind::BadHeader))
+        );
+        let v1 = SegmentHeader {
+            base: 1234,
+            layout: Layout::V1,
+        };
+        let old = encode_segment_header(&v1, &mark);
+        assert_eq!(read_u32(&old, 8), Some(1));
+        assert_eq!(read_u32(&old, 12), Some(0));
+        assert_eq!(decode_segment_header(&old), Ok(v1));
+        let v1_with_flags = reseal(old, 12, 1);
+        assert_eq!(
+            decode_segment_header(&v1_with_flags),
+            Err(HeaderError::Corrupt(CorruptionKind::BadHeader))
+        );
         let mut torn_slot = bytes;
         torn_slot[40] ^= 1;
         assert_eq!(decode_watermark(&torn_slot), None);

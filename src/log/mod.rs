@@ -9,6 +9,7 @@
 //! Consumers, cursors and subscriptions hold the store, not the log: once
 //! it is closed or dropped they end with [`Error::Closed`].
 
+mod checkpoint;
 mod consumer;
 mod cursor;
 mod dead_letter;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub use self::checkpoint::{Checkpoint, ReaderStatus};
 pub use self::consumer::{Consumer, ConsumerStatus};
 pub use self::cursor::Cursor;
 pub use self::dead_letter::{DeadLetter, DeadLetters, Undecodable};
@@ -90,6 +92,9 @@ struct Handle {
     consumers: Registry,
     /// The live subscriptions, for a close to drain.
     subscribers: Arc<Subscribers>,
+    /// Readers to register on their sources once their commits here are
+    /// durable.
+    readers: Mutex<checkpoint::PendingReaders>,
 }
 
 impl Drop for Handle {
@@ -189,6 +194,7 @@ impl Options {
                 store,
                 consumers: Mutex::new(HashMap::new()),
                 subscribers: Arc::default(),
+                readers: Mutex::default(),
             }),
             codec: Arc::new(codec),
             _marker: PhantomData,
@@ -219,7 +225,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     pub fn append(&self, value: &T) -> Result<u64> {
         let codec = &*self.codec;
         self.store()
-            .append(1, None, |_, out| encode(codec, value, out))
+            .append(1, None, None, |_, out| encode(codec, value, out))
             .map(|range| range.start)
     }
 
@@ -260,9 +266,66 @@ impl<T, C: Codec<T>> EventLog<T, C> {
 
     fn append_at(&self, expected: Option<u64>, values: &[T]) -> Result<Range<u64>> {
         let codec = &*self.codec;
-        self.store().append(values.len(), expected, |i, out| {
+        self.store().append(values.len(), expected, None, |i, out| {
             encode(codec, &values[i], out)
         })
+    }
+
+    /// Appends `values` and stores `checkpoint` with them, in one batch
+    /// that is all or nothing: after any crash the log holds both the
+    /// records and the checkpoint, or neither. A reader that hands records
+    /// from its sources to this log commits its positions this way and
+    /// resumes from [`last_checkpoint`](EventLog::last_checkpoint):
+    /// exactly once, with no duplicate and no gap. The batch costs one
+    /// write and one sync, like [`append_batch`](EventLog::append_batch);
+    /// `values` may be empty (the reader moved on without output).
+    ///
+    /// The checkpoint is a control frame: reads, subscriptions and
+    /// consumers never return it, and it takes no offset. The newest
+    /// checkpoint of each name is kept whatever retention removes.
+    ///
+    /// # Errors
+    ///
+    /// As [`append_batch`](EventLog::append_batch) (nothing written);
+    /// [`Error::InvalidName`] for a bad checkpoint name;
+    /// [`Error::BatchTooLarge`] if the batch does not fit in one segment.
+    pub fn append_committing(&self, values: &[T], checkpoint: &Checkpoint) -> Result<Range<u64>> {
+        let body = checkpoint.encode_body()?;
+        let codec = &*self.codec;
+        let stored = Some((checkpoint.name(), body.as_slice()));
+        let range = self.store().append(values.len(), None, stored, |i, out| {
+            encode(codec, &values[i], out)
+        })?;
+        let ticket = self.store().append_ticket();
+        self.handle
+            .readers
+            .lock()
+            .committed(self.store(), ticket, checkpoint);
+        Ok(range)
+    }
+
+    /// The newest checkpoint named `name` stored by
+    /// [`append_committing`](EventLog::append_committing), or `None` if
+    /// there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`]; [`Error::Closed`]; [`Error::Corrupt`] if the
+    /// stored checkpoint's body does not decode.
+    pub fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        crate::name::validate(name)?;
+        let Some(body) = self.store().last_checkpoint(name)? else {
+            return Ok(None);
+        };
+        match Checkpoint::decode(name, &body) {
+            Some(checkpoint) => Ok(Some(checkpoint)),
+            None => Err(Error::Corrupt {
+                path: self.path().to_path_buf(),
+                position: 0,
+                offset: None,
+                kind: crate::error::CorruptionKind::BadControl,
+            }),
+        }
     }
 
     /// The record at `offset`, or `None` if there is none: not appended yet,
@@ -519,6 +582,40 @@ impl<T, C: Codec<T>> EventLog<T, C> {
         consumer::delete(self.store(), self.registry(), name)
     }
 
+    /// The readers registered on this log: each hand-off (and, later, job,
+    /// table and mirror) that reads it and commits its position elsewhere
+    /// ([`Checkpoint::source`]), with the advisory copy of its position.
+    /// Retention keeps what the lowest of them has not passed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the directory cannot be listed.
+    pub fn readers(&self) -> Result<Vec<ReaderStatus>> {
+        let next = self.store().next_offset();
+        Ok(self
+            .store()
+            .reader_entries()?
+            .into_iter()
+            .map(|entry| ReaderStatus {
+                lag: entry.position.map(|p| next.saturating_sub(p)),
+                name: entry.name,
+                location: entry.location.into(),
+                position: entry.position,
+            })
+            .collect())
+    }
+
+    /// Removes the registration of reader `name` (a hand-off retired for
+    /// good), so that it no longer holds back retention. Whether there
+    /// was one. A reader that commits again registers again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`]; [`Error::Io`].
+    pub fn delete_reader(&self, name: &str) -> Result<bool> {
+        self.store().remove_reader(name)
+    }
+
     /// Removes whole sealed segments whose records are all below `offset`
     /// and returns the new first offset (which may stay below `offset`:
     /// the segment holding it is kept whole).
@@ -585,7 +682,10 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     pub fn close(self) -> Result<CloseReport> {
         let subscribers = &self.handle.subscribers;
         let timeout = self.store().close_timeout();
-        self.store().close(|end| subscribers.drain(end, timeout))
+        let report = self.store().close(|end| subscribers.drain(end, timeout))?;
+        // Everything is durable now: the last reader registrations too.
+        self.handle.readers.lock().flush(self.store());
+        Ok(report)
     }
 }
 

@@ -201,6 +201,17 @@ impl RawCursor {
                     };
                     self.at = Some((segment, pos));
                 }
+                // A newest segment of no record was replaced whole by one
+                // of the same base (its checkpoints compacted): read on in
+                // the new one.
+                Some((segment, _))
+                    if self.next == segment.base
+                        && store
+                            .segment_for(pin, segment.base)?
+                            .is_some_and(|current| !Arc::ptr_eq(&current, segment)) =>
+                {
+                    self.at = None;
+                }
                 // This segment is done: the next one must start exactly
                 // where it ended.
                 Some((segment, _)) => match store.segment_after(segment.base) {

@@ -1,13 +1,17 @@
 //! The read-only follower: a handle that reads a log another process (or
 //! another handle) writes, picking up new records, new segments and
-//! segments the writer's retention removed, without ever writing.
+//! segments the writer's retention removed, without ever writing. It hands
+//! out only records its writer has made durable (the writer's notice in
+//! `LOCK`), so nothing it passes on can be taken back by a power loss.
 
 use std::sync::Arc;
 
+use super::segment::Segment;
 use super::tail;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::format;
+use crate::storage::OpenMode;
 
 impl Store {
     /// Picks up records and segments another process wrote, and segments it
@@ -19,8 +23,11 @@ impl Store {
             let Some(active) = self.segments.newest() else {
                 return Ok(());
             };
-            if active.follow() {
+            if active.follow(self.writer_durable()) {
                 self.notifier.publish(active.next());
+            }
+            if self.recycled(&active)? {
+                continue;
             }
             let entries = self
                 .options
@@ -53,9 +60,43 @@ impl Store {
             let Some(segment) = tail::open_followed(&self.options, &self.dir, base, len)? else {
                 return Ok(());
             };
+            segment.cap_to(self.writer_durable());
             let segment = Arc::new(segment);
             self.segments.push(segment.clone());
             self.notifier.publish(segment.next());
         }
+    }
+
+    /// Whether the newest segment, holding no record, was replaced whole
+    /// by its writer (a segment of checkpoints only, compacted: see
+    /// `Store::next_segment`); if so, the new file is opened in its place.
+    /// The old one's closed mark says it was sealed with no record; the
+    /// file now under its name says whether it is another.
+    fn recycled(&self, active: &Arc<Segment>) -> Result<bool> {
+        let sealed_empty =
+            active.next() == active.base && active.watermark().is_some_and(|mark| mark.closed);
+        if !sealed_empty {
+            return Ok(false);
+        }
+        let path = self.dir.join(format::segment_name(active.base));
+        let storage = &self.options.storage;
+        let Ok(file) = storage.open(&path, OpenMode::ReadOnly, self.options.file_mode) else {
+            return Ok(false);
+        };
+        let mut header = [0u8; format::SEGMENT_HEADER_LEN];
+        if file.read_at(&mut header, 0).is_err()
+            || format::decode_watermark(&header) == active.watermark()
+        {
+            return Ok(false);
+        }
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        let Some(segment) = tail::open_followed(&self.options, &self.dir, active.base, len)? else {
+            return Ok(false);
+        };
+        segment.cap_to(self.writer_durable());
+        let segment = Arc::new(segment);
+        self.segments.push(segment.clone());
+        self.notifier.publish(segment.next());
+        Ok(true)
     }
 }

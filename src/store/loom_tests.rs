@@ -36,9 +36,9 @@ use loom::sync::Mutex;
 use loom::thread;
 
 use super::notifier::{Notifier, Waiter};
-use super::writer::{Active, Failure, Host, Tail, Writer, WriterConfig};
+use super::writer::{Active, Checkpoints, Failure, Host, Tail, Writer, WriterConfig};
 use crate::error::Error;
-use crate::format::{self, Scan, Watermark, RECORDS_START};
+use crate::format::{self, Layout, Scan, Watermark, RECORDS_START};
 use crate::options::Durability;
 
 /// What the model file does wrong, if anything.
@@ -89,7 +89,9 @@ impl ModelFile {
         let durable = self.durable.load(Ordering::SeqCst) as usize;
         let mut pos = RECORDS_START as usize;
         let mut records = 0;
-        while let Scan::Frame(frame) = format::decode_frame(&written[pos..durable], 1 << 10) {
+        while let Scan::Frame(frame) =
+            format::decode_frame(&written[pos..durable], 1 << 10, Layout::V2)
+        {
             pos += frame.len;
             records += 1;
         }
@@ -101,7 +103,7 @@ impl ModelFile {
         let written = self.written.lock().unwrap();
         let mut pos = RECORDS_START as usize;
         let mut records = 0;
-        while let Scan::Frame(frame) = format::decode_frame(&written[pos..], 1 << 10) {
+        while let Scan::Frame(frame) = format::decode_frame(&written[pos..], 1 << 10, Layout::V2) {
             assert_eq!(frame.offset, records, "records out of order");
             assert_eq!(frame.payload, payload(records), "a record's bytes");
             pos += frame.len;
@@ -179,8 +181,17 @@ impl Host<ModelFile> for ModelHost {
         &self.notifier
     }
 
-    fn next_segment(&self, _base: u64, _last_ts: u64) -> Result<Arc<ModelFile>, Failure> {
+    fn next_segment(
+        &self,
+        _base: u64,
+        _last_ts: u64,
+        _initial: &[u8],
+    ) -> Result<Arc<ModelFile>, Failure> {
         unreachable!("the model file never fills")
+    }
+
+    fn checkpoints(&self) -> crate::error::Result<Checkpoints> {
+        Ok(Checkpoints::new())
     }
 
     fn rolled(&self) {}
@@ -188,6 +199,8 @@ impl Host<ModelFile> for ModelHost {
     fn half_full(&self) {}
 
     fn unsynced(&self) {}
+
+    fn durable(&self, _next: u64) {}
 }
 
 fn payload(offset: u64) -> Vec<u8> {
@@ -253,7 +266,7 @@ impl Log {
         let result = match call {
             Append(n) => self
                 .writer
-                .append(&self.host, n as usize, None, |i, out| {
+                .append(&self.host, n as usize, None, None, |i, out| {
                     // Under the writer's lock the next offset to assign is
                     // `assigned`: each record's bytes name its offset.
                     out.extend_from_slice(&payload(self.writer.assigned() + i as u64));
@@ -277,7 +290,7 @@ impl Log {
                 .flush(&self.host)
                 .map(|()| self.assert_written(placed_before, call)),
             BackgroundSync => {
-                self.writer.background_sync();
+                self.writer.background_sync(&self.host);
                 Ok(())
             }
             Close => self.writer.close(&self.host).map(|()| {

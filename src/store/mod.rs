@@ -3,7 +3,7 @@
 //! A [`Store`] is one log directory opened for writing (or following): its
 //! segment set, its single writer with group commit, tail recovery, the
 //! read-only follower, retention, spare segments, the durable consumer
-//! position files, and a [`Notifier`] through which readers waiting for new
+//! position files, the registered readers, and a [`Notifier`] through which readers waiting for new
 //! records are woken. It never names an event type, a codec, a consumer or a
 //! subscription: the typed API in [`crate::log`] is built on top of it, and
 //! [`crate::inspect`] reads a log through it without knowing its type.
@@ -23,6 +23,7 @@ mod index;
 mod loom_tests;
 mod notifier;
 mod open;
+mod readers;
 mod register;
 mod retention;
 mod segment;
@@ -49,12 +50,12 @@ use self::background::Jobs;
 use self::segment::SegmentConfig;
 use self::segments::SegmentSet;
 use self::spare::Spares;
-use self::writer::{Failure, Host, Writer, WriterConfig};
+use self::writer::{Checkpoints, Failure, Host, Writer, WriterConfig};
 use crate::error::{Error, Result};
-use crate::format::{Frame, Meta};
+use crate::format::{self, Frame, Meta};
 use crate::options::{Durability, Options};
 use crate::record::Start;
-use crate::storage::DirLock;
+use crate::storage::{DirLock, File, OpenMode};
 
 /// How often a read-only log is looked at again while readers wait for
 /// another process's appends.
@@ -72,6 +73,15 @@ pub(crate) struct Store {
     notifier: Notifier,
     report: RecoveryReport,
     lock: Mutex<Option<DirLock>>,
+    /// `LOCK`, where a writer leaves the durable notice for followers in
+    /// other processes and a follower reads it (`None` if it cannot be
+    /// opened: the notice is best effort).
+    notice: Option<File>,
+    /// The locks of the registers (consumers) opened through this handle,
+    /// released at shutdown.
+    register_locks: Mutex<Vec<Weak<Mutex<Option<DirLock>>>>>,
+    /// The reader files this handle writes (`{name}.reader`).
+    readers: Mutex<readers::ReaderFiles>,
     /// Serializes follower refreshes and retention runs.
     maintenance: Mutex<()>,
     /// Whether readers may use the segment maps. Readers hold it shared for
@@ -130,7 +140,22 @@ impl Store {
         debug_assert!(meta.is_some() || options.read_only);
         let opened = open::open(&options, dir, meta)?;
         let config = SegmentConfig::of(&options);
-        let tail = opened.tail;
+        let mut tail = opened.tail;
+        let notice_mode = if options.read_only {
+            OpenMode::ReadOnly
+        } else {
+            OpenMode::Existing
+        };
+        let notice = options
+            .storage
+            .open(&dir.join(format::LOCK_FILE), notice_mode, options.file_mode)
+            .ok();
+        if options.read_only {
+            // A follower hands out only what the writer made durable, from
+            // its first read on.
+            let durable = writer_durable(notice.as_ref(), &opened.meta, &opened.active);
+            tail.next = opened.active.cap_to(durable);
+        }
         let active = Arc::new(opened.active);
         let segments = SegmentSet::new(
             &options.storage,
@@ -156,6 +181,9 @@ impl Store {
         });
         let store = Arc::new_cyclic(|this| Store {
             dir: dir.to_path_buf(),
+            notice,
+            readers: Mutex::default(),
+            register_locks: Mutex::default(),
             meta: opened.meta,
             segments,
             writer,
@@ -173,6 +201,8 @@ impl Store {
             options,
         });
         if !store.options.read_only {
+            // Everything recovery kept is durable.
+            Host::durable(&*store, tail.next);
             // Retention that fails here is retried at the next roll; the
             // log itself opened fine.
             let _ = store.apply_retention(None);
@@ -217,6 +247,17 @@ impl Store {
         }
     }
 
+    /// A follower's view of how far the writer has made the log durable:
+    /// the writer's notice in `LOCK`, or, without a valid one (an older
+    /// writer), the newest segment's watermark (at most 100 ms old), or
+    /// its base.
+    pub(crate) fn writer_durable(&self) -> u64 {
+        match self.segments.newest() {
+            Some(newest) => writer_durable(self.notice.as_ref(), &self.meta, &newest),
+            None => 0,
+        }
+    }
+
     fn writer(&self) -> Result<&Writer<Segment>> {
         self.writer.as_ref().ok_or_else(|| Error::ReadOnly {
             path: self.dir.clone(),
@@ -245,14 +286,39 @@ impl Store {
 
     /// Appends `count` records, each encoded by `encode(i, out)` appending
     /// its payload to `out`. Either every record is placed or none is; an
-    /// error from `encode` is returned as it is.
+    /// error from `encode` is returned as it is. With a `checkpoint` (name,
+    /// body), it is stored in the same batch, which is then all or nothing.
     pub(crate) fn append(
         &self,
         count: usize,
         expected: Option<u64>,
+        checkpoint: Option<(&str, &[u8])>,
         encode: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Range<u64>> {
-        self.writer()?.append(self, count, expected, encode)
+        self.writer()?
+            .append(self, count, expected, checkpoint, encode)
+    }
+
+    /// The body of the newest whole checkpoint named `name`, if there is
+    /// one. A writer knows it (after one scan of the active segment, the
+    /// first time); a follower scans the newest segment.
+    pub(crate) fn last_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let _pin = self.pin()?;
+        match &self.writer {
+            Some(writer) => writer.checkpoint(self, name),
+            None => Ok(self.follower_checkpoints()?.remove(name)),
+        }
+    }
+
+    /// The newest checkpoint of every name, by name (a follower's view:
+    /// the newest segment holds them all).
+    pub(crate) fn follower_checkpoints(&self) -> Result<Checkpoints> {
+        let _pin = self.pin()?;
+        self.refresh()?;
+        match self.segments.newest() {
+            Some(segment) => segment.checkpoints(),
+            None => Ok(Checkpoints::new()),
+        }
     }
 
     /// Writes out buffered appends (`Buffered` mode) so readers see them.
@@ -266,6 +332,28 @@ impl Store {
     /// Makes records below `target` (default: all appended) durable.
     pub(crate) fn sync_to(&self, target: Option<u64>) -> Result<u64> {
         self.writer()?.sync_to(self, target)
+    }
+
+    /// A ticket for the appends placed so far, and whether a ticket's
+    /// appends are all durable (frames that take no offset included).
+    pub(crate) fn append_ticket(&self) -> u64 {
+        self.writer.as_ref().map_or(0, Writer::appends)
+    }
+
+    pub(crate) fn ticket_durable(&self, ticket: u64) -> bool {
+        self.writer
+            .as_ref()
+            .is_none_or(|writer| writer.durable_appends() >= ticket)
+    }
+
+    /// Makes records below `target` durable if this handle writes the log
+    /// and they are not yet (a sync only when needed). A follower has
+    /// nothing to do: it hands out only durable records.
+    pub(crate) fn durable_below(&self, target: u64) -> Result<()> {
+        match &self.writer {
+            Some(writer) if writer.durable() < target => self.sync_to(Some(target)).map(drop),
+            _ => Ok(()),
+        }
     }
 
     // ---- shutting down ----------------------------------------------------
@@ -323,6 +411,11 @@ impl Store {
             writer.release();
         }
         self.segments.clear();
+        for held in self.register_locks.lock().drain(..) {
+            if let Some(lock) = held.upgrade() {
+                *lock.lock() = None;
+            }
+        }
         *self.lock.lock() = None;
     }
 
@@ -532,27 +625,75 @@ impl Drop for Store {
     }
 }
 
+/// How far a log's writer has made it durable, as a follower learns it: the
+/// writer's notice in `LOCK`, or, without a valid one (an older writer),
+/// the newest segment's watermark (at most 100 ms old), or its base.
+fn writer_durable(notice: Option<&File>, meta: &Meta, newest: &Segment) -> u64 {
+    let mut bytes = [0u8; format::NOTICE_LEN];
+    let noticed = notice.and_then(|file| {
+        file.read_at(&mut bytes, 0).ok()?;
+        format::decode_notice(&bytes, meta.log_id?)
+    });
+    noticed.unwrap_or_else(|| newest.watermark().map_or(newest.base, |w| w.next))
+}
+
 impl Host<Segment> for Store {
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }
 
-    fn next_segment(&self, base: u64, last_ts: u64) -> std::result::Result<Arc<Segment>, Failure> {
+    fn next_segment(
+        &self,
+        base: u64,
+        last_ts: u64,
+        initial: &[u8],
+    ) -> std::result::Result<Arc<Segment>, Failure> {
         let storage = &self.options.storage;
-        let spare = self.spares.as_ref().and_then(|spares| {
-            let file = spares.take()?;
-            Some((file, spares.path()))
-        });
-        let from_spare = spare.is_some();
+        // Room for the carried checkpoints and a record of the largest size
+        // beside them: a segment grows past `segment_bytes` when it must.
+        let largest = u64::from(self.options.record_limit()) + format::FRAME_OVERHEAD as u64;
+        let capacity = self
+            .options
+            .segment_bytes
+            .max(format::RECORDS_START + initial.len() as u64 + largest);
+        // A newest segment that holds no record (only checkpoints, all but
+        // the newest of each name superseded) is replaced whole by one of
+        // the same base that carries the newest: written beside it and
+        // renamed over it, so a crash leaves one or the other.
+        let recycling = self.segments.newest().is_some_and(|s| s.base == base);
+        let recycled_tmp = self.dir.join(format!(
+            "{}.{}",
+            format::segment_name(base),
+            format::TMP_EXT
+        ));
+        let spare = if recycling {
+            let fail = |op: &'static str| {
+                let path = recycled_tmp.clone();
+                move |e| (op, path, e)
+            };
+            match storage.remove(&recycled_tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(fail("remove")(e));
+                }
+                _ => {}
+            }
+            let file = storage
+                .open(&recycled_tmp, OpenMode::CreateNew, self.options.file_mode)
+                .map_err(fail("create"))?;
+            file.set_len(capacity).map_err(fail("preallocate"))?;
+            Some((file, recycled_tmp.as_path()))
+        } else if capacity == self.options.segment_bytes {
+            self.spares.as_ref().and_then(|spares| {
+                let file = spares.take()?;
+                Some((file, spares.path()))
+            })
+        } else {
+            None
+        };
+        let from_spare = spare.is_some() && !recycling;
         let config = SegmentConfig::of(&self.options);
         let new = Segment::create(
-            storage,
-            &self.dir,
-            base,
-            self.options.segment_bytes,
-            last_ts,
-            &config,
-            spare,
+            storage, &self.dir, base, capacity, last_ts, &config, spare, initial,
         )
         .map_err(|e| match e {
             Error::Io { op, path, source } => (op, path, source),
@@ -573,6 +714,21 @@ impl Host<Segment> for Store {
         let new = Arc::new(new);
         self.segments.push(new.clone());
         Ok(new)
+    }
+
+    fn checkpoints(&self) -> Result<Checkpoints> {
+        match self.segments.newest() {
+            Some(segment) => segment.checkpoints(),
+            None => Ok(Checkpoints::new()),
+        }
+    }
+
+    fn durable(&self, next: u64) {
+        if let (Some(file), Some(log_id)) = (&self.notice, self.meta.log_id) {
+            // Best effort: a follower that cannot read it falls back to the
+            // segment watermarks.
+            let _ = file.write_at(&format::encode_notice(next, log_id), 0);
+        }
     }
 
     fn rolled(&self) {
@@ -597,7 +753,7 @@ impl Host<Segment> for Store {
             // sync, since this one may start before they are written.
             store.sync_scheduled.store(false, Ordering::Release);
             if let Some(writer) = &store.writer {
-                writer.background_sync();
+                writer.background_sync(store);
             }
         });
     }

@@ -15,7 +15,10 @@ use super::segment::{check_header, Segment, SegmentConfig};
 use super::tail;
 use super::writer::Tail;
 use crate::error::{CorruptionKind, Error, Result};
-use crate::format::{self, decode_meta, encode_meta, Meta, MetaError, RECORDS_START};
+use crate::format::{
+    self, decode_meta, encode_meta, Layout, Meta, MetaError, SegmentHeader, Watermark,
+    RECORDS_START,
+};
 use crate::options::{Options, RecoveryMode};
 use crate::storage::{
     remove_if_exists, write_atomically, DirEntry, DirLock, File, LockHolder, OpenMode, Storage,
@@ -59,6 +62,11 @@ pub struct RecoveryReport {
     /// version-1 log gets version 2 and a log id), or to record the event
     /// type (or the newer version of it) the log was opened with.
     pub meta_upgraded: Option<u32>,
+    /// The newest segment was a version-1 segment: new records now go into
+    /// a version-2 segment (it was sealed where its records end and the
+    /// next one started; or, holding no record, rewritten as version 2).
+    /// The log's older segments stay version 1 and are read as they are.
+    pub segment_format_upgraded: bool,
 }
 
 impl RecoveryReport {
@@ -203,8 +211,8 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
         let first = create_first(options, dir, fresh_base, &config)?;
         return Ok(opened(Vec::new(), first, report));
     };
-    let sealed = segments[..segments.len() - 1].to_vec();
-    let (active, tail) = tail::recover(
+    let mut sealed = segments[..segments.len() - 1].to_vec();
+    let (mut active, mut tail) = tail::recover(
         storage,
         dir,
         base,
@@ -214,6 +222,10 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
         &config,
         &mut report,
     )?;
+    if !options.read_only && active.layout() == Layout::V1 {
+        (active, tail) = upgrade_active(options, dir, active, tail, &config, &mut sealed)?;
+        report.segment_format_upgraded = true;
+    }
     if !options.read_only {
         // Always: the newest segment's directory entry may never have been
         // synced (a roll that failed after creating it), and records
@@ -225,6 +237,88 @@ pub(crate) fn open(options: &Options, dir: &Path, meta: Option<&Meta>) -> Result
     Ok(opened(sealed, (active, tail), report))
 }
 
+/// A writer appends version-2 frames only, and no segment mixes versions:
+/// a recovered version-1 newest segment is sealed where its records end
+/// (recovery synced them) and a version-2 segment starts at the next
+/// offset, as a roll would. One that holds no record gets a version-2
+/// header in place instead (two segments cannot share a base, and removing
+/// it first could leave a log with no segment to say where offsets go on):
+/// the 64-byte header is one sector, written and synced whole, and is then
+/// opened again as any newest segment is.
+fn upgrade_active(
+    options: &Options,
+    dir: &Path,
+    active: Segment,
+    tail: Tail,
+    config: &SegmentConfig,
+    sealed: &mut Vec<(u64, u64)>,
+) -> Result<(Segment, Tail)> {
+    let storage = &options.storage;
+    if tail.next == active.base && tail.pos == RECORDS_START {
+        let header = format::encode_segment_header(
+            &SegmentHeader {
+                base: active.base,
+                layout: Layout::V2,
+            },
+            &Watermark {
+                pos: RECORDS_START,
+                next: tail.next,
+                last_ts: tail.last_ts,
+                closed: false,
+            },
+        );
+        let path = active.path.clone();
+        let io = |op| {
+            let path = path.clone();
+            move |e| Error::io(op, path, e)
+        };
+        active
+            .file
+            .write_at(&header, 0)
+            .map_err(io("write header of"))?;
+        active.file.sync_data().map_err(io("fdatasync"))?;
+        let (base, len) = (active.base, active.capacity());
+        drop(active);
+        let mut report = RecoveryReport::default();
+        return tail::recover(storage, dir, base, len, false, options, config, &mut report);
+    }
+    // Sealed as a roll seals: the closed mark at the end of its records
+    // (recovery synced them, so the mark is true whenever it lands).
+    let mark = Watermark {
+        pos: tail.pos,
+        next: tail.next,
+        last_ts: tail.last_ts,
+        closed: true,
+    };
+    active
+        .file
+        .write_at(
+            &format::encode_watermark(&mark),
+            format::WATERMARK_AT as u64,
+        )
+        .map_err(|e| Error::io("write header of", &active.path, e))?;
+    sealed.push((active.base, active.capacity()));
+    drop(active);
+    let new = Segment::create(
+        storage,
+        dir,
+        tail.next,
+        options.segment_bytes,
+        tail.last_ts,
+        config,
+        None,
+        &[],
+    )?;
+    let tail = Tail {
+        pos: RECORDS_START,
+        next: tail.next,
+        last_ts: tail.last_ts,
+        index_count: 0,
+        index_last_pos: None,
+    };
+    Ok((new, tail))
+}
+
 /// Starts a log with no segment left (a new one, or one whose only
 /// segments were unfinished creates) with an empty segment at `base`.
 fn create_first(
@@ -234,7 +328,16 @@ fn create_first(
     config: &SegmentConfig,
 ) -> Result<(Segment, Tail)> {
     let storage = &options.storage;
-    let active = Segment::create(storage, dir, base, options.segment_bytes, 0, config, None)?;
+    let active = Segment::create(
+        storage,
+        dir,
+        base,
+        options.segment_bytes,
+        0,
+        config,
+        None,
+        &[],
+    )?;
     storage
         .sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;

@@ -6,8 +6,15 @@
 //! generation number and a CRC. A commit writes the slot the previous
 //! commit did not use and syncs it, so a crash mid-commit leaves the
 //! previous position intact in the other slot; no rename or directory sync
-//! is needed once the file exists. A new file is written whole through a
-//! temporary file and a rename.
+//! is needed once the file exists.
+//!
+//! Whoever holds a register holds an exclusive lock on its file, so that a
+//! consumer has one owner across processes too (a follower in another
+//! process may own one: it commits only positions it has read, which its
+//! writer has made durable). The file is therefore never replaced: a new
+//! one is created empty by the lock and its 64 bytes written in place (one
+//! sector) and synced, with the directory; an empty or all-zero file is a
+//! register whose creation did not finish, read as absent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,16 +26,18 @@ use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{self, ConsumerError, ConsumerSlot};
 use crate::name;
 use crate::record::Start;
-use crate::storage::{write_atomically, File, OpenMode};
+use crate::storage::{DirLock, File, OpenMode};
 
 /// One open register.
 #[derive(Debug)]
 pub(crate) struct Register {
     name: String,
     path: PathBuf,
-    /// `None` for a read-only handle of a register that has no file yet.
-    file: Option<File>,
-    read_only: bool,
+    file: File,
+    /// The lock on the file: held as long as the register is, or until
+    /// its log shuts down (a consumer outliving its log must not keep the
+    /// name from the log's next open).
+    lock: HeldLock,
     inner: Mutex<Inner>,
     /// The stored position and what it was clamped to, if it was outside
     /// the log when opened.
@@ -43,6 +52,9 @@ struct Inner {
     failed: Option<Arc<std::io::Error>>,
 }
 
+/// A register's lock, which its store can release at shutdown.
+pub(crate) type HeldLock = Arc<Mutex<Option<DirLock>>>;
+
 /// A register as stored on disk, for listings.
 #[derive(Debug)]
 pub(crate) struct RegisterEntry {
@@ -54,51 +66,50 @@ pub(crate) struct RegisterEntry {
 }
 
 impl Store {
-    /// Opens the register `name`, creating it at `initial` (checked with
-    /// [`Store::resolve`]) if it does not exist (a read-only handle creates
-    /// nothing). A stored position outside the log is clamped into it, and
-    /// says so.
+    /// Opens the register `name` and takes its lock, creating it at
+    /// `initial` (checked with [`Store::resolve`]) if it does not exist. A
+    /// stored position outside the log is clamped into it, and says so.
     pub(crate) fn open_register(&self, name: &str, initial: Start) -> Result<Register> {
         name::validate(name)?;
         let options = &self.options;
         let storage = &options.storage;
         let path = self.register_path(name);
-        let read_only = self.writer.is_none();
-        let mode = if read_only {
-            OpenMode::ReadOnly
-        } else {
-            OpenMode::Existing
-        };
-        let (file, slot) = match storage.open(&path, mode, options.file_mode) {
-            Ok(file) => {
-                let (slot, bytes) = read_slot(&file, &path)?;
-                if !read_only {
-                    // The slot may come from the page cache of a commit whose
-                    // fdatasync failed ("fsyncgate"): writing it again and
-                    // syncing makes the position reported true on disk.
-                    file.write_at(&bytes, 0)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| Error::io("rewrite", &path, e))?;
-                }
-                (Some(file), slot)
+        let lock = self.lock_register(name, &path)?;
+        let file = storage
+            .open(&path, OpenMode::Existing, options.file_mode)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let slot = match read_slot(&file, &path)? {
+            Some((slot, bytes)) => {
+                // The slot may come from the page cache of a commit whose
+                // fdatasync failed ("fsyncgate"): writing it again and
+                // syncing makes the position reported true on disk.
+                file.write_at(&bytes, 0)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| Error::io("rewrite", &path, e))?;
+                slot
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let slot = ConsumerSlot {
-                    generation: 0,
-                    position: self.resolve(initial)?,
-                };
-                if read_only {
-                    (None, slot)
-                } else {
+            None => {
+                let created = self.resolve(initial).and_then(|position| {
+                    let slot = ConsumerSlot {
+                        generation: 0,
+                        position,
+                    };
                     // A stored position never points past records a power
                     // loss could take, from its first commit on.
-                    if slot.position > self.durable_offset() {
-                        self.sync_to(Some(slot.position))?;
+                    self.durable_below(position)?;
+                    self.init_register(&file, &path, &slot)?;
+                    Ok(slot)
+                });
+                match created {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        // Leave no empty file behind (it would read as
+                        // absent anyway).
+                        let _ = storage.remove(&path);
+                        return Err(e);
                     }
-                    (Some(self.create_register(&path, &slot)?), slot)
                 }
             }
-            Err(e) => return Err(Error::io("open", &path, e)),
         };
         // Past the end (a power loss took records a damaged disk had
         // acknowledged) it is clamped and says so. Below the first offset
@@ -107,11 +118,17 @@ impl Store {
         let (first, next) = (self.first_offset(), self.next_offset());
         let position = slot.position.min(next.max(first));
         let clamped = (position != slot.position).then_some((slot.position, position));
+        let lock: HeldLock = Arc::new(Mutex::new(Some(lock)));
+        {
+            let mut held = self.register_locks.lock();
+            held.retain(|weak| weak.strong_count() > 0);
+            held.push(Arc::downgrade(&lock));
+        }
         Ok(Register {
             name: name.to_owned(),
             path,
             file,
-            read_only,
+            lock,
             inner: Mutex::new(Inner {
                 generation: slot.generation,
                 position,
@@ -121,26 +138,34 @@ impl Store {
         })
     }
 
-    fn create_register(&self, path: &Path, slot: &ConsumerSlot) -> Result<File> {
-        let options = &self.options;
+    /// Takes the exclusive lock on register `name`'s file (creating the
+    /// file, empty, if there is none).
+    fn lock_register(&self, name: &str, path: &Path) -> Result<DirLock> {
+        self.options
+            .storage
+            .try_lock(path, self.options.file_mode)
+            .map_err(|e| Error::io("lock", path, e))?
+            .map_err(|_| Error::ConsumerLocked {
+                name: name.to_owned(),
+                path: self.dir.clone(),
+            })
+    }
+
+    /// Writes a new register's 64 bytes in place into its (locked, empty)
+    /// file and makes them and its name durable.
+    fn init_register(&self, file: &File, path: &Path, slot: &ConsumerSlot) -> Result<()> {
         let mut bytes = vec![0u8; format::CONSUMER_FILE_LEN];
         bytes[..format::CONSUMER_HEADER_LEN].copy_from_slice(&format::encode_consumer_header());
         let at = format::consumer_slot_at(slot.generation);
         bytes[at..at + format::CONSUMER_SLOT_LEN]
             .copy_from_slice(&format::encode_consumer_slot(slot));
-        let tmp = path.with_extension(format!("{}.{}", format::CONSUMER_EXT, format::TMP_EXT));
-        write_atomically(
-            &options.storage,
-            &self.dir,
-            path,
-            &tmp,
-            &bytes,
-            options.file_mode,
-        )?;
-        options
+        file.write_at(&bytes, 0)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io("write", path, e))?;
+        self.options
             .storage
-            .open(path, OpenMode::Existing, options.file_mode)
-            .map_err(|e| Error::io("open", path, e))
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 
     /// Removes the register `name`'s file (whoever holds it must have let
@@ -154,6 +179,14 @@ impl Store {
         }
         let storage = &self.options.storage;
         let path = self.register_path(name);
+        match storage.open(&path, OpenMode::ReadOnly, self.options.file_mode) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("open", &path, e)),
+        }
+        // Not from under another process's holder.
+        let _lock = self.lock_register(name, &path)?;
+        // (Held until the file is gone.)
         match storage.remove(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -188,8 +221,13 @@ impl Store {
                     .storage
                     .open(&path, OpenMode::ReadOnly, options.file_mode)
                     .map_err(|e| Error::io("open", &path, e))
-                    .and_then(|file| read_slot(&file, &path))
-                    .map(|(slot, _)| (slot.position, slot.generation));
+                    .and_then(|file| read_slot(&file, &path));
+                let slot = match slot {
+                    // A creation that did not finish: no register yet.
+                    Ok(None) => return None,
+                    Ok(Some((slot, _))) => Ok((slot.position, slot.generation)),
+                    Err(e) => Err(e),
+                };
                 Some(RegisterEntry {
                     name: name.to_owned(),
                     path,
@@ -227,14 +265,10 @@ impl Register {
         if store.is_shut_down() {
             return Err(Error::Closed);
         }
-        let file = match &self.file {
-            Some(file) if !self.read_only => file,
-            _ => {
-                return Err(Error::ReadOnly {
-                    path: store.dir.clone(),
-                })
-            }
-        };
+        let file = &self.file;
+        if self.lock.lock().is_none() {
+            return Err(Error::Closed);
+        }
         let current = self.position();
         if position < current && !backwards {
             return Err(Error::CommitBehind {
@@ -259,9 +293,8 @@ impl Register {
                 });
             }
         }
-        if position > store.durable_offset() {
-            store.sync_to(Some(position))?;
-        }
+        // (A follower's records are all durable already.)
+        store.durable_below(position)?;
         if position == current {
             return Ok(());
         }
@@ -303,12 +336,16 @@ impl Register {
     }
 }
 
-/// The newest valid slot of a register file, and the file's bytes.
-fn read_slot(file: &File, path: &Path) -> Result<(ConsumerSlot, Vec<u8>)> {
+/// The newest valid slot of a register file, and the file's bytes; `None`
+/// for an empty or all-zero file (a creation that did not finish).
+fn read_slot(file: &File, path: &Path) -> Result<Option<(ConsumerSlot, Vec<u8>)>> {
     let len = file.len().map_err(|e| Error::io("stat", path, e))?;
     let mut bytes = vec![0u8; len.min(format::CONSUMER_FILE_LEN as u64) as usize];
     file.read_at(&mut bytes, 0)
         .map_err(|e| Error::io("read", path, e))?;
+    if bytes.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
     let corrupt = |kind| Error::Corrupt {
         path: path.to_path_buf(),
         position: 0,
@@ -320,9 +357,9 @@ fn read_slot(file: &File, path: &Path) -> Result<(ConsumerSlot, Vec<u8>)> {
         ConsumerError::Version(found) => Error::UnsupportedVersion {
             path: path.to_path_buf(),
             found,
-            supported: format::FORMAT_VERSION,
+            supported: format::CONSUMER_VERSION,
         },
         ConsumerError::NoValidSlot => corrupt(CorruptionKind::HeaderChecksum),
     })?;
-    Ok((slot, bytes))
+    Ok(Some((slot, bytes)))
 }

@@ -117,15 +117,19 @@ impl Store {
         Ok(removed)
     }
 
-    /// The lowest position a register stores (`None` without registers). A
-    /// register whose file cannot be read needs everything: what it needs
-    /// is unknown.
+    /// The lowest position a register (a durable consumer) or a registered
+    /// reader stores (`None` without either). One whose file cannot be read
+    /// needs everything: what it needs is unknown.
     fn lowest_register_position(&self) -> Result<Option<u64>> {
-        Ok(self
+        let consumers = self
             .registers()?
             .into_iter()
-            .map(|entry| entry.slot.map_or(0, |(position, _)| position))
-            .min())
+            .map(|entry| entry.slot.map_or(0, |(position, _)| position));
+        let readers = self
+            .reader_entries()?
+            .into_iter()
+            .map(|entry| entry.position.unwrap_or(0));
+        Ok(consumers.chain(readers).min())
     }
 
     fn remove_oldest(&self, base: u64) -> Result<()> {

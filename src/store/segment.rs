@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::index::{self, Index, IndexBuilder};
-use super::writer::Active;
+use super::writer::{Active, Checkpoints};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
-    self, decode_frame, decode_segment_header, encode_index_header, encode_segment_header, Frame,
-    HeaderError, IndexEntry, Scan, SegmentHeader, Watermark, FORMAT_VERSION, INDEX_HEADER_LEN,
-    RECORDS_START,
+    self, decode_frame, decode_segment_header, encode_index_header, encode_segment_header,
+    BatchTracker, Frame, FrameKind, HeaderError, IndexEntry, Layout, OpenBatch, Scan,
+    SegmentHeader, Watermark, FORMAT_VERSION, INDEX_HEADER_LEN, RECORDS_START,
 };
 use crate::options::Options;
 use crate::storage::{File, Map, OpenMode, Storage};
@@ -42,6 +42,8 @@ pub(crate) struct Segment {
     pub(crate) index: Index,
     pub(crate) index_path: PathBuf,
     max_payload: u32,
+    /// Its frames' layout (its header's version).
+    layout: Layout,
 }
 
 /// What one read found: the value made of the record at the requested
@@ -63,64 +65,85 @@ pub(crate) struct ScanEnd {
     /// Why the scan stopped: `None` at a clean end (zero length or the
     /// limit), or the damage found at `pos`.
     pub(crate) damage: Option<CorruptionKind>,
+    /// The checkpoint batch the frames end inside, if they do: a torn
+    /// write, which [`whole`](ScanEnd::whole) cuts.
+    pub(crate) open_batch: Option<OpenBatch>,
 }
 
-/// Scans valid, consecutive frames in `bytes[pos..]`, calling `on_frame` for
-/// each, and stops at the first end marker, damaged frame or frame whose
-/// offset does not continue the sequence.
+impl ScanEnd {
+    /// Where the whole batches end: before the batch the frames end inside,
+    /// if any (the recovery rule of docs/FORMAT.md: a checkpoint's batch is
+    /// all or nothing).
+    pub(crate) fn whole(self) -> ScanEnd {
+        match self.open_batch {
+            Some(batch) => ScanEnd {
+                pos: batch.pos,
+                next: batch.next,
+                last_ts: batch.last_ts,
+                damage: Some(batch.torn()),
+                open_batch: None,
+            },
+            None => self,
+        }
+    }
+}
+
+/// Scans valid, consecutive frames of `layout` in `bytes[pos..]`, calling
+/// `on_frame` for each (records and control frames), and stops at the
+/// first end marker, damaged frame, frame whose offset does not continue
+/// the sequence, or break of the batch rule.
 pub(crate) fn scan(
     bytes: &[u8],
     mut pos: u64,
     mut next: u64,
     max_payload: u32,
+    layout: Layout,
     mut on_frame: impl FnMut(u64, &Frame<'_>),
 ) -> ScanEnd {
     let mut last_ts = None;
-    loop {
+    let mut batches = BatchTracker::default();
+    let damage = loop {
         let rest = bytes.get(pos as usize..).unwrap_or(&[]);
-        match decode_frame(rest, max_payload) {
+        match decode_frame(rest, max_payload, layout) {
             Scan::Frame(frame) if frame.offset == next => {
+                let rule = match frame.kind {
+                    FrameKind::Record => batches.record(),
+                    FrameKind::Control => batches.control(frame.payload, pos, next, last_ts),
+                };
+                if let Err(kind) = rule {
+                    break Some(kind);
+                }
                 on_frame(pos, &frame);
                 last_ts = Some(frame.timestamp);
                 pos += frame.len as u64;
-                next += 1;
+                if frame.is_record() {
+                    next += 1;
+                }
             }
             Scan::Frame(frame) => {
-                let damage = CorruptionKind::OffsetMismatch {
+                break Some(CorruptionKind::OffsetMismatch {
                     expected: next,
                     found: frame.offset,
-                };
-                return ScanEnd {
-                    pos,
-                    next,
-                    last_ts,
-                    damage: Some(damage),
-                };
+                })
             }
-            Scan::End => {
-                return ScanEnd {
-                    pos,
-                    next,
-                    last_ts,
-                    damage: None,
-                }
-            }
-            Scan::Damaged(kind) => {
-                return ScanEnd {
-                    pos,
-                    next,
-                    last_ts,
-                    damage: Some(kind),
-                }
-            }
+            Scan::End => break None,
+            Scan::Damaged(kind) => break Some(kind),
         }
+    };
+    ScanEnd {
+        pos,
+        next,
+        last_ts,
+        damage,
+        open_batch: batches.open(),
     }
 }
 
 /// A walk over frame headers that trusts nothing and checks no CRC: from a
 /// position and the offset expected there, it follows each frame's length
-/// field to the next, checking that the length is plausible and the offset
-/// field is the one expected. Locating a record from an index entry, and
+/// field to the next, checking that the length is plausible, the kind
+/// known and the offset field the one expected (a control frame's is the
+/// next record's, and it does not advance the offset). Locating a record from an index entry, and
 /// checking a watermark against the frames before it, both walk this way:
 /// it touches two fields per frame, where [`scan`] reads every byte.
 #[derive(Clone, Copy, Debug)]
@@ -130,28 +153,36 @@ pub(crate) struct Heads<'a> {
     pub(crate) pos: u64,
     pub(crate) at: u64,
     max_payload: u32,
+    layout: Layout,
 }
 
 impl<'a> Heads<'a> {
-    pub(crate) fn new(bytes: &'a [u8], (pos, at): (u64, u64), max_payload: u32) -> Heads<'a> {
+    pub(crate) fn new(
+        bytes: &'a [u8],
+        (pos, at): (u64, u64),
+        max_payload: u32,
+        layout: Layout,
+    ) -> Heads<'a> {
         Heads {
             bytes,
             pos,
             at,
             max_payload,
+            layout,
         }
     }
 
     /// Checks the header of the frame at the current position and moves
-    /// past it; on damage, stays and says what is wrong there.
-    pub(crate) fn step(&mut self) -> std::result::Result<(), CorruptionKind> {
+    /// past it, saying what kind it was; on damage, stays and says what is
+    /// wrong there.
+    pub(crate) fn step(&mut self) -> std::result::Result<FrameKind, CorruptionKind> {
         let pos = self.pos as usize;
         let len = format::frame_len_field(self.bytes, pos).unwrap_or(0);
         let found = format::frame_offset_field(self.bytes, pos);
         if len == 0 {
             return Err(CorruptionKind::Zeroed);
         }
-        if !format::frame_len_plausible(len, self.max_payload) {
+        if !format::frame_len_plausible(len, self.max_payload, self.layout) {
             return Err(CorruptionKind::Length { len });
         }
         if found != Some(self.at) {
@@ -160,9 +191,17 @@ impl<'a> Heads<'a> {
                 found: found.unwrap_or(0),
             });
         }
+        let kind = format::frame_kind_field(self.bytes, pos, self.layout).ok_or(
+            CorruptionKind::UnknownFrame {
+                kind: self.bytes.get(pos + 24).copied().unwrap_or(0),
+                flags: self.bytes.get(pos + 25).copied().unwrap_or(0),
+            },
+        )?;
         self.pos += format::frame_size(len);
-        self.at += 1;
-        Ok(())
+        if kind == FrameKind::Record {
+            self.at += 1;
+        }
+        Ok(kind)
     }
 }
 
@@ -185,11 +224,14 @@ impl SegmentConfig {
 }
 
 impl Segment {
-    /// Creates a new, empty segment file at its full capacity, with its
-    /// header on stable storage, and its index. With a `spare` (a zeroed,
-    /// synced file of `capacity` bytes at that path) the segment is made
-    /// from it by writing the header and renaming it. The caller syncs the
-    /// directory before acknowledging any record in it.
+    /// Creates a new segment file (version 2) at its full capacity, with
+    /// its header and the control frames `initial` (checkpoints carried
+    /// over from the segment before it, or none) on stable storage, and its
+    /// index. With a `spare` (a zeroed, synced file of `capacity` bytes at
+    /// that path) the segment is made from it by writing the header and
+    /// renaming it. The caller syncs the directory before acknowledging any
+    /// record in it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         storage: &Storage,
         dir: &Path,
@@ -198,11 +240,16 @@ impl Segment {
         last_ts: u64,
         config: &SegmentConfig,
         spare: Option<(File, &Path)>,
+        initial: &[u8],
     ) -> Result<Segment> {
         let path = dir.join(format::segment_name(base));
         let io = |op| move |e| Error::io(op, path_buf(dir, base), e);
+        let records_end = RECORDS_START + initial.len() as u64;
         let header = encode_segment_header(
-            &SegmentHeader { base },
+            &SegmentHeader {
+                base,
+                layout: Layout::V2,
+            },
             &Watermark {
                 pos: RECORDS_START,
                 next: base,
@@ -210,10 +257,12 @@ impl Segment {
                 closed: false,
             },
         );
+        let mut start = header.to_vec();
+        start.extend_from_slice(initial);
         let file = match spare {
             Some((file, spare_path)) => {
                 let spare_io = |op| move |e| Error::io(op, spare_path, e);
-                file.write_at(&header, 0)
+                file.write_at(&start, 0)
                     .map_err(spare_io("write header of"))?;
                 file.sync_data().map_err(spare_io("fdatasync"))?;
                 // The header is durable before the name is, so a segment
@@ -230,7 +279,7 @@ impl Segment {
                     .open(&path, OpenMode::CreateNew, config.file_mode)
                     .map_err(io("create"))?;
                 file.set_len(capacity).map_err(io("preallocate"))?;
-                file.write_at(&header, 0).map_err(io("write header of"))?;
+                file.write_at(&start, 0).map_err(io("write header of"))?;
                 file.sync_data().map_err(io("fdatasync"))?;
                 file
             }
@@ -246,16 +295,18 @@ impl Segment {
             path,
             file,
             map,
-            limit: AtomicU64::new(RECORDS_START),
+            limit: AtomicU64::new(records_end),
             next: AtomicU64::new(base),
             index,
             index_path,
             max_payload: config.max_payload,
+            layout: Layout::V2,
         })
     }
 
     /// Assembles the active segment that recovery opened and checked; its
     /// records end at `end = (byte position, next offset)`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_recovered(
         dir: &Path,
         base: u64,
@@ -264,6 +315,7 @@ impl Segment {
         end: (u64, u64),
         index: Index,
         max_payload: u32,
+        layout: Layout,
     ) -> Segment {
         Segment {
             base,
@@ -275,6 +327,7 @@ impl Segment {
             index,
             index_path: dir.join(format::index_name(base)),
             max_payload,
+            layout,
         }
     }
 
@@ -296,10 +349,10 @@ impl Segment {
             .map_err(|e| Error::io("open", &path, e))?;
         let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
         let map = file.map(len).map_err(|e| Error::io("map", &path, e))?;
-        check_header(&map.bytes(), &path, base)?;
+        let layout = check_header(&map.bytes(), &path, base)?.layout;
         let index_path = dir.join(format::index_name(base));
         let (index, rebuilt) =
-            open_or_rebuild_index(storage, &index_path, base, &map, read_only, config)?;
+            open_or_rebuild_index(storage, &index_path, base, &map, layout, read_only, config)?;
         let segment = Segment {
             base,
             path,
@@ -310,6 +363,7 @@ impl Segment {
             index,
             index_path,
             max_payload: config.max_payload,
+            layout,
         };
         Ok((segment, rebuilt))
     }
@@ -317,6 +371,11 @@ impl Segment {
     /// The file's size, which bounds every record in it.
     pub(crate) fn capacity(&self) -> u64 {
         self.map.len()
+    }
+
+    /// Its frames' layout.
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
     }
 
     pub(crate) fn limit(&self) -> u64 {
@@ -333,18 +392,27 @@ impl Segment {
         self.next.store(next, Ordering::Release);
     }
 
-    /// Reads the record at `offset`, which starts at `pos`, and hands its
-    /// frame to `f`.
+    /// Reads the record at `offset`, which starts at `pos` or after the
+    /// control frames there, and hands its frame to `f`.
     pub(crate) fn read<R>(
         &self,
-        pos: u64,
+        mut pos: u64,
         offset: u64,
         f: impl FnOnce(&Frame<'_>) -> R,
     ) -> Result<ReadFrame<R>> {
         let limit = self.limit();
         let bytes = self.map.bytes();
-        let region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
-        match decode_frame(region, self.max_payload) {
+        let mut region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
+        let mut scan = decode_frame(region, self.max_payload, self.layout);
+        while let Scan::Frame(frame) = &scan {
+            if frame.offset != offset || frame.is_record() {
+                break;
+            }
+            pos += frame.len as u64;
+            region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
+            scan = decode_frame(region, self.max_payload, self.layout);
+        }
+        match scan {
             Scan::Frame(frame) if frame.offset == offset => Ok(ReadFrame {
                 value: f(&frame),
                 next_pos: pos + frame.len as u64,
@@ -399,7 +467,10 @@ impl Segment {
             // the records); only the CRC tells, and then the walk from the
             // first record decides.
             if let Ok(pos) = self.walk(start, offset) {
-                if self.frame_at(pos).is_some_and(|f| f.offset == offset) {
+                if self
+                    .frame_at(pos)
+                    .is_some_and(|f| f.offset == offset && f.is_record())
+                {
                     return Ok(pos);
                 }
             }
@@ -424,11 +495,11 @@ impl Segment {
         let limit = self.limit();
         let bytes = self.map.bytes();
         let region = bytes.get(..limit as usize).unwrap_or(&[]);
-        let mut heads = Heads::new(region, start, self.max_payload);
+        let mut heads = Heads::new(region, start, self.max_payload, self.layout);
         loop {
             let (pos, at) = (heads.pos, heads.at);
-            heads.step().map_err(|_| (pos, at))?;
-            if at == offset {
+            let kind = heads.step().map_err(|_| (pos, at))?;
+            if at == offset && kind == FrameKind::Record {
                 return Ok(pos);
             }
             // (A start past `offset` never gets here: the index only offers
@@ -441,11 +512,13 @@ impl Segment {
         let limit = self.limit();
         let bytes = self.map.bytes();
         let region = bytes.get(pos as usize..limit as usize)?;
-        match decode_frame(region, self.max_payload) {
+        match decode_frame(region, self.max_payload, self.layout) {
             // Copy out what callers need; the guard ends here.
             Scan::Frame(frame) => Some(Frame {
                 offset: frame.offset,
                 timestamp: frame.timestamp,
+                kind: frame.kind,
+                source_time: frame.source_time,
                 payload: &[],
                 len: frame.len,
             }),
@@ -504,11 +577,18 @@ impl Segment {
             RECORDS_START,
             self.base,
             self.max_payload,
+            self.layout,
             |_, _| {},
         );
         let expected = self.next();
         let kind = match end.next.cmp(&expected) {
-            std::cmp::Ordering::Equal => return Ok(end.next - self.base),
+            std::cmp::Ordering::Equal => match end.open_batch {
+                None => return Ok(end.next - self.base),
+                // The records are all there but a checkpoint states more.
+                Some(batch) => {
+                    return Err(self.corrupt(batch.pos, batch.next, batch.torn()));
+                }
+            },
             // Records past the offset where the next segment starts: the
             // two segments overlap.
             std::cmp::Ordering::Greater => {
@@ -541,8 +621,10 @@ impl Segment {
         for (i, entry) in self.index.entries().iter().enumerate() {
             let (pos, at) = (entry.pos as usize, self.base + u64::from(entry.rel_offset));
             let ok = at < self.next()
-                && format::frame_len_field(region, pos)
-                    .is_some_and(|len| format::frame_len_plausible(len, self.max_payload))
+                && format::frame_len_field(region, pos).is_some_and(|len| {
+                    format::frame_len_plausible(len, self.max_payload, self.layout)
+                })
+                && format::frame_kind_field(region, pos, self.layout) == Some(FrameKind::Record)
                 && format::frame_offset_field(region, pos) == Some(at)
                 && format::frame_timestamp_field(region, pos) == Some(entry.timestamp);
             if !ok {
@@ -557,19 +639,128 @@ impl Segment {
         format::decode_watermark(&self.map.bytes())
     }
 
-    /// Follower mode: extends the published extent with any complete,
-    /// valid records another process has written since. Returns whether
-    /// anything new was found. A frame still being written fails its CRC
-    /// and is simply not seen yet.
-    pub(crate) fn follow(&self) -> bool {
-        let (limit, next) = (self.limit(), self.next());
+    /// The newest whole checkpoint of each name among the published frames:
+    /// its body (the chunks of one checkpoint joined), by name. Damage among
+    /// them is an error, never an older checkpoint passed off as the newest.
+    pub(crate) fn checkpoints(&self) -> Result<Checkpoints> {
         let bytes = self.map.bytes();
-        let end = scan(&bytes, limit, next, self.max_payload, |_, _| {});
+        let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
+        let collect = |region: &[u8]| {
+            let mut found = Checkpoints::new();
+            let mut current: Option<(String, Vec<u8>)> = None;
+            let end = scan(
+                region,
+                RECORDS_START,
+                self.base,
+                self.max_payload,
+                self.layout,
+                |_, frame| {
+                    // (The scan checked the batch rule: chunks are whole
+                    // and in order.)
+                    let Some(chunk) = format::decode_checkpoint(frame.payload) else {
+                        return;
+                    };
+                    if chunk.chunk == 0 {
+                        current = Some((chunk.name.to_owned(), Vec::new()));
+                    }
+                    if let Some((_, body)) = &mut current {
+                        body.extend_from_slice(chunk.body);
+                    }
+                    if chunk.chunk + 1 == chunk.chunks {
+                        if let Some((name, body)) = current.take() {
+                            found.insert(name, body);
+                        }
+                    }
+                },
+            );
+            (found, end)
+        };
+        match collect(region) {
+            (_, end) if end.damage.is_some() => {
+                let kind = end.damage.expect("just matched");
+                Err(self.corrupt(end.pos, end.next, kind))
+            }
+            // The frames end inside a batch (a follower sees a write in
+            // progress): its checkpoint does not count yet.
+            (
+                _,
+                ScanEnd {
+                    open_batch: Some(torn),
+                    ..
+                },
+            ) => Ok(collect(&region[..torn.pos as usize]).0),
+            (found, _) => Ok(found),
+        }
+    }
+
+    /// Follower mode: withdraws the published extent to the offsets below
+    /// `durable` (never below the segment's base), and returns the new
+    /// next offset.
+    pub(crate) fn cap_to(&self, durable: u64) -> u64 {
+        let next = self.next();
+        if durable >= next {
+            return next;
+        }
+        let target = durable.max(self.base);
+        let bytes = self.map.bytes();
+        let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
+        let mut cut = None;
+        scan(
+            region,
+            RECORDS_START,
+            self.base,
+            self.max_payload,
+            self.layout,
+            |pos, frame| {
+                if frame.offset >= target && cut.is_none() {
+                    cut = Some(pos);
+                }
+            },
+        );
         bytes.release();
-        if end.next == next {
+        if let Some(pos) = cut {
+            self.publish_extent(pos, target);
+            return target;
+        }
+        next
+    }
+
+    /// Follower mode: extends the published extent with any complete,
+    /// valid records another process has written since, below offset
+    /// `durable` (what its writer has made durable). Returns whether
+    /// anything new was found. A frame still being written fails its CRC
+    /// and is simply not seen yet; so is a batch not yet whole.
+    pub(crate) fn follow(&self, durable: u64) -> bool {
+        let (limit, next) = (self.limit(), self.next());
+        if durable <= next {
             return false;
         }
-        self.publish_extent(end.pos, end.next);
+        let bytes = self.map.bytes();
+        // Where the first frame at or past `durable` starts: a control
+        // frame there belongs to the batch that is not durable yet.
+        let mut cut = None;
+        let end = scan(
+            &bytes,
+            limit,
+            next,
+            self.max_payload,
+            self.layout,
+            |pos, frame| {
+                if frame.offset >= durable && cut.is_none() {
+                    cut = Some(pos);
+                }
+            },
+        )
+        .whole();
+        bytes.release();
+        let (pos, next_offset) = match cut {
+            Some(pos) if pos < end.pos => (pos, durable),
+            _ => (end.pos, end.next),
+        };
+        if next_offset == next {
+            return false;
+        }
+        self.publish_extent(pos, next_offset);
         true
     }
 }
@@ -622,7 +813,8 @@ fn path_buf(dir: &Path, base: u64) -> PathBuf {
     dir.join(format::segment_name(base))
 }
 
-/// Checks the header of a segment file against the base in its name.
+/// Checks the header of a segment file against the base in its name, and
+/// returns it (its version says how its frames are laid out).
 pub(crate) fn check_header(bytes: &[u8], path: &Path, base: u64) -> Result<SegmentHeader> {
     let corrupt = |kind| Error::Corrupt {
         path: path.to_path_buf(),
@@ -666,21 +858,33 @@ fn create_index_file(
     Ok(Index::mapped(file, map, 0))
 }
 
-/// Builds the index entries of a whole segment by scanning it.
-pub(crate) fn rebuild_entries(bytes: &[u8], base: u64, config: &SegmentConfig) -> Vec<IndexEntry> {
+/// Builds the index entries of a whole segment by scanning it: entries
+/// for its records, in whole batches only.
+pub(crate) fn rebuild_entries(
+    bytes: &[u8],
+    base: u64,
+    layout: Layout,
+    config: &SegmentConfig,
+) -> Vec<IndexEntry> {
     let mut builder = IndexBuilder::new(config.index_interval, None);
     let mut entries = Vec::new();
-    scan(
+    let end = scan(
         bytes,
         RECORDS_START,
         base,
         config.max_payload,
+        layout,
         |pos, frame| {
+            if !frame.is_record() {
+                return;
+            }
             if let Some(entry) = builder.observe(base, pos, frame.offset, frame.timestamp) {
                 entries.push(entry);
             }
         },
-    );
+    )
+    .whole();
+    entries.retain(|e| u64::from(e.pos) < end.pos);
     entries
 }
 
@@ -689,6 +893,7 @@ fn open_or_rebuild_index(
     path: &Path,
     base: u64,
     segment: &Map,
+    layout: Layout,
     read_only: bool,
     config: &SegmentConfig,
 ) -> Result<(Index, bool)> {
@@ -709,7 +914,7 @@ fn open_or_rebuild_index(
             }
         }
     }
-    let entries = rebuild_entries(&segment.bytes(), base, config);
+    let entries = rebuild_entries(&segment.bytes(), base, layout, config);
     if read_only {
         return Ok((Index::memory(&entries), true));
     }

@@ -176,9 +176,17 @@ impl SegmentSet {
     }
 
     /// Adds a new newest segment; the one before it is sealed and joins the
-    /// segments that may be closed.
+    /// segments that may be closed. One of the newest's base replaces it.
     pub(crate) fn push(&self, segment: Arc<Segment>) {
         let mut segments = self.inner.write();
+        if let Some(newest) = segments.slots.last_mut() {
+            if newest.base == segment.base {
+                // A newest segment of no record, replaced whole.
+                newest.len = segment.capacity();
+                newest.segment = Some(segment);
+                return;
+            }
+        }
         if let Some(previous) = segments.slots.last().map(|s| s.base) {
             segments.opened.push_back(previous);
         }

@@ -25,7 +25,8 @@ use super::segment::{self, scan, Heads, Segment, SegmentConfig};
 use super::writer::Tail;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
-    self, decode_watermark, IndexEntry, Watermark, INDEX_HEADER_LEN, RECORDS_START, WATERMARK_AT,
+    self, decode_watermark, IndexEntry, Layout, Watermark, INDEX_HEADER_LEN, RECORDS_START,
+    WATERMARK_AT,
 };
 use crate::options::{Options, RecoveryMode};
 use crate::storage::{remove_if_exists, File, Map, OpenMode, Storage};
@@ -60,16 +61,20 @@ pub(crate) struct Plan {
 /// at least this much at a time.
 const BLOCK: u64 = 4096;
 
-/// Works out where the intact records of a newest segment end.
+/// Works out where the intact records of a newest segment end: after the
+/// last whole frame, and before a checkpoint's batch that the frames end
+/// inside (a torn write: cut whole).
 ///
-/// `bytes` is the whole segment, `existing` the index entries found on disk
+/// `bytes` is the whole segment (frames of `layout`), `existing` the index entries found on disk
 /// (`None` if the index is missing or damaged), `allocated` the bytes the
 /// file system has allocated to the file, if known. Errors only in
 /// [`RecoveryMode::Strict`], when the durable part before the watermark
 /// does not check out: that is damage, not a crash.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     bytes: &[u8],
     base: u64,
+    layout: Layout,
     existing: Option<Vec<IndexEntry>>,
     allocated: Option<u64>,
     scan_all: bool,
@@ -83,7 +88,7 @@ pub(crate) fn plan(
         next: start_next,
         last_ts: start_ts,
         mut kept,
-    } = scan_start(bytes, base, existing, scan_all, options, config)?;
+    } = scan_start(bytes, base, layout, existing, scan_all, options, config)?;
     let mut builder = IndexBuilder::new(
         options.index_interval_bytes,
         kept.last().map(|e| u64::from(e.pos)),
@@ -93,12 +98,20 @@ pub(crate) fn plan(
         start_pos,
         start_next,
         config.max_payload,
+        layout,
         |pos, frame| {
+            if !frame.is_record() {
+                return;
+            }
             if let Some(entry) = builder.observe(base, pos, frame.offset, frame.timestamp) {
                 kept.push(entry);
             }
         },
-    );
+    )
+    .whole();
+    // (A batch never straddles the watermark: the writer syncs whole
+    // writes, and a batch is one write.)
+    kept.retain(|e| u64::from(e.pos) < end.pos);
     // Anything after the end is an unfinished write (or, when scanning the
     // whole segment on request, damage). After a crash, what the writer had
     // issued may lie anywhere past the end, behind zeros (a page that never
@@ -151,6 +164,7 @@ struct Start {
 fn scan_start(
     bytes: &[u8],
     base: u64,
+    layout: Layout,
     existing: Option<Vec<IndexEntry>>,
     scan_all: bool,
     options: &Options,
@@ -175,13 +189,13 @@ fn scan_start(
             .into_iter()
             .filter(|e| u64::from(e.pos) < w.pos)
             .collect(),
-        None => segment::rebuild_entries(&bytes[..w.pos as usize], base, config),
+        None => segment::rebuild_entries(&bytes[..w.pos as usize], base, layout, config),
     };
     // A watermark is written by this crate after the data before it was
     // synced, so it must agree with the frames: walking them from the last
     // index entry (or the first record) must land exactly on it. One that
     // does not is damage (or a misdirected write), not a crash.
-    match frames_reach(bytes, &kept, base, &w, config.max_payload) {
+    match frames_reach(bytes, &kept, base, &w, config.max_payload, layout) {
         Ok(()) => Ok(Start {
             watermark: Some(w),
             pos: w.pos,
@@ -199,6 +213,7 @@ fn scan_start(
                 RECORDS_START,
                 base,
                 config.max_payload,
+                layout,
                 |_, _| {},
             );
             Err(match first.damage {
@@ -248,19 +263,21 @@ pub(crate) fn recover(
     };
     let map = file.map(capacity).map_err(io("map"))?;
     let index_path = dir.join(format::index_name(base));
-    let plan = {
+    let (layout, plan) = {
         let bytes = map.bytes();
-        segment::check_header(&bytes, &path, base)?;
+        let layout = segment::check_header(&bytes, &path, base)?.layout;
         let existing = existing_entries(storage, &index_path, base, capacity, mode, options);
         let allocated = file.allocated_len();
-        plan(&bytes, base, existing, allocated, scan_all, options, config).map_err(
-            |(position, offset, kind)| Error::Corrupt {
-                path: path.clone(),
-                position,
-                offset: Some(offset),
-                kind,
-            },
-        )?
+        let plan = plan(
+            &bytes, base, layout, existing, allocated, scan_all, options, config,
+        )
+        .map_err(|(position, offset, kind)| Error::Corrupt {
+            path: path.clone(),
+            position,
+            offset: Some(offset),
+            kind,
+        })?;
+        (layout, plan)
     };
     if plan.index_rebuilt {
         report.rebuilt_indexes.push(index_path.clone());
@@ -278,7 +295,8 @@ pub(crate) fn recover(
     if options.read_only {
         // A follower never writes; it keeps the index it checked in memory.
         let index = Index::memory(&plan.entries);
-        let segment = Segment::from_recovered(dir, base, file, map, end, index, config.max_payload);
+        let segment =
+            Segment::from_recovered(dir, base, file, map, end, index, config.max_payload, layout);
         return Ok((segment, tail));
     }
     settle(
@@ -295,7 +313,8 @@ pub(crate) fn recover(
         options,
     )
     .map_err(|e| Error::io("write index", &index_path, e))?;
-    let segment = Segment::from_recovered(dir, base, file, map, end, index, config.max_payload);
+    let segment =
+        Segment::from_recovered(dir, base, file, map, end, index, config.max_payload, layout);
     Ok((segment, tail))
 }
 
@@ -450,9 +469,10 @@ fn frames_reach(
     base: u64,
     mark: &Watermark,
     max_payload: u32,
+    layout: Layout,
 ) -> std::result::Result<(), (u64, u64, CorruptionKind)> {
     let walk = |start: (u64, u64)| {
-        let mut heads = Heads::new(bytes, start, max_payload);
+        let mut heads = Heads::new(bytes, start, max_payload, layout);
         loop {
             let (pos, at) = (heads.pos, heads.at);
             if pos == mark.pos && at == mark.next {
@@ -550,10 +570,14 @@ mod tests {
     fn frames(base: u64, n: u64) -> Vec<u8> {
         let mut bytes = vec![0u8; RECORDS_START as usize];
         for i in 0..n {
-            format::encode_frame(&mut bytes, base + i, 1_000 + i, &[i as u8; 10]);
+            let kind = format::FrameKind::Record;
+            let payload = [i as u8; 10];
+            format::encode_frame(&mut bytes, L, base + i, 1_000 + i, kind, None, &payload);
         }
         bytes
     }
+
+    const L: Layout = Layout::V2;
 
     fn config() -> SegmentConfig {
         SegmentConfig::of(&Options::new())
@@ -581,7 +605,7 @@ mod tests {
         let mut bytes = frames(0, 5);
         let end = bytes.len() as u64;
         bytes.resize(8192, 0);
-        let plan = plan(&bytes, 0, None, None, false, &Options::new(), &config()).unwrap();
+        let plan = plan(&bytes, 0, L, None, None, false, &Options::new(), &config()).unwrap();
         assert_eq!((plan.end_pos, plan.next, plan.last_ts), (end, 5, 1_004));
         assert_eq!(plan.cut_len, None);
         assert!(plan.index_rebuilt);
@@ -598,7 +622,7 @@ mod tests {
         bytes.resize(64 << 10, 0);
         bytes[end + 2] = 7;
         bytes[60 << 10] = 9;
-        let plan = plan(&bytes, 0, None, None, false, &Options::new(), &config()).unwrap();
+        let plan = plan(&bytes, 0, L, None, None, false, &Options::new(), &config()).unwrap();
         assert_eq!(plan.end_pos, end as u64);
         assert_eq!(plan.cut_len, Some((60 << 10) as u64 - end as u64 + 1));
         assert!(plan.damage.is_some());
@@ -609,12 +633,12 @@ mod tests {
         let (mut bytes, end, _) = closed_segment();
         bytes[60 << 10] = 9;
         let options = Options::new();
-        let plan = plan(&bytes, 0, None, None, false, &options, &config()).unwrap();
+        let plan = plan(&bytes, 0, L, None, None, false, &options, &config()).unwrap();
         assert_eq!((plan.scan_from, plan.end_pos), (end, end));
         assert!(plan.closed);
         assert_eq!(plan.cut_len, Some((60 << 10) as u64 - end + 1));
         bytes[60 << 10] = 0;
-        let plan = super::plan(&bytes, 0, None, None, false, &options, &config()).unwrap();
+        let plan = super::plan(&bytes, 0, L, None, None, false, &options, &config()).unwrap();
         assert_eq!((plan.closed, plan.cut_len), (true, None));
     }
 
@@ -627,10 +651,10 @@ mod tests {
         bytes[60 << 10] = 9;
         let options = Options::new();
         let sparse = Some(2 * BLOCK);
-        let plan = plan(&bytes, 0, None, sparse, false, &options, &config()).unwrap();
+        let plan = plan(&bytes, 0, L, None, sparse, false, &options, &config()).unwrap();
         assert_eq!(plan.cut_len, Some(BLOCK + 5 - end + 1));
         let full = Some(64 << 10);
-        let plan = super::plan(&bytes, 0, None, full, false, &options, &config()).unwrap();
+        let plan = super::plan(&bytes, 0, L, None, full, false, &options, &config()).unwrap();
         assert_eq!(plan.cut_len, Some((60 << 10) - end + 1));
         // Not closed: the allocation is no reason to look less far.
         bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN].copy_from_slice(
@@ -639,7 +663,7 @@ mod tests {
                 ..mark
             }),
         );
-        let plan = super::plan(&bytes, 0, None, sparse, false, &options, &config()).unwrap();
+        let plan = super::plan(&bytes, 0, L, None, sparse, false, &options, &config()).unwrap();
         assert_eq!(plan.cut_len, Some((60 << 10) - end + 1));
     }
 
@@ -655,13 +679,13 @@ mod tests {
         };
         bytes[WATERMARK_AT..WATERMARK_AT + format::WATERMARK_LEN]
             .copy_from_slice(&format::encode_watermark(&mark));
-        let strict = plan(&bytes, 0, None, None, false, &Options::new(), &config());
+        let strict = plan(&bytes, 0, L, None, None, false, &Options::new(), &config());
         assert!(
             matches!(strict, Err((_, _, CorruptionKind::BadHeader))),
             "{strict:?}"
         );
         let salvage = Options::new().recovery(RecoveryMode::TruncateAtFirstCorruption);
-        let plan = plan(&bytes, 0, None, None, false, &salvage, &config()).unwrap();
+        let plan = plan(&bytes, 0, L, None, None, false, &salvage, &config()).unwrap();
         assert_eq!((plan.scan_from, plan.next), (RECORDS_START, 3));
     }
 }

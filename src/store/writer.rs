@@ -13,12 +13,20 @@
 //! read-only map. Any failed write or sync poisons the writer: no later call
 //! reports success until the log is reopened.
 //!
+//! A committing append ([`Writer::append`] with a checkpoint) places the
+//! checkpoint's control frames first and its records after them, all in
+//! one segment and one write, so the batch is all or nothing on disk. The
+//! writer keeps the newest checkpoint of every name and carries them into
+//! each new segment at a roll, so the newest segment always holds them all:
+//! finding one never reaches back further, and retention never removes one.
+//!
 //! The writer is generic over its active segment ([`Active`]) and reaches
 //! the rest of the store (new segments, retention, background syncs) through
 //! [`Host`], so that the loom models in `src/store/loom_tests.rs` run this
 //! very code over a model file. Its locks and atomics come from
 //! [`crate::sync`] for the same reason.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::mem;
 use std::ops::Range;
@@ -29,7 +37,9 @@ use std::time::{Duration, Instant};
 use super::index::IndexBuilder;
 use super::notifier::Notifier;
 use crate::error::{Error, Result};
-use crate::format::{self, encode_index_entry, seal_frame, Watermark, FRAME_OVERHEAD};
+use crate::format::{
+    self, encode_index_entry, seal_frame, FrameKind, Layout, Watermark, FRAME_OVERHEAD,
+};
 use crate::options::Durability;
 use crate::record::now_micros;
 use crate::sync::{self, AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
@@ -73,9 +83,19 @@ pub(crate) type Failure = (&'static str, PathBuf, io::Error);
 pub(crate) trait Host<A> {
     /// The readable end, and the readers waiting for it.
     fn notifier(&self) -> &Notifier;
-    /// Starts the segment after the active one at offset `base`: created,
-    /// its directory entry durable, and added to the segment set.
-    fn next_segment(&self, base: u64, last_ts: u64) -> std::result::Result<Arc<A>, Failure>;
+    /// Starts the segment after the active one at offset `base`, holding
+    /// the control frames `initial` (the carried checkpoints): created with
+    /// them durable, its directory entry durable, and added to the segment
+    /// set.
+    fn next_segment(
+        &self,
+        base: u64,
+        last_ts: u64,
+        initial: &[u8],
+    ) -> std::result::Result<Arc<A>, Failure>;
+    /// The newest whole checkpoint of each name in the active segment (its
+    /// published frames), by name: body bytes.
+    fn checkpoints(&self) -> Result<Checkpoints>;
     /// A segment was sealed: retention may remove old ones.
     fn rolled(&self);
     /// The active segment is half full: the next one may be prepared.
@@ -83,7 +103,13 @@ pub(crate) trait Host<A> {
     /// Records were written that no sync covers (`Interval`): a background
     /// sync is due within the interval.
     fn unsynced(&self);
+    /// Offsets below `next` are durable now: a notice for followers in
+    /// other processes (best effort; it is not a durability record).
+    fn durable(&self, next: u64);
 }
+
+/// The newest checkpoint body of each name.
+pub(crate) type Checkpoints = BTreeMap<String, Vec<u8>>;
 
 /// What the writer is configured with.
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +142,11 @@ pub(crate) struct Writer<A> {
     durable: AtomicU64,
     /// `fdatasync` calls on segment data.
     syncs: AtomicU64,
+    /// Appends placed so far, and how many of the first of them a sync
+    /// has covered whole (frames that take no offset included, which the
+    /// offsets alone cannot tell).
+    appends: AtomicU64,
+    durable_appends: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -134,9 +165,18 @@ struct State<A> {
     index_builder: IndexBuilder,
     /// The offset after the last placed frame.
     placed: u64,
+    /// Where the active segment's own frames start (after the checkpoints
+    /// carried into it).
+    segment_start: u64,
+    /// The newest checkpoint of each name, once known: loaded from the
+    /// active segment at the first committing append or roll (unless the
+    /// writer started it empty), then kept current.
+    checkpoints: Option<Checkpoints>,
     last_ts: u64,
     /// Offsets below are written to the OS / on stable storage.
     written: u64,
+    /// Appends whose frames are all written (see `Writer::appends`).
+    written_appends: u64,
     written_pos: u64,
     durable: u64,
     io_busy: bool,
@@ -193,8 +233,11 @@ impl<A: Active> Writer<A> {
             index_written: tail.index_count,
             index_builder: IndexBuilder::new(config.index_interval, tail.index_last_pos),
             placed: tail.next,
+            segment_start: format::RECORDS_START,
+            checkpoints: (tail.pos == format::RECORDS_START).then(Checkpoints::new),
             last_ts: tail.last_ts,
             written: tail.next,
+            written_appends: 0,
             written_pos: tail.pos,
             durable: tail.next,
             io_busy: false,
@@ -213,7 +256,22 @@ impl<A: Active> Writer<A> {
             assigned: AtomicU64::new(tail.next),
             durable: AtomicU64::new(tail.next),
             syncs: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            durable_appends: AtomicU64::new(0),
         }
+    }
+
+    /// Appends placed so far: a ticket for [`durable_appends`]. Read after
+    /// an append returns, it covers that append (and perhaps later ones).
+    ///
+    /// [`durable_appends`]: Writer::durable_appends
+    pub(crate) fn appends(&self) -> u64 {
+        self.appends.load(Ordering::Acquire)
+    }
+
+    /// How many of the first appends are durable whole.
+    pub(crate) fn durable_appends(&self) -> u64 {
+        self.durable_appends.load(Ordering::Acquire)
     }
 
     /// The offset the next append gets.
@@ -252,12 +310,15 @@ impl<A: Active> Writer<A> {
     // ---- appending --------------------------------------------------------
 
     /// Appends `count` records, each encoded by `encode(i, out)` appending
-    /// its payload to `out`. Either every record is placed or none is.
+    /// its payload to `out`. Either every record is placed or none is. With
+    /// a `checkpoint` (name, body), its control frames go first and the
+    /// whole batch into one segment.
     pub(crate) fn append(
         &self,
         host: &impl Host<A>,
         count: usize,
         expected: Option<u64>,
+        checkpoint: Option<(&str, &[u8])>,
         mut encode: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Range<u64>> {
         let mut w = self.state.lock();
@@ -271,13 +332,46 @@ impl<A: Active> Writer<A> {
             }
         }
         let first = w.placed;
-        if count == 0 {
+        if count == 0 && checkpoint.is_none() {
             return Ok(first..first);
         }
         let ts = now_micros().max(w.last_ts);
         let start = w.buf.len();
-        // A panicking Serialize impl must not leave half a frame behind.
         let max = self.config.record_limit;
+        if let Some((name, body)) = checkpoint {
+            if w.checkpoints.is_none() {
+                w.checkpoints = Some(host.checkpoints()?);
+            }
+            let too_large = || Error::RecordTooLarge {
+                size: body.len(),
+                max,
+            };
+            let records = u32::try_from(count).map_err(|_| too_large())?;
+            let chunks =
+                format::encode_checkpoint(name, records, body, max).ok_or_else(too_large)?;
+            // What every new segment will carry, with this one: at most half
+            // of a segment (new segments grow past `segment_bytes` when they
+            // must, to hold a record of the largest size beside them).
+            let size = |name: &str, body: &[u8]| {
+                format::checkpoint_frames_len(name, body.len(), max, FRAME_OVERHEAD)
+            };
+            let known = w.checkpoints.as_ref().expect("loaded above");
+            let carried: u64 = known
+                .iter()
+                .filter(|(known, _)| known.as_str() != name)
+                .map(|(name, body)| size(name, body))
+                .sum::<u64>()
+                + size(name, body);
+            let room = (w.active().capacity() - format::RECORDS_START) / 2;
+            if carried > room {
+                return Err(Error::CheckpointsTooLarge {
+                    bytes: carried,
+                    max: room,
+                });
+            }
+            seal_control_frames(&mut w.buf, &chunks, first, ts);
+        }
+        // A panicking Serialize impl must not leave half a frame behind.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             seal_frames(&mut w.buf, count, first, ts, max, &mut encode)
         }));
@@ -294,21 +388,29 @@ impl<A: Active> Writer<A> {
             }
         }
         w.last_ts = ts;
-        if let Err(e) = self.place(host, &mut w, start, first) {
+        if let Err(e) = self.place(host, &mut w, start, first, checkpoint.is_some()) {
             // A roll failed midway: the frames placed before it were
-            // written and published, the rest dropped.
+            // written and published, the rest dropped. (A committing batch
+            // is placed whole or not at all.)
             self.assigned.store(w.placed, Ordering::Release);
             return Err(e);
         }
+        if let Some((name, body)) = checkpoint {
+            let known = w.checkpoints.get_or_insert_with(Checkpoints::new);
+            known.insert(name.to_owned(), body.to_vec());
+        }
+        // (Under the lock: a write round that takes the buffer after this
+        // point sees this append's count.)
+        let ticket = self.appends.fetch_add(1, Ordering::AcqRel) + 1;
         let end = first + count as u64;
         debug_assert_eq!(w.placed, end);
         self.assigned.store(end, Ordering::Release);
         match self.config.durability {
-            Durability::EveryAppend => self.commit(host, &mut w, end, true),
-            Durability::Interval(_) => self.commit(host, &mut w, end, false),
+            Durability::EveryAppend => self.commit(host, &mut w, end, ticket, true),
+            Durability::Interval(_) => self.commit(host, &mut w, end, ticket, false),
             Durability::Buffered => {
                 if w.buf.len() >= self.config.buffer_bytes {
-                    self.commit(host, &mut w, end, false)
+                    self.commit(host, &mut w, end, ticket, false)
                 } else if host.notifier().take_waiting() {
                     // A reader has caught up and waits: write the buffer out
                     // now, so the record reaches it as an `Interval` append
@@ -318,7 +420,7 @@ impl<A: Active> Writer<A> {
                     // here (after the writer's lock is released, so that
                     // other appenders need not wait for the wake-ups),
                     // whatever the write's outcome.
-                    let written = self.commit(host, &mut w, end, false);
+                    let written = self.commit(host, &mut w, end, ticket, false);
                     drop(w);
                     host.notifier().wake_queued();
                     written
@@ -347,19 +449,48 @@ impl<A: Active> Writer<A> {
     }
 
     /// Gives the frames in `buf[at..]` their positions and index entries,
-    /// rolling to a new segment where one does not fit.
+    /// rolling to a new segment where one does not fit. An `atomic` batch
+    /// (a checkpoint's) goes into one segment whole: it rolls first if the
+    /// active segment has no room for all of it.
     fn place(
         &self,
         host: &impl Host<A>,
         w: &mut MutexGuard<'_, State<A>>,
         mut at: usize,
         mut offset: u64,
+        atomic: bool,
     ) -> Result<()> {
+        if atomic {
+            let size = (w.buf.len() - at) as u64;
+            if w.buf_pos + at as u64 + size > w.active().capacity() {
+                if w.buf_pos + at as u64 > w.segment_start {
+                    let tail = w.buf.split_off(at);
+                    self.assigned.store(offset, Ordering::Release);
+                    self.roll(host, w, offset)?;
+                    at = w.buf.len();
+                    w.buf.extend_from_slice(&tail);
+                }
+                let room = w.active().capacity() - (w.buf_pos + at as u64);
+                if size > room {
+                    w.buf.truncate(at);
+                    return Err(Error::BatchTooLarge { size, max: room });
+                }
+            }
+        }
         while at < w.buf.len() {
             let len = format::frame_len_field(&w.buf, at).expect("placed frame");
             let size = format::frame_size(len);
             let pos = w.buf_pos + at as u64;
             if pos + size > w.active().capacity() {
+                if pos <= w.segment_start {
+                    // Even a new segment has no room: the checkpoints
+                    // carried into it leave less than a record's limit.
+                    w.buf.truncate(at);
+                    return Err(Error::RecordTooLarge {
+                        size: size as usize,
+                        max: (w.active().capacity() - pos) as u32,
+                    });
+                }
                 let tail = w.buf.split_off(at);
                 // The roll publishes the frames placed so far; the offset
                 // the next append gets must not lag behind what readers
@@ -371,26 +502,30 @@ impl<A: Active> Writer<A> {
                 w.buf.extend_from_slice(&tail);
                 continue;
             }
-            let ts = format::frame_timestamp_field(&w.buf, at).expect("placed frame");
-            let base = w.active().base();
-            if let Some(entry) = w.index_builder.observe(base, pos, offset, ts) {
-                w.index_buf.extend_from_slice(&encode_index_entry(&entry));
-                w.index_assigned += 1;
+            if format::frame_kind_field(&w.buf, at, Layout::V2) == Some(FrameKind::Record) {
+                let ts = format::frame_timestamp_field(&w.buf, at).expect("placed frame");
+                let base = w.active().base();
+                if let Some(entry) = w.index_builder.observe(base, pos, offset, ts) {
+                    w.index_buf.extend_from_slice(&encode_index_entry(&entry));
+                    w.index_assigned += 1;
+                }
+                offset += 1;
             }
             at += size as usize;
-            offset += 1;
             w.placed = offset;
         }
         Ok(())
     }
 
-    /// Waits until offsets below `target` are written (or synced, when
-    /// `durable`), leading the I/O when nobody else is.
+    /// Waits until offsets below `target`, and the first `ticket` appends
+    /// whole (frames that take no offset included), are written (or synced,
+    /// when `durable`), leading the I/O when nobody else is.
     fn commit(
         &self,
         host: &impl Host<A>,
         w: &mut MutexGuard<'_, State<A>>,
         target: u64,
+        ticket: u64,
         durable: bool,
     ) -> Result<()> {
         let every_append = self.config.durability == Durability::EveryAppend;
@@ -399,7 +534,9 @@ impl<A: Active> Writer<A> {
             if let Some(poison) = &w.poisoned {
                 return Err(poison.error());
             }
-            if w.durable >= target || (!durable && w.written >= target) {
+            let written = w.written >= target && w.written_appends >= ticket;
+            let synced = w.durable >= target && self.durable_appends() >= ticket;
+            if synced || (!durable && written) {
                 return Ok(());
             }
             if w.closed {
@@ -407,7 +544,7 @@ impl<A: Active> Writer<A> {
                 // write to a closed log, whose lock may be another's now.
                 return Err(Error::Closed);
             }
-            if w.written < target {
+            if !written {
                 // At most one fdatasync is in flight: of two concurrent
                 // syncs of one file, Linux reports a writeback error to
                 // only one, and the other would acknowledge records the
@@ -440,7 +577,7 @@ impl<A: Active> Writer<A> {
                 // Waiting for `io_busy` too: that round may be syncing.
                 self.io_done.wait(w);
             } else {
-                self.sync_round(w);
+                self.sync_round(host, w);
             }
         }
     }
@@ -461,6 +598,10 @@ impl<A: Active> Writer<A> {
         let index_count = w.index_assigned;
         w.index_written = index_count;
         let end = w.placed;
+        // Every append counted so far has its frames written once this
+        // round's are (an append counts itself before it lets go of the
+        // lock after placing its frames).
+        let appends = self.appends.load(Ordering::Acquire);
         let mark = Watermark {
             pos: end_pos,
             next: end,
@@ -503,10 +644,13 @@ impl<A: Active> Writer<A> {
             Ok(()) => {
                 segment.publish(end_pos, end, index_count);
                 w.written = end;
+                w.written_appends = w.written_appends.max(appends);
                 w.written_pos = end_pos;
                 if sync {
                     w.durable = end;
                     self.durable.store(end, Ordering::Release);
+                    self.durable_appends.fetch_max(appends, Ordering::AcqRel);
+                    host.durable(end);
                 }
                 host.notifier().publish(end);
                 if !w.spare_requested && end_pos * 2 >= segment.capacity() {
@@ -525,10 +669,13 @@ impl<A: Active> Writer<A> {
     }
 
     /// Syncs what is already written, with the mutex released.
-    fn sync_round(&self, w: &mut MutexGuard<'_, State<A>>) {
+    fn sync_round(&self, host: &impl Host<A>, w: &mut MutexGuard<'_, State<A>>) {
         w.sync_busy = true;
         let segment = w.active().clone();
         let target = w.written;
+        // No write runs alongside a sync round: what is written now is
+        // what it makes durable.
+        let appends = w.written_appends;
         let mark = Watermark {
             pos: w.written_pos,
             next: target,
@@ -552,9 +699,11 @@ impl<A: Active> Writer<A> {
         w.sync_busy = false;
         match result {
             Ok(()) => {
+                self.durable_appends.fetch_max(appends, Ordering::AcqRel);
                 if target > w.durable {
                     w.durable = target;
                     self.durable.store(target, Ordering::Release);
+                    host.durable(target);
                 }
             }
             Err((op, e)) => set_poison(w, op, segment.path(), e),
@@ -575,15 +724,45 @@ impl<A: Active> Writer<A> {
         while w.io_busy || w.sync_busy {
             self.io_done.wait(w);
         }
+        // The newest checkpoints move into the new segment: known ones
+        // are all in the active segment's published frames until now.
+        let known = match w.checkpoints.take() {
+            Some(known) => known,
+            None => match host.checkpoints() {
+                Ok(known) => known,
+                Err(e) => {
+                    // Rolling would lose them: the log stops taking writes.
+                    let path = w.active().path().to_path_buf();
+                    set_poison(
+                        w,
+                        "read the checkpoints of",
+                        &path,
+                        io::Error::other(e.to_string()),
+                    );
+                    w.rolling = false;
+                    self.io_done.notify_all();
+                    return Err(w.poisoned.as_ref().expect("just set").error());
+                }
+            },
+        };
+        let mut carried = Vec::new();
+        for (name, body) in &known {
+            let chunks = format::encode_checkpoint(name, 0, body, self.config.record_limit)
+                .expect("a checkpoint that was written fits again");
+            seal_control_frames(&mut carried, &chunks, seal_next, w.last_ts);
+        }
+        w.checkpoints = Some(known);
         let result = self
             .seal_active(host, w, seal_next)
-            .and_then(|()| host.next_segment(seal_next, w.last_ts));
+            .and_then(|()| host.next_segment(seal_next, w.last_ts, &carried));
         w.rolling = false;
         match result {
             Ok(new) => {
+                let start = format::RECORDS_START + carried.len() as u64;
                 w.active = Some(new);
-                w.buf_pos = format::RECORDS_START;
-                w.written_pos = format::RECORDS_START;
+                w.buf_pos = start;
+                w.written_pos = start;
+                w.segment_start = start;
                 w.index_assigned = 0;
                 w.index_written = 0;
                 w.index_builder = IndexBuilder::new(self.config.index_interval, None);
@@ -644,8 +823,26 @@ impl<A: Active> Writer<A> {
         w.written = seal_next;
         w.durable = seal_next;
         self.durable.store(seal_next, Ordering::Release);
+        // Every counted append placed before the seal is in the old
+        // segment, synced.
+        let appends = self.appends.load(Ordering::Acquire);
+        w.written_appends = w.written_appends.max(appends);
+        self.durable_appends.fetch_max(appends, Ordering::AcqRel);
+        host.durable(seal_next);
         host.notifier().publish(seal_next);
         Ok(())
+    }
+
+    /// The body of the newest checkpoint named `name`, if there is one.
+    pub(crate) fn checkpoint(&self, host: &impl Host<A>, name: &str) -> Result<Option<Vec<u8>>> {
+        let mut w = self.state.lock();
+        self.check_writable(&mut w)?;
+        if w.checkpoints.is_none() {
+            w.checkpoints = Some(host.checkpoints()?);
+        }
+        Ok(w.checkpoints
+            .as_ref()
+            .and_then(|known| known.get(name).cloned()))
     }
 
     /// Writes out buffered appends (`Buffered` mode) so readers see them.
@@ -653,7 +850,8 @@ impl<A: Active> Writer<A> {
         let mut w = self.state.lock();
         self.check_writable(&mut w)?;
         let target = w.placed;
-        self.commit(host, &mut w, target, false)
+        let ticket = self.appends();
+        self.commit(host, &mut w, target, ticket, false)
     }
 
     /// Makes records below `target` (default: all appended) durable, and
@@ -661,14 +859,17 @@ impl<A: Active> Writer<A> {
     pub(crate) fn sync_to(&self, host: &impl Host<A>, target: Option<u64>) -> Result<u64> {
         let mut w = self.state.lock();
         self.check_writable(&mut w)?;
+        // Everything appended (checkpoints of no record too), or the
+        // records below an explicit target.
+        let ticket = if target.is_none() { self.appends() } else { 0 };
         let target = target.unwrap_or(w.placed).min(w.placed);
-        self.commit(host, &mut w, target, true)?;
+        self.commit(host, &mut w, target, ticket, true)?;
         Ok(target)
     }
 
     /// The background `fdatasync` of `Durability::Interval`: covers
     /// everything written when it starts.
-    pub(crate) fn background_sync(&self) {
+    pub(crate) fn background_sync(&self, host: &impl Host<A>) {
         let mut w = self.state.lock();
         // A sync in flight may have started before the records this one is
         // for were written: wait for it and look again.
@@ -678,7 +879,7 @@ impl<A: Active> Writer<A> {
         if w.poisoned.is_some() || w.closed || w.durable >= w.written {
             return;
         }
-        self.sync_round(&mut w);
+        self.sync_round(host, &mut w);
     }
 
     /// Flushes and syncs everything placed, writes the closed watermark and
@@ -695,7 +896,8 @@ impl<A: Active> Writer<A> {
         self.check_writable(&mut w)?;
         w.closing = true;
         let target = w.placed;
-        self.commit(host, &mut w, target, true)?;
+        let ticket = self.appends();
+        self.commit(host, &mut w, target, ticket, true)?;
         while w.io_busy || w.sync_busy {
             self.io_done.wait(&mut w);
         }
@@ -737,6 +939,7 @@ impl<A: Active> Writer<A> {
             && !w.io_busy
             && !w.sync_busy
             && w.durable == w.placed
+            && self.durable_appends() >= self.appends()
             && {
                 let mark = Watermark {
                     pos: w.written_pos,
@@ -753,6 +956,17 @@ impl<A: Active> Writer<A> {
         } else {
             Stopped::AsCrashed
         }
+    }
+}
+
+/// Appends a control frame for each payload in `chunks` to `buf`, with the
+/// offset of the record after them and timestamp `ts`.
+fn seal_control_frames(buf: &mut Vec<u8>, chunks: &[Vec<u8>], next: u64, ts: u64) {
+    for chunk in chunks {
+        let frame = buf.len();
+        buf.extend_from_slice(&[0; FRAME_OVERHEAD]);
+        buf.extend_from_slice(chunk);
+        seal_frame(&mut buf[frame..], next, ts, FrameKind::Control, None);
     }
 }
 
@@ -774,7 +988,13 @@ fn seal_frames(
         if size > max as usize {
             return Err(Error::RecordTooLarge { size, max });
         }
-        seal_frame(&mut buf[frame..], first + i as u64, ts);
+        seal_frame(
+            &mut buf[frame..],
+            first + i as u64,
+            ts,
+            FrameKind::Record,
+            None,
+        );
     }
     Ok(())
 }

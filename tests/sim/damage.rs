@@ -12,11 +12,18 @@ use std::path::{Path, PathBuf};
 use super::common::{open_raw, payload, SplitMix as Rng};
 use backbone::sim::SimStorage;
 use backbone::{
-    CorruptionKind, Durability, Error, EventLog, Options, Raw, RecoveryMode, Start, Timestamp,
+    Checkpoint, CorruptionKind, Durability, Error, EventLog, Options, Raw, RecoveryMode, Start,
+    Timestamp,
 };
 
 const SEED: u64 = 0xDA3A_6E5E;
 const HEADER: usize = 64;
+/// docs/FORMAT.md: the segment format version this build writes (it reads
+/// 1 and 2), and the one after it, which it must refuse.
+const SEGMENT_VERSION: u32 = 2;
+const NEWER_VERSION: u32 = 3;
+/// The flags word of a version-2 segment header: the checksum kind, CRC-32.
+const CHECKSUM_CRC32: u8 = 1;
 const SIM_DIR: &str = "/log";
 
 type RawLog = EventLog<Vec<u8>, Raw>;
@@ -574,11 +581,14 @@ fn real_file_truncation_of_the_newest_segment_recovers_the_intact_prefix() {
     let seg = segs.last().unwrap().clone();
     let r = seg.frames.len();
     let (a, b) = (seg.frames[r - 3], seg.frames[r - 2]);
+    // Inside a frame's length, its CRC, its kind and flags (24..28 of a
+    // version-2 frame), right where its payload starts (28), and further.
     let cuts = [
         a.pos,
         a.pos + 1,
         a.pos + 7,
         a.pos + 24,
+        a.pos + 28,
         b.pos,
         b.pos + b.size / 2,
         seg.end() - 1,
@@ -1234,7 +1244,10 @@ fn assert_sealed_header_error(dir: &Path, path: &Path, seg: &Seg, values: &[Vec<
                 supported,
             }),
         ) => {
-            assert_eq!((p.as_path(), found, supported), (path, 2, 1));
+            assert_eq!(
+                (p.as_path(), found, supported),
+                (path, NEWER_VERSION, SEGMENT_VERSION)
+            );
         }
         (_, err) => {
             let (p, position, _, kind) = corrupt(err, want);
@@ -1255,7 +1268,10 @@ fn assert_open_refused(dir: &Path, path: &Path, want: &str) {
             found,
             supported,
         }) if want == "version" => {
-            assert_eq!((p.as_path(), found, supported), (path, 2, 1));
+            assert_eq!(
+                (p.as_path(), found, supported),
+                (path, NEWER_VERSION, SEGMENT_VERSION)
+            );
         }
         Err(e) => {
             let (p, position, _, kind) = corrupt(Some(e), want);
@@ -1287,11 +1303,22 @@ fn damaged_segment_headers_are_reported_naming_the_segment() {
         b[16] ^= 0x01
     });
     assert_sealed_header_error(&dir, &path, sealed, &values, "HeaderChecksum");
-    let (dir, path) = header_case(tmp.path(), &template, "sealed-flags", sealed, |b| {
-        b[12] = 1;
-        fix_header_crc(b);
-    });
-    assert_sealed_header_error(&dir, &path, sealed, &values, "BadHeader");
+    // Version 2 keeps the checksum kind in the flags word's low byte (1,
+    // CRC-32) and zeros in the rest: another kind (a later build's
+    // checksum), the version-1 value 0, or any other bit is refused.
+    assert_eq!(&sealed.bytes[8..16], &[2, 0, 0, 0, CHECKSUM_CRC32, 0, 0, 0]);
+    for (name, byte, value) in [
+        ("sealed-checksum-kind", 12, 2),
+        ("sealed-flags-zero", 12, 0),
+        ("sealed-flags-high", 13, 1),
+        ("sealed-flags-top", 15, 0x80),
+    ] {
+        let (dir, path) = header_case(tmp.path(), &template, name, sealed, |b| {
+            b[byte] = value;
+            fix_header_crc(b);
+        });
+        assert_sealed_header_error(&dir, &path, sealed, &values, "BadHeader");
+    }
 
     let (dir, path) = header_case(tmp.path(), &template, "newest-magic", newest, |b| {
         b[3] ^= 0x01
@@ -1306,6 +1333,16 @@ fn damaged_segment_headers_are_reported_naming_the_segment() {
         fix_header_crc(b);
     });
     assert_open_refused(&dir, &path, "BadHeader");
+    for (name, byte, value) in [
+        ("newest-checksum-kind", 12, 7),
+        ("newest-flags-high", 14, 1),
+    ] {
+        let (dir, path) = header_case(tmp.path(), &template, name, newest, |b| {
+            b[byte] = value;
+            fix_header_crc(b);
+        });
+        assert_open_refused(&dir, &path, "BadHeader");
+    }
 }
 
 #[test]
@@ -1401,13 +1438,22 @@ fn a_newer_format_version_is_refused_naming_the_file() {
         log.close().unwrap();
     }
     let segs = layout(&Disk::Real, &template);
-    let v2 = |b: &mut Vec<u8>| {
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    // This build writes segments of version 2 and reads 1 and 2: version 3
+    // is from the future.
+    let newer = |b: &mut Vec<u8>| {
+        assert_eq!(u32_at(b, 8), SEGMENT_VERSION);
+        b[8..12].copy_from_slice(&NEWER_VERSION.to_le_bytes());
         fix_header_crc(b);
     };
-    let (dir, path) = header_case(tmp.path(), &template, "sealed-v2", &segs[1], v2);
+    let (dir, path) = header_case(tmp.path(), &template, "sealed-v3", &segs[1], newer);
     assert_sealed_header_error(&dir, &path, &segs[1], &values, "version");
-    let (dir, path) = header_case(tmp.path(), &template, "newest-v2", segs.last().unwrap(), v2);
+    let (dir, path) = header_case(
+        tmp.path(),
+        &template,
+        "newest-v3",
+        segs.last().unwrap(),
+        newer,
+    );
     assert_open_refused(&dir, &path, "version");
 
     let dir = tmp.path().join("meta-v2");
@@ -1430,6 +1476,8 @@ fn a_newer_format_version_is_refused_naming_the_file() {
         other => panic!("META of version 3: {other:?}"),
     }
 
+    // Consumer files are still version 1 (format version 2 changed segments
+    // only): a version-2 consumer file is from the future.
     let dir = tmp.path().join("consumer-v2");
     copy_dir(&template, &dir);
     let file = dir.join("shipping.consumer");
@@ -2180,6 +2228,10 @@ fn watermark_slots_are_checked_against_the_frames() {
     set_watermark(&mut stale_frame, end, seg.next(), last_ts);
     let mut short_frame = seg.bytes.clone();
     short_frame[at.pos..at.pos + 4].copy_from_slice(&5u32.to_le_bytes());
+    // 16 is the length of an empty version-1 record: a version-2 frame
+    // holds at least 20 bytes after its first 8.
+    let mut v1_length = seg.bytes.clone();
+    v1_length[at.pos..at.pos + 4].copy_from_slice(&16u32.to_le_bytes());
     for (what, bytes, position, offset, kind) in [
         (
             "the right position with the wrong next offset",
@@ -2204,6 +2256,13 @@ fn watermark_slots_are_checked_against_the_frames() {
             at.pos as u64,
             at.offset,
             CorruptionKind::Length { len: 5 },
+        ),
+        (
+            "a frame before the slot of a version-1 length",
+            &v1_length,
+            at.pos as u64,
+            at.offset,
+            CorruptionKind::Length { len: 16 },
         ),
     ] {
         let (opened, _) = open_with(bytes, small());
@@ -2236,6 +2295,96 @@ fn watermark_slots_are_checked_against_the_frames() {
         let (log, _) = open_with(bytes, salvage.read_only());
         let log = log.unwrap_or_else(|e| panic!("{what}, salvaging follower: {e}"));
         assert_eq!(log.next_offset(), kept as u64, "{what}, salvaging follower");
+    }
+}
+
+/// A frame of a kind this build does not know, before the watermark: the
+/// walk from the first record to the watermark stops there, and the open is
+/// refused naming the frame with the kind and flags bytes found
+/// (`CorruptionKind::UnknownFrame`: "the flags byte found"; the walk once
+/// reported 0 whatever the byte was).
+#[test]
+fn a_walk_to_the_watermark_names_an_unknown_frame_as_found() {
+    let dir = sim_dir();
+    let (_, snapshot, segs) = pristine_sim(300);
+    let seg = segs.last().unwrap();
+    let at = seg.frames[seg.frames.len() - 3];
+    let mut bytes = seg.bytes.clone();
+    // Bytes 24 and 25 of a version-2 frame: its kind and flags.
+    bytes[at.pos + 24] = 7;
+    bytes[at.pos + 25] = 3;
+    fix_frame_crc(&mut bytes, at.pos);
+    set_watermark(
+        &mut bytes,
+        seg.end() as u64,
+        seg.next(),
+        seg.frames.last().unwrap().ts,
+    );
+    let storage = sim_from(&snapshot);
+    storage.write_file(&seg.path, &bytes);
+    storage.remove_file_durably(&seg.idx);
+    match open_raw(&dir, small().simulated(&storage)) {
+        Err(Error::Corrupt {
+            path,
+            position,
+            offset,
+            kind,
+        }) => {
+            assert_eq!(path, seg.path);
+            assert_eq!((position, offset), (at.pos as u64, Some(at.offset)));
+            assert_eq!(kind, CorruptionKind::UnknownFrame { kind: 7, flags: 3 });
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A checkpoint is read from the newest segment, whose frames before its
+/// watermark are not checked on open. When the newest checkpoint of a name
+/// is damaged there, `last_checkpoint` cannot know it and must say so
+/// (`Error::Corrupt`, as a read of the records in its batch does), never
+/// return an older checkpoint: a reader resuming from that one would hand
+/// on again inputs whose outputs the log already holds. (The walk for
+/// checkpoints once stopped at the damage and kept what it had found.)
+#[test]
+fn a_damaged_newest_checkpoint_is_an_error_not_an_older_one() {
+    let dir = sim_dir();
+    let storage = SimStorage::new();
+    let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+    for (value, state) in [(b"a", b"old"), (b"b", b"new")] {
+        let checkpoint = Checkpoint::new("job").with_state(state.to_vec());
+        log.append_committing(&[value.to_vec()], &checkpoint)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let path = dir.join(format!("{:020}.seg", 0));
+    let mut bytes = storage.read_file(&path).unwrap();
+    // Its frames: checkpoint "old", record 0, checkpoint "new", record 1.
+    // A byte of the second checkpoint's payload (after its 28-byte header)
+    // goes bad.
+    let second = HEADER
+        + parse_frames(&bytes)[..2]
+            .iter()
+            .map(|f| f.size)
+            .sum::<usize>();
+    assert_eq!(bytes[second + 24], 1, "a control frame");
+    bytes[second + 28 + 5] ^= 0xFF;
+    storage.write_file(&path, &bytes);
+
+    let log = open_raw(&dir, small().simulated(&storage)).unwrap();
+    // The damage is real: a read from the start meets it after record 0,
+    // and so does `verify`. (A lookup of record 1 goes to it through the
+    // index, past the checkpoint in front of it: it reads fine.)
+    let (records, err) = read_until_error(&log);
+    assert_eq!(records, vec![(0, b"a".to_vec())]);
+    assert!(matches!(err, Some(Error::Corrupt { .. })), "{err:?}");
+    assert!(matches!(log.verify(), Err(Error::Corrupt { .. })));
+    assert_eq!(log.get(1).unwrap().unwrap().value, b"b");
+    match log.last_checkpoint("job") {
+        Err(Error::Corrupt { path: p, .. }) => assert_eq!(p, path),
+        other => panic!(
+            "the newest checkpoint is damaged, yet last_checkpoint gave {:?}",
+            other.map(|c| c.map(|c| String::from_utf8_lossy(c.state()).into_owned()))
+        ),
     }
 }
 

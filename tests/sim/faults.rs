@@ -954,7 +954,9 @@ fn a_torn_tail_is_cut_only_after_its_copy_is_saved() {
     log.close().unwrap();
     let seg = std::path::Path::new(DIR).join(format!("{:020}.seg", 0));
     let mut bytes = storage.read_file(&seg).unwrap();
-    let end = 64 + 2 * (24 + 100);
+    // docs/FORMAT.md: a 64-byte segment header, then version-2 frames of
+    // 28 bytes plus the payload (100 bytes here).
+    let end = 64 + 2 * (28 + 100);
     assert!(bytes[end..].iter().all(|&b| b == 0), "records end at {end}");
     bytes[end..end + 30].fill(0xC3);
     storage.write_file(&seg, &bytes);

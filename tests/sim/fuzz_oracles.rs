@@ -4,6 +4,12 @@
 //! input under `fuzz/regressions/<target>/` (minimized crashes the fuzzer
 //! found) replayed as an ordinary test.
 //!
+//! Each of `frame_decode`, `segment_recover`, `dir_recover` and
+//! `index_parse` checks an input against every segment layout (a log this
+//! build writes, a version-1 log, and a version-1 log continued in version
+//! 2), so a regression input saved before version 2 still replays its
+//! original case on the version-1 log.
+//!
 //! `PROPTEST_CASES` sets the cases per oracle (default 256).
 
 use std::path::Path;

@@ -17,4 +17,5 @@ mod oracles;
 mod damage;
 mod faults;
 mod fuzz_oracles;
+mod handoff;
 mod model;

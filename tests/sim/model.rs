@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use backbone::sim::{CrashMode, Fault, FaultKind, SimStorage};
 use backbone::{
-    Consumer, ConsumerSubscription, Durability, Error, EventLog, Options, Raw, Record, Start,
-    SubscribeOptions, Subscription, Timestamp,
+    Checkpoint, Consumer, ConsumerSubscription, Durability, Error, EventLog, Options, Raw, Record,
+    Start, SubscribeOptions, Subscription, Timestamp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -835,9 +835,14 @@ impl Harness {
 
 // ---- the seeded campaigns' generator: splitmix64, in tests/common --------------
 
+/// docs/FORMAT.md: a segment's 64-byte header and one version-2 frame's 28
+/// bytes of overhead: a record must leave them room in a segment.
+const SEGMENT_AND_FRAME_OVERHEAD: u64 = 64 + 28;
+
 fn random_config(rng: &mut Rng) -> Config {
     let segment_bytes = rng.range_inclusive(512, 4096);
-    let max_record_bytes = rng.range_inclusive(16, 200.min(segment_bytes - 88)) as u32;
+    let max_record_bytes =
+        rng.range_inclusive(16, 200.min(segment_bytes - SEGMENT_AND_FRAME_OVERHEAD)) as u32;
     let durability = durability(rng.below(3));
     let buffer_bytes = (durability == Durability::Buffered && rng.below(2) == 0)
         .then(|| rng.range_inclusive(32, 2048) as usize);
@@ -1393,7 +1398,7 @@ impl Harness {
 fn config_strategy() -> impl Strategy<Value = Config> {
     (512u64..=4096, 0u64..3, 1u32..=512, any::<u64>()).prop_flat_map(
         |(segment_bytes, d, index_interval_bytes, salt)| {
-            let top = 200.min(segment_bytes - 88) as u32;
+            let top = 200.min(segment_bytes - SEGMENT_AND_FRAME_OVERHEAD) as u32;
             (16u32..=top).prop_map(move |max_record_bytes| {
                 let durability = durability(d);
                 let small = durability == Durability::Buffered && salt % 2 == 0;
@@ -1844,4 +1849,194 @@ fn reopening_right_after_drop_or_close() {
         .filter_map(|t| t.join().expect("joined").err())
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---- 5. checkpoints and rolls: known faults (ignored until fixed) -----------------
+
+/// A log of small segments on a fresh simulator disk.
+fn small_log(s: &SimStorage, segment_bytes: u64) -> Log {
+    Options::new()
+        .segment_bytes(segment_bytes)
+        .max_record_bytes(100)
+        .durability(Durability::EveryAppend)
+        .simulated(s)
+        .open_with_codec(DIR, Raw)
+        .expect("open")
+}
+
+/// A checkpoint stored alone (`append_committing` with no records, which
+/// its docs allow: "the reader moved on without output") is acknowledged
+/// like any append under `EveryAppend`: it must be on the disk then, and
+/// found after a close and reopen, and after a power loss. (Its control
+/// frames once stayed in the writer's buffer: they take no offset, and the
+/// writer counted what it had written by offsets alone.)
+#[test]
+fn a_checkpoint_alone_is_written_and_durable() {
+    for crash in [false, true] {
+        let s = SimStorage::new();
+        let log = small_log(&s, 4096);
+        log.append(&b"r0".to_vec()).unwrap();
+        let checkpoint = Checkpoint::new("job").with_state(b"moved on".to_vec());
+        assert_eq!(log.append_committing(&[], &checkpoint).unwrap(), 1..1);
+        let s = if crash {
+            let image = s.crash(7, CrashMode::PowerLossNothing);
+            drop(log);
+            image
+        } else {
+            log.close().unwrap();
+            s
+        };
+        let log = small_log(&s, 4096);
+        let found = log.last_checkpoint("job").unwrap();
+        assert_eq!(
+            found.as_ref().map(Checkpoint::state),
+            Some(&b"moved on"[..]),
+            "after a {}",
+            if crash { "power loss" } else { "close" }
+        );
+    }
+}
+
+/// A segment can fill with control frames alone (a reader that moves on
+/// without output commits again and again) and hold no record; the next
+/// frame that does not fit must still go somewhere. The segment is then
+/// replaced whole by one of the same base that carries only the newest
+/// checkpoint of each name (a new segment at the next offset would have
+/// its base). Appending goes on, across reopens and for followers, and the
+/// newest checkpoint is the one found.
+#[test]
+fn a_segment_of_control_frames_alone_is_replaced_by_one_of_its_newest() {
+    let s = SimStorage::new();
+    let log = small_log(&s, 512);
+    let follower = Options::new()
+        .segment_bytes(512)
+        .max_record_bytes(100)
+        .read_only()
+        .simulated(&s)
+        .open_with_codec::<Vec<u8>, _>(DIR, Raw)
+        .expect("follower");
+    // Each about 80 bytes: the 448 bytes after the header fill several
+    // times over.
+    for i in 0..40u64 {
+        let checkpoint = Checkpoint::new("job").with_state(i.to_le_bytes().repeat(3));
+        log.append_committing(&[], &checkpoint).unwrap();
+        assert_eq!(
+            log.last_checkpoint("job")
+                .unwrap()
+                .map(|c| c.state().to_vec()),
+            Some(i.to_le_bytes().repeat(3))
+        );
+    }
+    assert_eq!(log.next_offset(), 0);
+    let segments = |s: &SimStorage| {
+        s.files()
+            .into_iter()
+            .filter(|(path, _)| path.extension().is_some_and(|e| e == "seg"))
+            .count()
+    };
+    assert_eq!(segments(&s), 1, "one segment, replaced in place");
+    assert_eq!(log.append(&vec![1; 100]).unwrap(), 0);
+    let read: Vec<u64> = follower
+        .read(Start::Beginning)
+        .map(|r| r.unwrap().offset)
+        .collect();
+    assert_eq!(read, [0], "a follower reads on in the replacing segment");
+    drop(follower);
+    drop(log);
+    for image in [s.clone(), s.crash(3, CrashMode::PowerLossNothing)] {
+        let log = small_log(&image, 512);
+        assert_eq!(log.get(0).unwrap().unwrap().value, vec![1; 100]);
+        assert_eq!(
+            log.last_checkpoint("job")
+                .unwrap()
+                .map(|c| c.state().to_vec()),
+            Some(39u64.to_le_bytes().repeat(3))
+        );
+        assert_eq!(log.append(&vec![2; 100]).unwrap(), 1);
+        assert_eq!(log.verify().unwrap(), 2);
+    }
+}
+
+/// The newest checkpoint of every name is carried into each new segment,
+/// so together they take room from every segment after them. A record
+/// within `max_record_bytes` must still be taken: checkpoints that would
+/// leave a segment less room than that are refused when appended
+/// (`CheckpointsTooLarge`, nothing written), and the ones taken never
+/// crowd a record out.
+#[test]
+fn carried_checkpoints_never_crowd_out_a_record() {
+    let s = SimStorage::new();
+    let log = small_log(&s, 512);
+    // 448 bytes after the header: at most 224 for checkpoints. Three
+    // frames of 128 (a 300-byte state) are too many.
+    let too_big = Checkpoint::new("job").with_state(vec![7; 300]);
+    assert!(matches!(
+        log.append_committing(&[vec![0; 10]], &too_big),
+        Err(Error::CheckpointsTooLarge { .. })
+    ));
+    assert_eq!(log.next_offset(), 0, "nothing of it was written");
+    assert_eq!(log.last_checkpoint("job").unwrap(), None);
+    let checkpoint = Checkpoint::new("job").with_state(vec![7; 100]);
+    log.append_committing(&[vec![0; 10]], &checkpoint).unwrap();
+    for i in 1..30u64 {
+        let appended = log.append(&vec![i as u8; 100]);
+        assert!(
+            matches!(appended, Ok(o) if o == i),
+            "append {i} of 100 bytes (the limit): {appended:?}"
+        );
+    }
+    assert_eq!(log.last_checkpoint("job").unwrap(), Some(checkpoint));
+    assert_eq!(log.verify().unwrap(), 30);
+}
+
+/// `segment_bytes` is no property of the log: it may be lowered between
+/// opens. Checkpoints that fit beside records in the old segments can then
+/// be more than a new segment holds; a roll must not write them past its
+/// end, nor panic: the new segments are made large enough for them and a
+/// record of the largest size.
+#[test]
+fn carried_checkpoints_never_overrun_a_smaller_segment() {
+    let s = SimStorage::new();
+    let open = |segment_bytes: u64| {
+        Options::new()
+            .segment_bytes(segment_bytes)
+            .max_record_bytes(200)
+            .simulated(&s)
+            .open_with_codec::<Vec<u8>, _>(DIR, Raw)
+            .expect("open")
+    };
+    let log = open(4096);
+    for name in ["a", "b", "c"] {
+        let checkpoint = Checkpoint::new(name).with_state(vec![7; 350]);
+        log.append_committing(&[vec![1; 10]], &checkpoint).unwrap();
+    }
+    log.close().unwrap();
+    let log = open(1024);
+    for i in 0..40u8 {
+        let appended =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.append(&vec![i; 150])));
+        assert!(
+            matches!(appended, Ok(Ok(o)) if o == 3 + u64::from(i)),
+            "append {i}: {:?}",
+            appended.map_err(|_| "panicked")
+        );
+    }
+    assert_eq!(log.verify().unwrap(), 43);
+    for name in ["a", "b", "c"] {
+        let found = log.last_checkpoint(name).unwrap().expect("carried");
+        assert_eq!(found.state(), &[7; 350][..]);
+    }
+    let mut sizes = Vec::new();
+    for (path, len) in s.files() {
+        if path.extension().is_some_and(|e| e == "seg") {
+            let bytes = s.read_file(&path).unwrap();
+            assert_eq!(bytes.len() as u64, len);
+            sizes.push(len);
+        }
+    }
+    assert!(sizes.len() > 2, "the log rolled: {sizes:?}");
+    assert!(
+        sizes.iter().all(|&len| len >= 1024),
+        "every segment holds its frames: {sizes:?}"
+    );
 }
