@@ -1075,3 +1075,63 @@ fn an_unfinished_consumer_creation_reads_as_no_consumer() {
     assert!(log.consumer_with("far", Start::Offset(99)).is_err());
     assert!(!dir.path().join("far.consumer").exists());
 }
+
+#[test]
+fn a_follower_process_can_run_a_work_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer: EventLog<u64> = EventLog::open(dir.path()).unwrap();
+    writer.append_batch(&[10, 11, 12]).unwrap();
+    // Another open of the log (in practice another process) shares out its
+    // records; the group's own log lives beside the writer's files.
+    let follower: EventLog<u64> = Options::new().read_only().open(dir.path()).unwrap();
+    let group = follower
+        .work_group("pickers", backbone::GroupOptions::new())
+        .unwrap();
+    let mut handled = Vec::new();
+    for _ in 0..3 {
+        let task = group
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        handled.push(task.record.value);
+        task.ack().unwrap();
+    }
+    assert_eq!(handled, [10, 11, 12]);
+    assert_eq!(group.lag(), 0);
+    // Its floor is a consumer the writer's side sees.
+    drop(group);
+    let listed = writer.consumers().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "pickers");
+}
+
+#[test]
+fn a_hand_off_whose_records_a_hard_limit_forced_out_is_told_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = Options::new()
+        .segment_bytes(4096)
+        .retention_bytes(3 * 4096)
+        .retention_hard_bytes(3 * 4096)
+        .open(dir.path().join("source"))
+        .unwrap();
+    let out: EventLog<u64> = EventLog::open(dir.path().join("out")).unwrap();
+    source.append_batch(&[1, 2, 3]).unwrap();
+    let checkpoint = backbone::Checkpoint::new("copy")
+        .source(&source, 1)
+        .unwrap();
+    out.append_committing(&[1], &checkpoint).unwrap();
+    for i in 0..2000u64 {
+        source.append(&i).unwrap();
+    }
+    let first = source.first_offset();
+    assert!(first > 1, "the hard limit forced out what the reader needs");
+    let stored = out.last_checkpoint("copy").unwrap().unwrap();
+    let resume = stored.position_in(&source).unwrap();
+    match source.subscribe(Start::Offset(resume)) {
+        Err(Error::OffsetTruncated {
+            requested,
+            first: now,
+        }) => assert_eq!((requested, now), (1, first)),
+        other => panic!("expected OffsetTruncated, got {:?}", other.map(drop)),
+    }
+}

@@ -726,29 +726,30 @@ impl<A: Active> Writer<A> {
         }
         // The newest checkpoints move into the new segment: known ones
         // are all in the active segment's published frames until now.
+        // Any failure here would lose them: the log stops taking writes.
+        let cannot_carry = |w: &mut MutexGuard<'_, State<A>>, why: String| {
+            let path = w.active().path().to_path_buf();
+            set_poison(w, "carry the checkpoints of", &path, io::Error::other(why));
+            w.rolling = false;
+            self.io_done.notify_all();
+            Err(w.poisoned.as_ref().expect("just set").error())
+        };
         let known = match w.checkpoints.take() {
             Some(known) => known,
             None => match host.checkpoints() {
                 Ok(known) => known,
-                Err(e) => {
-                    // Rolling would lose them: the log stops taking writes.
-                    let path = w.active().path().to_path_buf();
-                    set_poison(
-                        w,
-                        "read the checkpoints of",
-                        &path,
-                        io::Error::other(e.to_string()),
-                    );
-                    w.rolling = false;
-                    self.io_done.notify_all();
-                    return Err(w.poisoned.as_ref().expect("just set").error());
-                }
+                Err(e) => return cannot_carry(w, e.to_string()),
             },
         };
         let mut carried = Vec::new();
         for (name, body) in &known {
-            let chunks = format::encode_checkpoint(name, 0, body, self.config.record_limit)
-                .expect("a checkpoint that was written fits again");
+            // (None only if `max_record_bytes` was lowered below a
+            // checkpoint chunk's fixed part since it was written.)
+            let Some(chunks) = format::encode_checkpoint(name, 0, body, self.config.record_limit)
+            else {
+                let why = format!("checkpoint {name:?} does not fit max_record_bytes");
+                return cannot_carry(w, why);
+            };
             seal_control_frames(&mut carried, &chunks, seal_next, w.last_ts);
         }
         w.checkpoints = Some(known);
