@@ -625,6 +625,9 @@ impl<A: Active> Writer<A> {
                 if sync {
                     segment.sync().map_err(|e| ("fdatasync", e))?;
                     self.syncs.fetch_add(1, Ordering::Relaxed);
+                    // Outside the lock, like the sync: only one sync is in
+                    // flight, so notices go out in order.
+                    host.durable(end);
                     if write_mark {
                         segment
                             .write_watermark(&mark)
@@ -650,7 +653,6 @@ impl<A: Active> Writer<A> {
                     w.durable = end;
                     self.durable.store(end, Ordering::Release);
                     self.durable_appends.fetch_max(appends, Ordering::AcqRel);
-                    host.durable(end);
                 }
                 host.notifier().publish(end);
                 if !w.spare_requested && end_pos * 2 >= segment.capacity() {
@@ -689,6 +691,7 @@ impl<A: Active> Writer<A> {
         let result = MutexGuard::unlocked(w, || {
             segment.sync().map_err(|e| ("fdatasync", e))?;
             self.syncs.fetch_add(1, Ordering::Relaxed);
+            host.durable(target);
             if write_mark {
                 segment
                     .write_watermark(&mark)
@@ -703,7 +706,6 @@ impl<A: Active> Writer<A> {
                 if target > w.durable {
                     w.durable = target;
                     self.durable.store(target, Ordering::Release);
-                    host.durable(target);
                 }
             }
             Err((op, e)) => set_poison(w, op, segment.path(), e),
