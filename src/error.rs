@@ -285,6 +285,26 @@ pub enum Error {
         log_id: String,
     },
 
+    /// A job of this name already writes into this output log in this
+    /// process: two would race on one checkpoint.
+    #[error("job {name:?} is already running into {}", path.display())]
+    JobRunning {
+        /// The job's name.
+        name: String,
+        /// The output log's directory.
+        path: PathBuf,
+    },
+
+    /// A job stopped: a user function panicked (nothing of that batch was
+    /// committed), or it ended before what was waited for.
+    #[error("job {name:?} failed: {reason}")]
+    JobFailed {
+        /// The job's name.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
+
     /// A name that becomes a file name (a consumer's) is not allowed.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

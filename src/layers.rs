@@ -31,6 +31,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("inspect", 5),
     // L6: the typed API, consumers and the fan-out.
     ("log", 6),
+    // L7: stream processing, built on the public API.
+    ("stream", 7),
     // This file: a test of the others.
     ("layers", 9),
 ];

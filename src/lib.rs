@@ -89,21 +89,30 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-// The layers, bottom to top; `src/layers.rs` holds every import to this
-// table: imports point down.
-mod codec; // L0: the vocabulary
+// The layers, bottom to top (`src/layers.rs` holds every import to this
+// table: imports point down):
+// - L0, the vocabulary: `error`, `record`, `codec`, `name`;
+// - L1, every byte layout, as pure functions: `format`;
+// - L2, every byte read or written (one `unsafe` block: the map, in
+//   `storage::os`) and the synchronization primitives loom checks:
+//   `storage`, `sync`;
+// - L3, configuration: `options`;
+// - L4, the untyped log: `store`;
+// - L5, a read-only, codec-agnostic view of a log on disk: `inspect`;
+// - L6, the typed API: `log`;
+// - L7, stream processing built on the public API: `stream`.
+mod codec;
 mod error;
 mod format;
-mod name;
-mod record; // L1: every byte layout, as pure functions
-            // L2: every byte read or written (one `unsafe` block: the map, in
-            // `storage::os`), and the synchronization primitives loom checks.
-pub mod inspect; // L5: a read-only, codec-agnostic view of a log on disk
+pub mod inspect;
 mod log;
-mod options; // L3: configuration
+mod name;
+mod options;
+mod record;
 mod storage;
-mod store; // L4: the untyped log
-mod sync; // L6: the typed API
+mod store;
+pub mod stream;
+mod sync;
 
 /// The channel crate subscriptions speak, for `select!` over
 /// [`Subscription::ready`]: `backbone::channel::select!`. Its version is
