@@ -265,10 +265,13 @@ impl Segment {
                 file.write_at(&start, 0)
                     .map_err(spare_io("write header of"))?;
                 file.sync_data().map_err(spare_io("fdatasync"))?;
-                // The header is durable before the name is, so a segment
-                // file never exists without its header. No file has this
-                // name: bases only grow, and recovery removed any
-                // unfinished create past the active segment.
+                // The header (and the carried checkpoints) are durable
+                // before the name is, so a segment file never exists
+                // without them. No file has this name (bases only grow,
+                // and recovery removed any unfinished create past the
+                // active segment), except a newest segment of no record
+                // being replaced whole: the rename then swaps it
+                // atomically.
                 storage
                     .rename(spare_path, &path)
                     .map_err(spare_io("rename"))?;
