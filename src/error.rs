@@ -305,6 +305,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A table would hold more keys than its limit
+    /// ([`TableOptions::max_keys`](crate::stream::TableOptions::max_keys),
+    /// default 10 million): it stopped before the batch that would pass
+    /// it, committing nothing of that batch. Started again with a higher
+    /// limit, it goes on from there.
+    #[error("table {name:?} would hold {keys} keys, more than its limit of {max}")]
+    TableTooLarge {
+        /// The table's name.
+        name: String,
+        /// The keys it would hold.
+        keys: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// A name that becomes a file name (a consumer's) is not allowed.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {
@@ -312,6 +327,15 @@ pub enum Error {
         name: String,
         /// What rule it breaks.
         reason: &'static str,
+    },
+
+    /// An argument of a call is out of range or contradicts another.
+    #[error("invalid argument {name}: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
 
     /// An option is out of range or contradicts another.
@@ -398,6 +422,9 @@ pub enum CorruptionKind {
         /// The records found after it.
         found: u32,
     },
+    /// A table's snapshot whose checksum holds but whose entries do not
+    /// decode as the table's key and value types, or repeat a key.
+    BadSnapshot,
 }
 
 impl fmt::Display for CorruptionKind {
@@ -435,6 +462,9 @@ impl fmt::Display for CorruptionKind {
                 "a frame of kind {kind} with flags {flags:#04x}, which this build does not know"
             ),
             CorruptionKind::BadControl => f.write_str("a control frame this build cannot read"),
+            CorruptionKind::BadSnapshot => {
+                f.write_str("a table snapshot whose entries do not decode")
+            }
             CorruptionKind::TornBatch { records, found } => write!(
                 f,
                 "a checkpoint's batch ends early: it states {records} records, {found} follow"

@@ -497,7 +497,7 @@ mod tests {
     }
 
     fn append(log: &Store, payloads: &[Vec<u8>]) {
-        log.append(payloads.len(), None, None, |i, out| {
+        log.append(payloads.len(), None, None, None, |i, out| {
             out.extend_from_slice(&payloads[i]);
             Ok(())
         })

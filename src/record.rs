@@ -15,6 +15,10 @@ pub struct Record<T> {
     pub offset: u64,
     /// When it was appended.
     pub timestamp: Timestamp,
+    /// For a record derived from another (a stream job's output), the event
+    /// time of the input it came from; `None` for a record appended
+    /// directly. See [`event_time`](Record::event_time).
+    pub source_time: Option<Timestamp>,
     /// The event.
     pub value: T,
 }
@@ -26,8 +30,23 @@ impl<T> Record<T> {
         Record {
             offset,
             timestamp,
+            source_time: None,
             value,
         }
+    }
+
+    /// The same record with a source time, as a derived record has.
+    pub fn with_source_time(mut self, source_time: Timestamp) -> Record<T> {
+        self.source_time = Some(source_time);
+        self
+    }
+
+    /// When the event happened, as far as the log knows: the source time
+    /// of a derived record, else the time it was appended. Stream jobs
+    /// window on it unless told otherwise, so a second stage windows on
+    /// the time of the original event, not on when the first stage ran.
+    pub fn event_time(&self) -> Timestamp {
+        self.source_time.unwrap_or(self.timestamp)
     }
 
     /// The same record with its value changed by `f`.
@@ -35,6 +54,7 @@ impl<T> Record<T> {
         Record {
             offset: self.offset,
             timestamp: self.timestamp,
+            source_time: self.source_time,
             value: f(self.value),
         }
     }

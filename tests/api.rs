@@ -912,3 +912,43 @@ fn a_drop_with_every_record_durable_is_as_clean_as_a_close() {
         assert!(log.recovery_report().closed_cleanly, "{what}: after close");
     }
 }
+
+#[test]
+fn derived_records_keep_their_source_times_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let times = [
+        backbone::Timestamp::from_micros(5),
+        backbone::Timestamp::from_micros(3),
+    ];
+    {
+        let log: EventLog<u64> = EventLog::open(dir.path()).unwrap();
+        log.append(&1).unwrap();
+        log.append_derived(&[10, 20], &times, None).unwrap();
+        let read: Vec<_> = log
+            .read(Start::Beginning)
+            .map(|r| r.unwrap().source_time)
+            .collect();
+        assert_eq!(read, [None, Some(times[0]), Some(times[1])]);
+        log.close().unwrap();
+    }
+    let log: EventLog<u64> = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.next_offset(), 3);
+    let read: Vec<_> = log
+        .read(Start::Beginning)
+        .map(|r| {
+            let r = r.unwrap();
+            (r.value, r.source_time)
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [(1, None), (10, Some(times[0])), (20, Some(times[1]))]
+    );
+    assert_eq!(log.get(2).unwrap().unwrap().event_time(), times[1]);
+    assert_eq!(log.verify().unwrap(), 3);
+    let mismatched = log.append_derived(&[1], &[], None);
+    assert!(matches!(
+        mismatched,
+        Err(backbone::Error::InvalidArgument { .. })
+    ));
+}

@@ -74,7 +74,8 @@ fn a_job_started_again_resumes_where_it_committed() {
     };
     let job = start();
     job.wait_for(50).unwrap();
-    drop(job); // stops it, after its batch
+    job.stop(); // after its batch
+    job.join().unwrap();
     source.append_batch(&(50..80).collect::<Vec<_>>()).unwrap();
     let job = start();
     assert!(job.position() >= 50);
@@ -98,7 +99,8 @@ fn a_first_run_from_the_end_is_pinned_where_it_started() {
     source.append_batch(&[4, 5]).unwrap();
     let job = source.stream("alerts", Start::End).to(&output).unwrap();
     job.wait_for(5).unwrap();
-    drop(job);
+    job.stop();
+    job.join().unwrap();
     assert_eq!(values(&output), [4, 5]);
 }
 
@@ -117,10 +119,12 @@ fn names_are_checked_and_one_name_runs_once() {
     let job = source.stream("once", Start::Beginning).to(&output).unwrap();
     let twice = source.stream("once", Start::Beginning).to(&output);
     assert!(matches!(twice, Err(Error::JobRunning { .. })), "{twice:?}");
-    drop(job);
+    job.stop();
+    job.join().unwrap();
     // Free again once it ended.
     let again = source.stream("once", Start::Beginning).to(&output).unwrap();
-    drop(again);
+    again.stop();
+    again.join().unwrap();
 }
 
 #[test]
@@ -154,7 +158,8 @@ fn a_panicking_function_stops_the_job_and_commits_nothing_of_its_batch() {
         .to(&output)
         .unwrap();
     job.wait_for(3).unwrap();
-    drop(job);
+    job.stop();
+    job.join().unwrap();
     assert_eq!(values(&output), [1, 2, 300]);
 }
 
@@ -175,4 +180,481 @@ fn a_source_closed_under_a_running_job_ends_it_with_closed() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(matches!(job.join(), Err(Error::Closed)));
+}
+
+// ---- event time, windows, dead letters, for_each -------------------------
+
+use backbone::stream::{Emit, Lateness, Window, Windowed};
+use backbone::{DeadLetter, Timestamp};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Checkout {
+    sku: String,
+    qty: u32,
+    ts: Timestamp,
+}
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_micros(secs * 1_000_000)
+}
+
+fn checkout(sku: &str, qty: u32, secs: u64) -> Checkout {
+    Checkout {
+        sku: sku.to_owned(),
+        qty,
+        ts: at(secs),
+    }
+}
+
+#[test]
+fn sales_per_minute_per_product_as_the_issue_writes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkouts: EventLog<Checkout> = EventLog::open(tmp.path().join("checkouts")).unwrap();
+    let sales_per_minute: EventLog<Windowed<String, u64>> =
+        EventLog::open(tmp.path().join("sales-per-minute")).unwrap();
+    let dead: EventLog<DeadLetter> = EventLog::open(tmp.path().join("dead")).unwrap();
+    checkouts
+        .append_batch(&[
+            checkout("apple", 2, 10),
+            checkout("pear", 1, 20),
+            checkout("apple", 3, 59),
+            checkout("apple", 4, 61), // watermark 56
+            checkout("pear", 5, 58),  // out of order, within 5 s
+            checkout("apple", 6, 66), // watermark 61: the first minute closes
+            checkout("pear", 7, 30),  // late: 30 < 61
+            checkout("apple", 1, 130),
+        ])
+        .unwrap();
+    let per_minute = checkouts
+        .stream("sales-per-minute", Start::Beginning)
+        .dead_letter(&dead)
+        .event_time(|c| c.ts, Lateness::bounded(Duration::from_secs(5)))
+        .key_by(|c| c.sku.clone())
+        .window(Window::tumbling(Duration::from_secs(60)))
+        .aggregate(|| 0u64, |sum, c| *sum += c.qty as u64)
+        .emit(Emit::OnClose)
+        .to(&sales_per_minute)
+        .unwrap();
+    per_minute.wait_for(8).unwrap();
+    let figures = per_minute.figures();
+    per_minute.stop();
+    per_minute.join().unwrap();
+    let results: Vec<_> = sales_per_minute
+        .read(Start::Beginning)
+        .map(|r| r.unwrap())
+        .collect();
+    let windowed = |sku: &str, start: u64, value: u64| Windowed {
+        key: sku.to_owned(),
+        start: at(start),
+        end: at(start + 60),
+        value,
+    };
+    assert_eq!(
+        results.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        [
+            windowed("apple", 0, 5),
+            windowed("pear", 0, 6),
+            windowed("apple", 60, 10)
+        ]
+    );
+    // Each result carries the newest event time of its window.
+    let times: Vec<_> = results.iter().map(|r| r.source_time).collect();
+    assert_eq!(times, [Some(at(59)), Some(at(58)), Some(at(66))]);
+    assert_eq!(figures.late, 1);
+    assert_eq!(figures.handled, 8);
+    assert_eq!(figures.outputs, 3);
+    let letters: Vec<_> = dead
+        .read(Start::Beginning)
+        .map(|r| r.unwrap().value)
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].offset, 6);
+    assert!(
+        letters[0].reason.starts_with("late"),
+        "{}",
+        letters[0].reason
+    );
+}
+
+#[test]
+fn rejected_records_go_to_the_dead_letter_log_once_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    let output: EventLog<u64> = EventLog::open(tmp.path().join("output")).unwrap();
+    let dead: EventLog<DeadLetter> = EventLog::open(tmp.path().join("dead")).unwrap();
+    source.append_batch(&(0..40).collect::<Vec<_>>()).unwrap();
+    let start = || {
+        source
+            .stream("picky", Start::Beginning)
+            .dead_letter(&dead)
+            .try_map(|n| {
+                if n % 7 == 3 {
+                    Err(format!("{n} is unlucky"))
+                } else {
+                    Ok(n)
+                }
+            })
+            .map(|n| {
+                assert!(n % 10 != 9, "nine-ish");
+                n + 1000
+            })
+            .batch_size(6)
+            .to(&output)
+            .unwrap()
+    };
+    let job = start();
+    job.wait_for(40).unwrap();
+    job.stop();
+    job.join().unwrap();
+    // A restart from an earlier point (as after a crash between the dead
+    // letters' commit and the outputs') writes no dead letter twice.
+    let rejected = |n: u64| n % 7 == 3 || n % 10 == 9;
+    source.append_batch(&(40..60).collect::<Vec<_>>()).unwrap();
+    let job = start();
+    job.wait_for(60).unwrap();
+    let figures = job.figures();
+    job.stop();
+    job.join().unwrap();
+    assert_eq!(
+        figures.dead_letters,
+        (40..60).filter(|&n| rejected(n)).count() as u64
+    );
+    let expected: Vec<u64> = (0..60)
+        .filter(|&n| !rejected(n))
+        .map(|n| n + 1000)
+        .collect();
+    assert_eq!(values(&output), expected);
+    let letters = values(&dead);
+    let offsets: Vec<u64> = letters.iter().map(|l| l.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..60).filter(|&n| rejected(n)).collect::<Vec<_>>()
+    );
+    for letter in &letters {
+        let n = letter.offset;
+        if n % 7 == 3 {
+            assert_eq!(letter.reason, format!("{n} is unlucky"));
+        } else {
+            assert!(letter.reason.contains("nine-ish"), "{}", letter.reason);
+        }
+        // The record's bytes, in the source's codec.
+        let value: u64 = postcard::from_bytes(&letter.payload).unwrap();
+        assert_eq!(value, n);
+    }
+}
+
+#[test]
+fn a_second_stage_windows_on_the_first_stages_event_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkouts: EventLog<Checkout> = EventLog::open(tmp.path().join("checkouts")).unwrap();
+    let quantities: EventLog<(String, u32)> = EventLog::open(tmp.path().join("qty")).unwrap();
+    let counts: EventLog<Windowed<String, u64>> =
+        EventLog::open(tmp.path().join("counts")).unwrap();
+    checkouts
+        .append_batch(&[
+            checkout("a", 1, 5),
+            checkout("a", 1, 15),
+            checkout("a", 1, 25),
+            checkout("b", 1, 26),
+        ])
+        .unwrap();
+    let first = checkouts
+        .stream("quantities", Start::Beginning)
+        .event_time(|c| c.ts, Lateness::none())
+        .map(|c| (c.sku, c.qty))
+        .to(&quantities)
+        .unwrap();
+    first.wait_for(4).unwrap();
+    first.stop();
+    first.join().unwrap();
+    let stamped: Vec<_> = quantities
+        .read(Start::Beginning)
+        .map(|r| r.unwrap().event_time())
+        .collect();
+    assert_eq!(stamped, [at(5), at(15), at(25), at(26)]);
+    // No event_time here: the source times are the event times.
+    let second = quantities
+        .stream("counts", Start::Beginning)
+        .key_by(|(sku, _)| sku.clone())
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .count()
+        .to(&counts)
+        .unwrap();
+    second.wait_for(4).unwrap();
+    second.stop();
+    second.join().unwrap();
+    let windows: Vec<_> = values(&counts)
+        .into_iter()
+        .map(|w| (w.key, w.start, w.value))
+        .collect();
+    assert_eq!(
+        windows,
+        [("a".to_owned(), at(0), 1), ("a".to_owned(), at(10), 1)]
+    );
+}
+
+#[test]
+fn for_each_hands_every_output_over_and_resumes_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkouts: EventLog<u64> = EventLog::open(tmp.path().join("checkouts")).unwrap();
+    checkouts
+        .append_batch(&(1..=10).collect::<Vec<_>>())
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let audit = {
+        let seen = seen.clone();
+        move |n: u64| seen.lock().unwrap().push(n)
+    };
+    // As the issue writes it: the job runs on when its handle is dropped.
+    checkouts
+        .stream("audit", Start::Beginning)
+        .filter(|n| n % 2 == 0)
+        .for_each(audit.clone())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*seen.lock().unwrap(), [2, 4, 6, 8, 10]);
+    // Started again under its name while it runs: refused.
+    let twice = checkouts
+        .stream("audit", Start::Beginning)
+        .for_each(audit.clone());
+    assert!(matches!(twice, Err(Error::JobRunning { .. })), "{twice:?}");
+    // Its checkpoints live beside the source, in a log of their own.
+    let checkpoints: EventLog<()> = backbone::Options::new()
+        .read_only()
+        .open(tmp.path().join("checkouts.jobs").join("audit"))
+        .unwrap();
+    assert!(checkpoints.last_checkpoint("audit").unwrap().is_some());
+    assert!(checkpoints.is_empty());
+    drop(checkpoints);
+
+    // With its handle kept: stopped, and started again, it goes on after
+    // what it handed over.
+    let again = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let start = || {
+        let again = again.clone();
+        checkouts
+            .stream("audit-2", Start::Beginning)
+            .for_each(move |n| again.lock().unwrap().push(n))
+            .unwrap()
+    };
+    let job = start();
+    job.wait_for(10).unwrap();
+    job.stop();
+    job.join().unwrap();
+    checkouts.append_batch(&[11, 12]).unwrap();
+    let job = start();
+    job.wait_for(12).unwrap();
+    job.stop();
+    job.join().unwrap();
+    assert_eq!(*again.lock().unwrap(), (1..=12).collect::<Vec<_>>());
+}
+
+#[test]
+fn scan_keeps_its_state_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    let output: EventLog<u64> = EventLog::open(tmp.path().join("running-total")).unwrap();
+    let start = || {
+        source
+            .stream("total", Start::Beginning)
+            .scan(0u64, |total, n| {
+                *total += n;
+                (n % 2 == 0).then_some(*total)
+            })
+            .batch_size(3)
+            .to(&output)
+            .unwrap()
+    };
+    let mut expected = Vec::new();
+    let mut total = 0;
+    for round in 0..5u64 {
+        let batch: Vec<u64> = (round * 10..round * 10 + 10).collect();
+        for &n in &batch {
+            total += n;
+            if n % 2 == 0 {
+                expected.push(total);
+            }
+        }
+        source.append_batch(&batch).unwrap();
+        let job = start();
+        job.wait_for(source.next_offset()).unwrap();
+        job.stop();
+        job.join().unwrap();
+    }
+    assert_eq!(values(&output), expected);
+}
+
+#[test]
+fn a_job_resumed_by_another_pipeline_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    let output: EventLog<u64> = EventLog::open(tmp.path().join("output")).unwrap();
+    source.append_batch(&[1, 2, 3]).unwrap();
+    let job = source
+        .stream("stateful", Start::Beginning)
+        .scan(0u64, |sum, n| {
+            *sum += n;
+            Some(*sum)
+        })
+        .to(&output)
+        .unwrap();
+    job.wait_for(3).unwrap();
+    job.stop();
+    job.join().unwrap();
+    let other = source
+        .stream("stateful", Start::Beginning)
+        .key_by(|n| *n)
+        .window(Window::count(2))
+        .count()
+        .stream()
+        .map(|w| w.value)
+        .to(&output);
+    assert!(
+        matches!(other, Err(Error::InvalidArgument { .. })),
+        "{other:?}"
+    );
+    let bad_window = source
+        .stream("bad-window", Start::Beginning)
+        .key_by(|n| *n)
+        .window(Window::tumbling(Duration::ZERO))
+        .count()
+        .stream()
+        .map(|w| w.value)
+        .to(&output);
+    assert!(
+        matches!(bad_window, Err(Error::InvalidArgument { .. })),
+        "{bad_window:?}"
+    );
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    customer_id: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Customer {
+    id: u32,
+    city: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Shipment {
+    order: u32,
+    city: Option<String>,
+}
+
+impl Shipment {
+    fn new(order: Order, customer: Customer) -> Shipment {
+        Shipment {
+            order: order.id,
+            city: Some(customer.city),
+        }
+    }
+}
+
+#[test]
+#[allow(clippy::redundant_closure)] // the join is written as the issue writes it
+fn a_stream_joins_a_table_and_a_left_join_keeps_the_misses() {
+    use backbone::stream::Table;
+    let tmp = tempfile::tempdir().unwrap();
+    let checkouts: EventLog<Order> = EventLog::open(tmp.path().join("orders")).unwrap();
+    let customer_log: EventLog<Customer> = EventLog::open(tmp.path().join("customers")).unwrap();
+    let shipments: EventLog<Shipment> = EventLog::open(tmp.path().join("shipments")).unwrap();
+    let all: EventLog<Shipment> = EventLog::open(tmp.path().join("all")).unwrap();
+    let end = customer_log
+        .append_batch(&[
+            Customer {
+                id: 1,
+                city: "Oslo".into(),
+            },
+            Customer {
+                id: 2,
+                city: "Lima".into(),
+            },
+        ])
+        .unwrap()
+        .end;
+    let customers: Table<u32, Customer> = customer_log
+        .table("by-id", |c| c.id, |slot: &mut Customer, c| *slot = c)
+        .unwrap();
+    customers.wait_for(end).unwrap();
+    checkouts
+        .append_batch(&[
+            Order {
+                id: 10,
+                customer_id: 1,
+            },
+            Order {
+                id: 11,
+                customer_id: 3,
+            },
+            Order {
+                id: 12,
+                customer_id: 2,
+            },
+        ])
+        .unwrap();
+    let shipments_job = checkouts
+        .stream("enrich", Start::Beginning)
+        .join(
+            &customers,
+            |c| c.customer_id,
+            |c, cust| Shipment::new(c, cust),
+        )
+        .to(&shipments)
+        .unwrap();
+    let all_job = checkouts
+        .stream("enrich-all", Start::Beginning)
+        .left_join(
+            &customers,
+            |c| c.customer_id,
+            |c, cust| Shipment {
+                order: c.id,
+                city: cust.map(|c| c.city),
+            },
+        )
+        .to(&all)
+        .unwrap();
+    for job in [shipments_job, all_job] {
+        job.wait_for(3).unwrap();
+        job.stop();
+        job.join().unwrap();
+    }
+    let city = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        values(&shipments),
+        [
+            Shipment {
+                order: 10,
+                city: city("Oslo")
+            },
+            Shipment {
+                order: 12,
+                city: city("Lima")
+            }
+        ]
+    );
+    assert_eq!(
+        values(&all),
+        [
+            Shipment {
+                order: 10,
+                city: city("Oslo")
+            },
+            Shipment {
+                order: 11,
+                city: None
+            },
+            Shipment {
+                order: 12,
+                city: city("Lima")
+            }
+        ]
+    );
 }

@@ -266,7 +266,7 @@ impl Log {
         let result = match call {
             Append(n) => self
                 .writer
-                .append(&self.host, n as usize, None, None, |i, out| {
+                .append(&self.host, n as usize, None, None, None, |i, out| {
                     // Under the writer's lock the next offset to assign is
                     // `assigned`: each record's bytes name its offset.
                     out.extend_from_slice(&payload(self.writer.assigned() + i as u64));

@@ -293,10 +293,11 @@ impl Store {
         count: usize,
         expected: Option<u64>,
         checkpoint: Option<(&str, &[u8])>,
+        source_times: Option<&[u64]>,
         encode: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Range<u64>> {
         self.writer()?
-            .append(self, count, expected, checkpoint, encode)
+            .append(self, count, expected, checkpoint, source_times, encode)
     }
 
     /// The body of the newest whole checkpoint named `name`, if there is
@@ -650,8 +651,10 @@ impl Host<Segment> for Store {
     ) -> std::result::Result<Arc<Segment>, Failure> {
         let storage = &self.options.storage;
         // Room for the carried checkpoints and a record of the largest size
-        // beside them: a segment grows past `segment_bytes` when it must.
-        let largest = u64::from(self.options.record_limit()) + format::FRAME_OVERHEAD as u64;
+        // (with a source time) beside them: a segment grows past
+        // `segment_bytes` when it must.
+        let largest = u64::from(self.options.record_limit())
+            + (format::FRAME_OVERHEAD + format::SOURCE_TIME_LEN) as u64;
         let capacity = self
             .options
             .segment_bytes

@@ -39,6 +39,7 @@ use super::notifier::Notifier;
 use crate::error::{Error, Result};
 use crate::format::{
     self, encode_index_entry, seal_frame, FrameKind, Layout, Watermark, FRAME_OVERHEAD,
+    SOURCE_TIME_LEN,
 };
 use crate::options::Durability;
 use crate::record::now_micros;
@@ -319,8 +320,10 @@ impl<A: Active> Writer<A> {
         count: usize,
         expected: Option<u64>,
         checkpoint: Option<(&str, &[u8])>,
+        source_times: Option<&[u64]>,
         mut encode: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Range<u64>> {
+        debug_assert!(source_times.is_none_or(|times| times.len() == count));
         let mut w = self.state.lock();
         self.check_writable(&mut w)?;
         if let Some(expected) = expected {
@@ -373,7 +376,7 @@ impl<A: Active> Writer<A> {
         }
         // A panicking Serialize impl must not leave half a frame behind.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            seal_frames(&mut w.buf, count, first, ts, max, &mut encode)
+            seal_frames(&mut w.buf, count, first, ts, max, source_times, &mut encode)
         }));
         match encoded {
             Ok(Ok(())) => {}
@@ -974,20 +977,24 @@ fn seal_control_frames(buf: &mut Vec<u8>, chunks: &[Vec<u8>], next: u64, ts: u64
 }
 
 /// Encodes `count` records at the end of `buf` as frames with offsets from
-/// `first` and timestamp `ts`, each payload written in place by `encode`.
+/// `first` and timestamp `ts` (and the source time at the same index of
+/// `source_times`), each payload written in place by `encode`.
 fn seal_frames(
     buf: &mut Vec<u8>,
     count: usize,
     first: u64,
     ts: u64,
     max: u32,
+    source_times: Option<&[u64]>,
     encode: &mut impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
 ) -> Result<()> {
     for i in 0..count {
         let frame = buf.len();
-        buf.extend_from_slice(&[0; FRAME_OVERHEAD]);
+        let source_time = source_times.map(|times| times[i]);
+        let header = FRAME_OVERHEAD + source_time.map_or(0, |_| SOURCE_TIME_LEN);
+        buf.resize(frame + header, 0);
         encode(i, buf)?;
-        let size = buf.len() - frame - FRAME_OVERHEAD;
+        let size = buf.len() - frame - header;
         if size > max as usize {
             return Err(Error::RecordTooLarge { size, max });
         }
@@ -996,7 +1003,7 @@ fn seal_frames(
             first + i as u64,
             ts,
             FrameKind::Record,
-            None,
+            source_time,
         );
     }
     Ok(())

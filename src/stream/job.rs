@@ -1,48 +1,206 @@
 //! A running job: the thread that drives a [`Stream`]'s operators over
 //! batches of its source's records and commits each batch's outputs with
-//! its source position, and the [`Job`] handle that watches and stops it.
+//! its source position and the operators' state, where its outputs go (an
+//! output log, or a function with a checkpoint log of its own), its
+//! dead-letter log, and the [`Job`] handle that watches and stops it.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::operator::{Event, Verdict};
+use super::running::Claim;
 use super::Stream;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::log::{Checkpoint, EventLog};
-use crate::record::Start;
+use crate::log::{Checkpoint, DeadLetter, EventLog};
+use crate::record::{Start, Timestamp};
+
+/// The first byte of a job's checkpoint state: how the operators' states
+/// after it are laid out.
+const STATE_VERSION: u8 = 1;
 
 /// How long the job waits for a source record before it looks at its stop
 /// flag again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The jobs running in this process, by output log and name: two jobs of
-/// one name must not race on one checkpoint.
-static RUNNING: Mutex<BTreeSet<(PathBuf, String)>> = Mutex::new(BTreeSet::new());
+/// Where a job's outputs go, committed with its checkpoint.
+pub(super) trait Output<T>: Send + 'static {
+    fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>>;
+
+    /// Hands on a batch's outputs (emptying `outputs`) and commits
+    /// `checkpoint` with them.
+    fn commit(&mut self, outputs: &mut Vec<Event<T>>, checkpoint: &Checkpoint) -> Result<()>;
+}
+
+/// An output log: each batch's outputs, with their event times as source
+/// times, in one committing append.
+pub(super) struct LogOutput<T, D> {
+    log: EventLog<T, D>,
+    values: Vec<T>,
+    times: Vec<Timestamp>,
+}
+
+impl<T, D> LogOutput<T, D> {
+    pub(super) fn new(log: EventLog<T, D>) -> LogOutput<T, D> {
+        LogOutput {
+            log,
+            values: Vec::new(),
+            times: Vec::new(),
+        }
+    }
+}
+
+impl<T, D> Output<T> for LogOutput<T, D>
+where
+    T: Send + 'static,
+    D: Codec<T> + Send + Sync + 'static,
+{
+    fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        self.log.last_checkpoint(name)
+    }
+
+    fn commit(&mut self, outputs: &mut Vec<Event<T>>, checkpoint: &Checkpoint) -> Result<()> {
+        self.values.clear();
+        self.times.clear();
+        for event in outputs.drain(..) {
+            self.values.push(event.value);
+            self.times.push(event.time);
+        }
+        self.log
+            .append_derived(&self.values, &self.times, Some(checkpoint))
+            .map(drop)
+    }
+}
+
+/// A function that takes each output, and a log of the job's own that
+/// holds only its checkpoints.
+pub(super) struct EachOutput<F> {
+    checkpoints: EventLog<()>,
+    f: F,
+}
+
+impl<F> EachOutput<F> {
+    /// Where the checkpoints of job `name` on `source` go:
+    /// `<source>.jobs/<name>`.
+    pub(super) fn path<S, C: Codec<S>>(source: &EventLog<S, C>, name: &str) -> PathBuf {
+        let mut dir = source.path().as_os_str().to_owned();
+        dir.push(".jobs");
+        Path::new(&dir).join(name)
+    }
+
+    pub(super) fn open(path: &Path, f: F) -> Result<EachOutput<F>> {
+        let checkpoints = EventLog::open(path)?;
+        Ok(EachOutput { checkpoints, f })
+    }
+}
+
+impl<T, F> Output<T> for EachOutput<F>
+where
+    T: Send + 'static,
+    F: FnMut(T) + Send + 'static,
+{
+    fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        self.checkpoints.last_checkpoint(name)
+    }
+
+    fn commit(&mut self, outputs: &mut Vec<Event<T>>, checkpoint: &Checkpoint) -> Result<()> {
+        for event in outputs.drain(..) {
+            (self.f)(event.value);
+        }
+        self.checkpoints
+            .append_committing(&[], checkpoint)
+            .map(drop)
+    }
+}
+
+/// A job's dead-letter log: the records its functions rejected or that
+/// came too late, committed (with the job's position) before the batch's
+/// outputs, so a restart knows which it has already written.
+pub(super) struct DeadLetterLog(Box<dyn LetterSink>);
+
+trait LetterSink: Send {
+    fn append(&self, letters: &[DeadLetter], checkpoint: &Checkpoint) -> Result<()>;
+    fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>>;
+}
+
+impl<D> LetterSink for EventLog<DeadLetter, D>
+where
+    D: Codec<DeadLetter> + Send + Sync + 'static,
+{
+    fn append(&self, letters: &[DeadLetter], checkpoint: &Checkpoint) -> Result<()> {
+        self.append_committing(letters, checkpoint).map(drop)
+    }
+
+    fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        EventLog::last_checkpoint(self, name)
+    }
+}
+
+impl DeadLetterLog {
+    pub(super) fn new<D>(log: EventLog<DeadLetter, D>) -> DeadLetterLog
+    where
+        D: Codec<DeadLetter> + Send + Sync + 'static,
+    {
+        DeadLetterLog(Box::new(log))
+    }
+}
 
 /// What the job's thread and its handle share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// The next source offset the job will handle.
     position: AtomicU64,
     stop: AtomicBool,
+    /// Source records handled, outputs committed, late records and dead
+    /// letters written, since this run started.
+    handled: AtomicU64,
+    outputs: AtomicU64,
+    late: AtomicU64,
+    dead_letters: AtomicU64,
+    started: Instant,
     /// Wakes `wait_for` when the position moves or the job ends.
     moved: Condvar,
     /// `Some` once the job has ended: why, if it failed.
     ended: Mutex<Option<Option<String>>>,
 }
 
-/// A job started by [`Stream::to`], running until it is stopped, fails, or
-/// its source or output log is closed. Each job has a thread of its own,
-/// for now; a bounded runtime shared by jobs and tables is to replace it.
+/// A job's figures, as [`Job::figures`] reads them.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct JobFigures {
+    /// The next source offset the job will handle.
+    pub position: u64,
+    /// Source records not yet handled.
+    pub lag: u64,
+    /// Source records handled since this run started.
+    pub handled: u64,
+    /// Outputs committed since this run started.
+    pub outputs: u64,
+    /// Records that came too late for their window, since this run
+    /// started (each also a dead letter, if the job has a dead-letter log).
+    pub late: u64,
+    /// Dead letters written since this run started.
+    pub dead_letters: u64,
+    /// Source records handled per second, on average since this run
+    /// started.
+    pub rate: f64,
+}
+
+/// A job started by [`Stream::to`] or [`Stream::for_each`], running until
+/// it is stopped, fails, or its source or output log is closed. Each job
+/// has a thread of its own, for now; a bounded runtime shared by jobs and
+/// tables is to replace it.
 ///
-/// Dropping the handle stops the job after its current batch and waits for
-/// it (what it committed stays committed); [`stop`](Job::stop) and
-/// [`join`](Job::join) do the same and report how it ended. The job keeps
-/// its source and output logs open while it runs.
+/// Dropping the handle leaves the job running, as dropping a thread's
+/// `JoinHandle` does: it runs until a log it uses is closed or the process
+/// ends (what it committed stays committed, and a job started again under
+/// its name resumes there). Keep the handle to [`stop`](Job::stop) it and
+/// [`join`](Job::join) it, which reports how it ended. The job keeps its
+/// logs open while it runs, and its name taken: starting it again in this
+/// process while it runs is [`Error::JobRunning`].
 pub struct Job {
     name: String,
     shared: Arc<Shared>,
@@ -60,58 +218,61 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Releases a job's name when its thread ends, however it ends.
-struct Running((PathBuf, String));
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.0);
-    }
+/// A job's parts, as its thread takes them.
+struct Parts<S, T, C, O> {
+    stream: Stream<S, T, C>,
+    output: O,
+    /// Dead letters for source offsets below this are already written.
+    letters_from: u64,
 }
 
 impl Job {
-    pub(super) fn start<S, T, C, D>(stream: Stream<S, T, C>, output: EventLog<T, D>) -> Result<Job>
+    /// Starts `stream` as a job committing where `output` (made once the
+    /// name is known to be free) does, in the log at `path`.
+    pub(super) fn start<S, T, C, O>(
+        stream: Stream<S, T, C>,
+        path: PathBuf,
+        output: impl FnOnce() -> Result<O>,
+    ) -> Result<Job>
     where
         S: Send + 'static,
         T: Send + 'static,
         C: Codec<S> + Send + Sync + 'static,
-        D: Codec<T> + Send + Sync + 'static,
+        O: Output<T>,
     {
         crate::name::validate(&stream.name)?;
-        let key = (output.path().to_path_buf(), stream.name.clone());
-        if !RUNNING
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone())
-        {
-            return Err(Error::JobRunning {
-                name: stream.name.clone(),
-                path: key.0,
-            });
+        let mut stream = stream;
+        if let Some(invalid) = stream.invalid.take() {
+            return Err(invalid);
         }
-        let running = Running(key);
-        let shared = Arc::new(Shared::default());
+        let running = Claim::take(&stream.name, &path)?;
         // Where it resumes, found before the thread starts: a bad
         // checkpoint is the caller's error at once.
-        let next = match resume(&stream, &output) {
-            Ok(next) => next,
-            Err(e) => {
-                drop(running);
-                return Err(e);
-            }
+        let mut parts = Parts {
+            stream,
+            output: output()?,
+            letters_from: 0,
         };
-        shared.position.store(next, Ordering::Release);
-        let name = stream.name.clone();
-        let source = stream.source.clone();
+        let next = resume(&mut parts)?;
+        let shared = Arc::new(Shared {
+            position: AtomicU64::new(next),
+            stop: AtomicBool::new(false),
+            handled: AtomicU64::new(0),
+            outputs: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            started: Instant::now(),
+            moved: Condvar::new(),
+            ended: Mutex::new(None),
+        });
+        let name = parts.stream.name.clone();
+        let source = parts.stream.source.clone();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("backbone-job-{name}"))
             .spawn(move || {
                 let _running = running;
-                let result = run(stream, &output, &thread_shared, next);
+                let result = run(parts, &thread_shared, next);
                 let failure = result.as_ref().err().map(ToString::to_string);
                 *thread_shared
                     .ended
@@ -143,6 +304,25 @@ impl Job {
     /// Source records not yet handled.
     pub fn lag(&self) -> u64 {
         (self.source_end)().saturating_sub(self.position())
+    }
+
+    /// The job's position, lag, counts and rate.
+    pub fn figures(&self) -> JobFigures {
+        let handled = self.shared.handled.load(Ordering::Relaxed);
+        let secs = self.shared.started.elapsed().as_secs_f64();
+        JobFigures {
+            position: self.position(),
+            lag: self.lag(),
+            handled,
+            outputs: self.shared.outputs.load(Ordering::Relaxed),
+            late: self.shared.late.load(Ordering::Relaxed),
+            dead_letters: self.shared.dead_letters.load(Ordering::Relaxed),
+            rate: if secs > 0.0 {
+                handled as f64 / secs
+            } else {
+                0.0
+            },
+        }
     }
 
     /// Whether the job has ended (stopped, failed, or its logs closed).
@@ -198,15 +378,11 @@ impl Job {
     ///
     /// # Errors
     ///
-    /// What stopped it: [`Error::JobFailed`] for a panic in a user
-    /// function (nothing of that batch is committed), or the error of a
-    /// read or an append ([`Error::Closed`] when a log was closed under
-    /// it).
+    /// What stopped it: [`Error::JobFailed`] for a panic or rejection in a
+    /// user function without a dead-letter log (nothing of that batch is
+    /// committed), or the error of a read or an append ([`Error::Closed`]
+    /// when a log was closed under it).
     pub fn join(mut self) -> Result<()> {
-        self.wait()
-    }
-
-    fn wait(&mut self) -> Result<()> {
         match self.thread.take() {
             Some(thread) => thread.join().unwrap_or_else(|_| {
                 Err(Error::JobFailed {
@@ -219,24 +395,26 @@ impl Job {
     }
 }
 
-impl Drop for Job {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = self.wait();
-    }
-}
-
-/// Where a job resumes: after its last checkpoint in `output`, or, on its
-/// first run, at `start`, committed at once (an empty batch) so that a
-/// restart resumes there, not at a later `Start::End`.
-fn resume<S, T, C, D>(stream: &Stream<S, T, C>, output: &EventLog<T, D>) -> Result<u64>
+/// Where a job resumes: after its last checkpoint, with the operators'
+/// state taken from it, or, on its first run, at `start`, committed at
+/// once (an empty batch) so that a restart resumes there, not at a later
+/// `Start::End`.
+fn resume<S, T, C, O>(parts: &mut Parts<S, T, C, O>) -> Result<u64>
 where
     C: Codec<S>,
-    D: Codec<T>,
+    O: Output<T>,
 {
+    let stream = &mut parts.stream;
     let source = &stream.source;
-    if let Some(checkpoint) = output.last_checkpoint(&stream.name)? {
-        return checkpoint.position_in(source);
+    if let Some(letters) = &stream.dead_letters {
+        if let Some(checkpoint) = letters.0.last_checkpoint(&stream.name)? {
+            parts.letters_from = checkpoint.position_in(source)?;
+        }
+    }
+    if let Some(checkpoint) = parts.output.last_checkpoint(&stream.name)? {
+        let next = checkpoint.position_in(source)?;
+        restore(stream, checkpoint.state())?;
+        return Ok(next);
     }
     let next = match stream.start {
         Start::Beginning => source.first_offset(),
@@ -247,64 +425,160 @@ where
             None => source.next_offset(),
         },
     };
-    let checkpoint = Checkpoint::new(stream.name.clone()).source(source, next)?;
-    output.append_committing(&[], &checkpoint)?;
+    let checkpoint = checkpoint(stream, next)?;
+    parts.output.commit(&mut Vec::new(), &checkpoint)?;
     Ok(next)
 }
 
+/// The checkpoint of a job at `next`: its position in the source (made
+/// durable below `next` first) and its operators' state.
+fn checkpoint<S, T, C: Codec<S>>(stream: &Stream<S, T, C>, next: u64) -> Result<Checkpoint> {
+    let mut state = vec![STATE_VERSION];
+    stream.operator.snapshot(&mut state)?;
+    Ok(Checkpoint::new(stream.name.clone())
+        .source(&stream.source, next)?
+        .with_state(state))
+}
+
+fn restore<S, T, C>(stream: &mut Stream<S, T, C>, state: &[u8]) -> Result<()> {
+    let bad = |reason: &str| Error::InvalidArgument {
+        name: "checkpoint state",
+        reason: format!("job {}: {reason}", stream.name),
+    };
+    let Some((&version, mut rest)) = state.split_first() else {
+        // A job that committed before operators had state.
+        return Ok(());
+    };
+    if version != STATE_VERSION {
+        return Err(bad(&format!("state version {version} is not known")));
+    }
+    stream.operator.restore(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(bad(
+            "the state has bytes no operator took: another pipeline wrote it",
+        ));
+    }
+    Ok(())
+}
+
 /// The job's loop: a batch of source records through the operators, its
-/// outputs and the source position committed together, until stopped.
-fn run<S, T, C, D>(
-    stream: Stream<S, T, C>,
-    output: &EventLog<T, D>,
-    shared: &Shared,
-    mut next: u64,
-) -> Result<()>
+/// outputs, the source position and the operators' state committed
+/// together, until stopped.
+fn run<S, T, C, O>(parts: Parts<S, T, C, O>, shared: &Shared, mut next: u64) -> Result<()>
 where
     C: Codec<S>,
-    D: Codec<T>,
+    O: Output<T>,
 {
-    let Stream {
-        source,
-        name,
-        batch,
-        mut pipeline,
-        ..
-    } = stream;
-    let subscription = source.subscribe(Start::Offset(next))?;
-    let mut records = Vec::with_capacity(batch.min(4096));
+    let Parts {
+        mut stream,
+        mut output,
+        letters_from,
+    } = parts;
+    let subscription = stream.source.subscribe(Start::Offset(next))?;
+    let mut records = Vec::with_capacity(stream.batch.min(4096));
     let mut outputs = Vec::new();
+    let mut letters = Vec::new();
+    let verdict = Verdict::default();
     while !shared.stop.load(Ordering::Acquire) {
         let Some(first) = subscription.recv_timeout(POLL)? else {
             continue;
         };
         records.push(first);
-        while records.len() < batch {
+        while records.len() < stream.batch {
             match subscription.try_recv()? {
                 Some(record) => records.push(record),
                 None => break,
             }
         }
         let end = records.last().map_or(next, |r| r.offset + 1);
-        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for record in records.drain(..) {
-                pipeline(record, &mut |value| outputs.push(value));
+        let count = records.len() as u64;
+        let mut late = 0;
+        for record in records.drain(..) {
+            let (offset, timestamp) = (record.offset, record.timestamp);
+            let event = Event {
+                time: record.event_time(),
+                value: record.value,
+            };
+            let mark = outputs.len();
+            let operator = &mut stream.operator;
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                operator.on_record(event, &verdict, &mut |out| outputs.push(out));
+            }));
+            let (too_late, rejected) = verdict.take();
+            let rejected = match handled {
+                Ok(()) => rejected,
+                Err(panic) => Some(panic_message(panic.as_ref())),
+            };
+            let reason = match (rejected, too_late) {
+                (Some(reason), _) => {
+                    outputs.truncate(mark);
+                    if stream.dead_letters.is_none() {
+                        return Err(Error::JobFailed {
+                            name: stream.name,
+                            reason,
+                        });
+                    }
+                    reason
+                }
+                (None, Some(reason)) => {
+                    late += 1;
+                    reason
+                }
+                (None, None) => continue,
+            };
+            if stream.dead_letters.is_some() && offset >= letters_from {
+                letters.push(dead_letter(&stream.source, offset, timestamp, reason)?);
             }
-        }));
-        if let Err(panic) = handled {
-            return Err(Error::JobFailed {
-                name,
-                reason: panic_message(panic.as_ref()),
-            });
         }
-        let checkpoint = Checkpoint::new(name.clone()).source(&source, end)?;
-        output.append_committing(&outputs, &checkpoint)?;
-        outputs.clear();
+        let checkpoint = checkpoint(&stream, end)?;
+        if let Some(dead) = &stream.dead_letters {
+            if !letters.is_empty() {
+                dead.0.append(&letters, &checkpoint)?;
+                shared
+                    .dead_letters
+                    .fetch_add(letters.len() as u64, Ordering::Relaxed);
+                letters.clear();
+            }
+        }
+        let made = outputs.len() as u64;
+        output.commit(&mut outputs, &checkpoint)?;
         next = end;
+        shared.handled.fetch_add(count, Ordering::Relaxed);
+        shared.outputs.fetch_add(made, Ordering::Relaxed);
+        shared.late.fetch_add(late, Ordering::Relaxed);
         shared.position.store(next, Ordering::Release);
         shared.moved.notify_all();
     }
     Ok(())
+}
+
+/// The dead letter of the source record at `offset`: its bytes as stored,
+/// read again (the value went into the operators).
+fn dead_letter<S, C: Codec<S>>(
+    source: &EventLog<S, C>,
+    offset: u64,
+    timestamp: Timestamp,
+    reason: String,
+) -> Result<DeadLetter> {
+    let mut payload = Vec::new();
+    if let Some(record) = source.get(offset)? {
+        source
+            .codec()
+            .encode(&record.value, &mut payload)
+            .map_err(|e| Error::Codec {
+                codec: source.codec().name(),
+                offset: Some(offset),
+                event_type: None,
+                source: e,
+            })?;
+    }
+    Ok(DeadLetter::new(
+        source.path().display().to_string(),
+        offset,
+        timestamp,
+        reason,
+        payload,
+    ))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

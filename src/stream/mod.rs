@@ -2,8 +2,17 @@
 //! exactly once. A [`Stream`] names a source log, a job name and where a
 //! first run starts; operators ([`filter`](Stream::filter),
 //! [`map`](Stream::map), [`flat_map`](Stream::flat_map),
-//! [`inspect`](Stream::inspect)) shape its records; [`to`](Stream::to)
-//! starts it as a [`Job`] writing into an output log.
+//! [`try_map`](Stream::try_map), [`inspect`](Stream::inspect),
+//! [`scan`](Stream::scan), and keyed [`Window`]s with their aggregates)
+//! shape its records; [`to`](Stream::to) starts it as a [`Job`] writing
+//! into an output log, and [`for_each`](Stream::for_each) as one that
+//! hands each result to a function.
+//!
+//! Every value carries an event time: the record's
+//! [`event_time`](crate::Record::event_time) unless
+//! [`event_time`](Stream::event_time) says otherwise. Outputs carry their
+//! input's event time as their source time, so a job reading a job's
+//! output windows on the time of the original events.
 //!
 //! A job hands each batch of outputs to its output log together with a
 //! checkpoint of its position in the source
@@ -34,27 +43,46 @@
 //! ```
 
 mod job;
+mod join;
+mod operator;
+mod running;
+mod table;
+mod window;
+pub use self::table::{Table, TableChange, TableOptions};
 
-pub use self::job::Job;
+pub use self::job::{Job, JobFigures};
+pub use self::window::{Aggregated, Emit, KeyedStream, Lateness, Window, Windowed, WindowedStream};
 
+use std::fmt::Display;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use self::job::{DeadLetterLog, EachOutput, LogOutput};
+use self::operator::{
+    read_state, write_state, BoxedOperator, Chain, Event, Operator, Stage, Verdict,
+};
 use crate::codec::Codec;
-use crate::error::Result;
-use crate::log::EventLog;
-use crate::record::{Record, Start};
-
-/// The operators of a stream, composed: each source record goes in, and
-/// the outputs it makes are handed to `emit`.
-type Pipeline<S, T> = Box<dyn FnMut(Record<S>, &mut dyn FnMut(T)) + Send>;
+use crate::error::{Error, Result};
+use crate::log::{DeadLetter, EventLog};
+use crate::record::{Start, Timestamp};
 
 /// A pipeline from a source log, not yet started: operators are added by
-/// value, and [`to`](Stream::to) starts it.
-#[must_use = "a stream does nothing until it is started with `to`"]
+/// value, and [`to`](Stream::to) or [`for_each`](Stream::for_each) starts
+/// it.
+#[must_use = "a stream does nothing until it is started with `to` or `for_each`"]
 pub struct Stream<S, T, C> {
     source: EventLog<S, C>,
     name: String,
     start: Start,
     batch: usize,
-    pipeline: Pipeline<S, T>,
+    /// The lateness set by `event_time`, for the windows after it.
+    lateness: Duration,
+    dead_letters: Option<DeadLetterLog>,
+    /// A bad argument to an operator, reported when the job starts.
+    invalid: Option<Error>,
+    operator: BoxedOperator<S, T>,
 }
 
 impl<S, T, C> std::fmt::Debug for Stream<S, T, C> {
@@ -63,6 +91,7 @@ impl<S, T, C> std::fmt::Debug for Stream<S, T, C> {
             .field("name", &self.name)
             .field("start", &self.start)
             .field("batch", &self.batch)
+            .field("lateness", &self.lateness)
             .finish_non_exhaustive()
     }
 }
@@ -82,9 +111,19 @@ where
             name: name.to_owned(),
             start,
             batch: 1024,
-            pipeline: Box::new(|record, emit| emit(record.value)),
+            lateness: Duration::ZERO,
+            dead_letters: None,
+            invalid: None,
+            operator: Box::new(Stage(
+                |event: Event<S>, _: &Verdict, out: &mut dyn FnMut(Event<S>)| out(event),
+            )),
         }
     }
+}
+
+/// Microseconds in `d`, saturating.
+fn micros_of(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
 impl<S, T, C> Stream<S, T, C>
@@ -93,27 +132,43 @@ where
     T: Send + 'static,
     C: Codec<S> + Send + Sync + 'static,
 {
-    fn then<U>(
-        self,
-        mut stage: impl FnMut(T, &mut dyn FnMut(U)) + Send + 'static,
-    ) -> Stream<S, U, C> {
-        let mut pipeline = self.pipeline;
+    fn then_operator<U: 'static>(self, operator: impl Operator<T, U> + 'static) -> Stream<S, U, C> {
         Stream {
             source: self.source,
             name: self.name,
             start: self.start,
             batch: self.batch,
-            pipeline: Box::new(move |record, emit| {
-                pipeline(record, &mut |value| stage(value, emit));
+            lateness: self.lateness,
+            dead_letters: self.dead_letters,
+            invalid: self.invalid,
+            operator: Box::new(Chain {
+                first: self.operator,
+                second: Box::new(operator),
             }),
         }
     }
 
+    fn then<U: 'static>(
+        self,
+        stage: impl FnMut(Event<T>, &Verdict, &mut dyn FnMut(Event<U>)) + Send + 'static,
+    ) -> Stream<S, U, C> {
+        self.then_operator(Stage(stage))
+    }
+
+    /// The same stream, to fail with `error` when it starts.
+    fn invalid<U>(mut self, error: Error) -> Stream<S, U, C>
+    where
+        U: Send + 'static,
+    {
+        self.invalid.get_or_insert(error);
+        self.then(|_, _, _| {})
+    }
+
     /// Keeps the values for which `keep` is true.
     pub fn filter(self, mut keep: impl FnMut(&T) -> bool + Send + 'static) -> Stream<S, T, C> {
-        self.then(move |value, emit| {
-            if keep(&value) {
-                emit(value);
+        self.then(move |event, _, out| {
+            if keep(&event.value) {
+                out(event);
             }
         })
     }
@@ -123,7 +178,29 @@ where
         self,
         mut f: impl FnMut(T) -> U + Send + 'static,
     ) -> Stream<S, U, C> {
-        self.then(move |value, emit| emit(f(value)))
+        self.then(move |event, _, out| {
+            out(Event {
+                value: f(event.value),
+                time: event.time,
+            })
+        })
+    }
+
+    /// Turns each value into another, or rejects it: the source record it
+    /// came from then goes to the [`dead_letter`](Stream::dead_letter) log
+    /// with the error's text (and nothing of it to the output), or, without
+    /// one, the job stops with [`Error::JobFailed`].
+    pub fn try_map<U: Send + 'static, E: Display>(
+        self,
+        mut f: impl FnMut(T) -> std::result::Result<U, E> + Send + 'static,
+    ) -> Stream<S, U, C> {
+        self.then(move |event, verdict, out| match f(event.value) {
+            Ok(value) => out(Event {
+                value,
+                time: event.time,
+            }),
+            Err(e) => verdict.reject(e.to_string()),
+        })
     }
 
     /// Turns each value into any number of others, in order.
@@ -131,19 +208,71 @@ where
         self,
         mut f: impl FnMut(T) -> I + Send + 'static,
     ) -> Stream<S, U, C> {
-        self.then(move |value, emit| {
-            for out in f(value) {
-                emit(out);
+        self.then(move |event, _, out| {
+            for value in f(event.value) {
+                out(Event {
+                    value,
+                    time: event.time,
+                });
             }
         })
     }
 
     /// Looks at each value as it passes (for logging or metrics).
     pub fn inspect(self, mut f: impl FnMut(&T) + Send + 'static) -> Stream<S, T, C> {
-        self.then(move |value, emit| {
-            f(&value);
-            emit(value);
+        self.then(move |event, _, out| {
+            f(&event.value);
+            out(event);
         })
+    }
+
+    /// Sets each value's event time to `time(value)`, and how late a value
+    /// may come for the windows after this ([`Lateness`]). Without it, a
+    /// value's event time is its record's
+    /// [`event_time`](crate::Record::event_time), with no lateness.
+    pub fn event_time<E: Into<Timestamp>>(
+        self,
+        mut time: impl FnMut(&T) -> E + Send + 'static,
+        lateness: Lateness,
+    ) -> Stream<S, T, C> {
+        let mut stream = self.then(move |event: Event<T>, _, out| {
+            let time = time(&event.value).into();
+            out(Event {
+                value: event.value,
+                time,
+            });
+        });
+        stream.lateness = lateness.0;
+        stream
+    }
+
+    /// A running state: `f` updates it with each value and may emit a
+    /// value made from it. The state starts as `init` and is part of the
+    /// job's checkpoint (serialized with each committed batch).
+    pub fn scan<A, U>(
+        self,
+        init: A,
+        f: impl FnMut(&mut A, T) -> Option<U> + Send + 'static,
+    ) -> Stream<S, U, C>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        U: Send + 'static,
+    {
+        self.then_operator(Scan { state: init, f })
+    }
+
+    /// Sends the source records a user function rejects
+    /// ([`try_map`](Stream::try_map), or a panic) and the records that come
+    /// too late for their window to `log` as [`DeadLetter`]s (with the
+    /// reason and the record's bytes), and goes on, instead of stopping.
+    /// Each dead letter is written once, across restarts: the dead letters
+    /// of a batch are committed before its outputs.
+    pub fn dead_letter<D>(mut self, log: &EventLog<DeadLetter, D>) -> Stream<S, T, C>
+    where
+        D: Codec<DeadLetter> + Send + Sync + 'static,
+    {
+        self.dead_letters = Some(DeadLetterLog::new(log.clone()));
+        self
     }
 
     /// At most this many source records per batch (default 1024): each
@@ -157,13 +286,60 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`](crate::Error::InvalidName);
-    /// [`Error::JobRunning`](crate::Error::JobRunning) while a job of this
-    /// name writes into `output` in this process; errors resuming from its
-    /// checkpoint ([`Error::CheckpointAhead`](crate::Error::CheckpointAhead),
-    /// [`Error::NotInCheckpoint`](crate::Error::NotInCheckpoint)) or
-    /// reading or writing the logs.
+    /// [`Error::InvalidName`]; [`Error::InvalidArgument`] for a bad
+    /// operator argument (a window that holds nothing);
+    /// [`Error::JobRunning`] while a job of this name writes into `output`
+    /// in this process; errors resuming from its checkpoint
+    /// ([`Error::CheckpointAhead`], [`Error::NotInCheckpoint`], a state
+    /// written by another pipeline) or reading or writing the logs.
     pub fn to<D: Codec<T> + Send + Sync + 'static>(self, output: &EventLog<T, D>) -> Result<Job> {
-        Job::start(self, output.clone())
+        let output = output.clone();
+        Job::start(self, output.path().to_path_buf(), move || {
+            Ok(LogOutput::new(output))
+        })
+    }
+
+    /// Starts the job, handing each output to `f` in order, at least once:
+    /// the job's checkpoints (position and operator state) go to a log of
+    /// their own, `<source>.jobs/<name>`, after `f` has had a batch, so
+    /// after a crash `f` sees the outputs of the batch in flight again.
+    ///
+    /// # Errors
+    ///
+    /// As [`to`](Stream::to), and opening the checkpoint log.
+    pub fn for_each(self, f: impl FnMut(T) + Send + 'static) -> Result<Job> {
+        crate::name::validate(&self.name)?;
+        let path = EachOutput::<()>::path(&self.source, &self.name);
+        Job::start(self, path.clone(), move || EachOutput::open(&path, f))
+    }
+}
+
+/// The operator of [`Stream::scan`].
+struct Scan<A, F> {
+    state: A,
+    f: F,
+}
+
+impl<T, U, A, F> Operator<T, U> for Scan<A, F>
+where
+    A: Serialize + DeserializeOwned + Send,
+    F: FnMut(&mut A, T) -> Option<U> + Send,
+{
+    fn on_record(&mut self, input: Event<T>, _: &Verdict, out: &mut dyn FnMut(Event<U>)) {
+        if let Some(value) = (self.f)(&mut self.state, input.value) {
+            out(Event {
+                value,
+                time: input.time,
+            });
+        }
+    }
+
+    fn snapshot(&self, out: &mut Vec<u8>) -> Result<()> {
+        write_state("scan", &self.state, out)
+    }
+
+    fn restore(&mut self, state: &mut &[u8]) -> Result<()> {
+        self.state = read_state("scan", state)?;
+        Ok(())
     }
 }
