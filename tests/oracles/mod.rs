@@ -775,6 +775,10 @@ fn ref_scan(
     chain
 }
 
+/// A batch a header walk saw open: its first frame, its offset, records,
+/// chunks, chunks seen, records seen.
+type WalkBatch = (u64, u64, u32, u32, u32, u32);
+
 /// Where a walk over frame headers (length, offset and, in version 2,
 /// kind fields; no CRC) from `pos`, expecting offset `at` there, goes
 /// wrong before it lands exactly on the watermark `(mark_pos, mark_next)`:
@@ -782,8 +786,13 @@ fn ref_scan(
 /// for a zero length, `Length`, `OffsetMismatch`, `UnknownFrame` for a
 /// kind that is neither record nor control, or `BadHeader` for a walk that
 /// reached or passed `mark_pos` elsewhere than on the watermark). A control
-/// frame does not advance the offset. docs/FORMAT.md, "The durable
-/// watermark slot" and the recovery table.
+/// frame does not advance the offset. The walk follows the checkpoint
+/// batches it passes (control frames checked whole, CRC included): a
+/// watermark inside a batch it saw open is that batch torn, at its first
+/// frame. A damaged control frame, or one that breaks the batch rule, is
+/// left for reads to report: the batch is then unknown until the next
+/// chunk 0. docs/FORMAT.md, "The durable watermark slot" and the recovery
+/// table.
 fn ref_walk(
     bytes: &[u8],
     mut pos: u64,
@@ -792,9 +801,16 @@ fn ref_walk(
     max_payload: u32,
     layout: Layout,
 ) -> Result<(), (u64, u64, CorruptionKind)> {
+    // The open batch, `Some(None)` between batches, `None` unknown.
+    let mut open: Option<Option<WalkBatch>> = Some(None);
     loop {
         if pos == mark_pos && at == mark_next {
-            return Ok(());
+            return match open {
+                Some(Some((p, n, records, _, _, found))) => {
+                    Err((p, n, CorruptionKind::TornBatch { records, found }))
+                }
+                _ => Ok(()),
+            };
         }
         if pos >= mark_pos {
             return Err((pos, at, CorruptionKind::BadHeader));
@@ -818,6 +834,36 @@ fn ref_walk(
                 found: found.unwrap_or(0),
             }
         } else if kind.is_some_and(|k| k <= KIND_CONTROL) {
+            open = if kind == Some(KIND_RECORD) {
+                match open {
+                    Some(Some(b)) if b.4 < b.3 => None,
+                    Some(Some(mut b)) => {
+                        b.5 += 1;
+                        Some(Some(b))
+                    }
+                    other => other,
+                }
+            } else {
+                let chunk = match ref_decode(bytes, p, max_payload, layout) {
+                    RefScan::Frame(f) => ref_chunk(&f.payload),
+                    _ => None,
+                };
+                match (chunk, open.unwrap_or(None)) {
+                    (Some(c), None) if c.chunk == 0 => {
+                        Some(Some((pos, at, c.records, c.chunks, 1, 0)))
+                    }
+                    (Some(c), Some(mut b)) if b.4 == c.chunk && b.3 == c.chunks => {
+                        b.4 += 1;
+                        Some(Some(b))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(Some(b)) = open {
+                if b.4 == b.3 && b.5 == b.2 {
+                    open = Some(None);
+                }
+            }
             pos += 8 + u64::from(len);
             if kind == Some(KIND_RECORD) {
                 at += 1;
