@@ -245,13 +245,16 @@ impl Segment {
         let path = dir.join(format::segment_name(base));
         let io = |op| move |e| Error::io(op, path_buf(dir, base), e);
         let records_end = RECORDS_START + initial.len() as u64;
+        // The carried checkpoints are synced with the header: the durable
+        // watermark is after them, so a follower knows they are durable
+        // before any record of this segment is.
         let header = encode_segment_header(
             &SegmentHeader {
                 base,
                 layout: Layout::V2,
             },
             &Watermark {
-                pos: RECORDS_START,
+                pos: records_end,
                 next: base,
                 last_ts,
                 closed: false,
@@ -706,7 +709,13 @@ impl Segment {
         }
         let target = durable.max(self.base);
         let bytes = self.map.bytes();
-        let region = bytes.get(..self.limit() as usize).unwrap_or(&[]);
+        let limit = self.limit();
+        let region = bytes.get(..limit as usize).unwrap_or(&[]);
+        // Frames before the header's watermark were synced (the carried
+        // checkpoints of a new segment, at least), whatever the notice says.
+        let synced = format::decode_watermark(&bytes)
+            .filter(|w| w.pos <= limit)
+            .map_or(RECORDS_START, |w| w.pos);
         let mut cut = None;
         scan(
             region,
@@ -715,15 +724,15 @@ impl Segment {
             self.max_payload,
             self.layout,
             |pos, frame| {
-                if frame.offset >= target && cut.is_none() {
-                    cut = Some(pos);
+                if pos >= synced && frame.offset >= target && cut.is_none() {
+                    cut = Some((pos, frame.offset));
                 }
             },
         );
         bytes.release();
-        if let Some(pos) = cut {
-            self.publish_extent(pos, target);
-            return target;
+        if let Some((pos, offset)) = cut {
+            self.publish_extent(pos, offset);
+            return offset;
         }
         next
     }

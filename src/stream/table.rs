@@ -567,7 +567,10 @@ impl<K, V> Table<K, V> {
         }
     }
 
-    /// Asks the driver to finish its current batch and stop. Reads go on
+    /// Asks the driver to finish its current batch and stop; what it
+    /// committed is then made durable (a changelog with a lazier
+    /// [`Durability`](crate::Durability) is synced), so
+    /// [`Table::load`] in another process sees all of it. Reads go on
     /// answering from the table as it stands.
     pub fn stop(&self) {
         self.inner.shared.stop.store(true, Ordering::Release);
@@ -745,7 +748,7 @@ where
         while !self.shared.stop.load(Ordering::Acquire) {
             self.step(POLL)?;
         }
-        Ok(())
+        self.changelog.sync()
     }
 
     /// Applies one batch of the source's records, waiting up to `wait` for
