@@ -658,3 +658,89 @@ fn a_stream_joins_a_table_and_a_left_join_keeps_the_misses() {
         ]
     );
 }
+
+#[test]
+fn many_jobs_and_a_table_share_a_runtime_of_one_thread() {
+    use backbone::stream::{Runtime, Table, TableOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(1).unwrap();
+    assert_eq!(runtime.threads(), 1);
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    let outputs: Vec<EventLog<u64>> = (0..12)
+        .map(|i| EventLog::open(tmp.path().join(format!("out-{i}"))).unwrap())
+        .collect();
+    let jobs: Vec<_> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            source
+                .stream(&format!("job-{i}"), Start::Beginning)
+                .map(move |n| n + i as u64)
+                .batch_size(16)
+                .on(&runtime)
+                .to(out)
+                .unwrap()
+        })
+        .collect();
+    let sums: Table<u64, u64> = source
+        .table_with(
+            "sums",
+            |n| n % 3,
+            |sum: &mut u64, n| *sum += n,
+            TableOptions::new().runtime(&runtime),
+        )
+        .unwrap();
+    // Live appends reach every one of them, a batch at a time in turn.
+    for chunk in (0..200u64).collect::<Vec<_>>().chunks(50) {
+        source.append_batch(chunk).unwrap();
+    }
+    for job in &jobs {
+        job.wait_for(200).unwrap();
+    }
+    sums.wait_for(200).unwrap();
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(
+            values(out),
+            (0..200).map(|n| n + i as u64).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(sums.get(&0), Some((0..200).filter(|n| n % 3 == 0).sum()));
+    for job in jobs {
+        job.stop();
+        job.join().unwrap();
+    }
+    sums.stop();
+    sums.join().unwrap();
+}
+
+#[test]
+fn dropping_a_runtime_ends_its_jobs_with_what_they_committed() {
+    use backbone::stream::Runtime;
+    let tmp = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    let output: EventLog<u64> = EventLog::open(tmp.path().join("output")).unwrap();
+    source.append_batch(&[1, 2, 3]).unwrap();
+    let runtime = Runtime::new(2).unwrap();
+    let job = source
+        .stream("short-lived", Start::Beginning)
+        .on(&runtime)
+        .to(&output)
+        .unwrap();
+    job.wait_for(3).unwrap();
+    drop(runtime);
+    match job.join() {
+        Err(Error::JobFailed { reason, .. }) => assert!(reason.contains("runtime"), "{reason}"),
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+    assert_eq!(values(&output), [1, 2, 3]);
+    // On the shared runtime, under the same name, it goes on.
+    let job = source
+        .stream("short-lived", Start::Beginning)
+        .to(&output)
+        .unwrap();
+    source.append(&4).unwrap();
+    job.wait_for(4).unwrap();
+    job.stop();
+    job.join().unwrap();
+    assert_eq!(values(&output), [1, 2, 3, 4]);
+}

@@ -179,7 +179,8 @@ struct Signal {
     selecting: AtomicBool,
     /// [`Stopper::stop`] was called.
     stopped: AtomicBool,
-    #[cfg(feature = "async")]
+    /// The task that last found it empty (an async `Stream`'s, or a stream
+    /// runtime's), woken with the blocked receivers.
     task: Mutex<Option<std::task::Waker>>,
 }
 
@@ -190,7 +191,6 @@ impl Wake for Signal {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let _ = self.ready.try_send(());
-        #[cfg(feature = "async")]
         if let Some(task) = self.task.lock().take() {
             task.wake();
         }
@@ -241,7 +241,6 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             sleepers: AtomicUsize::new(0),
             selecting: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            #[cfg(feature = "async")]
             task: Mutex::new(None),
         });
         // A first token, so that a `select!` before the first receive
@@ -383,6 +382,24 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         };
         let reader = self.reader.lock();
         store.next_offset().saturating_sub(reader.cursor.next) + reader.batch.len() as u64
+    }
+
+    /// The next record if one is there; if none is, `Ok(None)`, and
+    /// `waker` is woken when more may have come (for a task that must not
+    /// block its thread: a stream runtime's).
+    pub(crate) fn poll_record(&self, waker: &std::task::Waker) -> Result<Option<Record<T>>> {
+        loop {
+            match self.look()? {
+                Look::Item(item) => return item.map(Some),
+                Look::Empty => {}
+            }
+            // Registered before arming, so that a record published after
+            // the look wakes it instead of being missed.
+            *self.signal.task.lock() = Some(waker.clone());
+            if !self.arm() {
+                return Ok(None);
+            }
+        }
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Record<T>>> {

@@ -7,16 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::operator::{Event, Verdict};
 use super::running::Claim;
+use super::runtime::{Ending, Ends, Runtime, Step, Task};
 use super::Stream;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::log::{Checkpoint, DeadLetter, EventLog};
-use crate::record::{Start, Timestamp};
+use crate::log::{Checkpoint, DeadLetter, EventLog, Subscription};
+use crate::record::{Record, Start, Timestamp};
 
 /// The first byte of a job's checkpoint state: how the operators' states
 /// after it are laid out.
@@ -165,6 +166,20 @@ struct Shared {
     moved: Condvar,
     /// `Some` once the job has ended: why, if it failed.
     ended: Mutex<Option<Option<String>>>,
+    /// How it ended, for `join`.
+    result: Mutex<Option<Result<()>>>,
+}
+
+impl Ends for Shared {
+    fn end(&self, result: Result<()>) {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        if ended.is_some() {
+            return;
+        }
+        *ended = Some(result.as_ref().err().map(ToString::to_string));
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        self.moved.notify_all();
+    }
 }
 
 /// A job's figures, as [`Job::figures`] reads them.
@@ -190,9 +205,10 @@ pub struct JobFigures {
 }
 
 /// A job started by [`Stream::to`] or [`Stream::for_each`], running until
-/// it is stopped, fails, or its source or output log is closed. Each job
-/// has a thread of its own, for now; a bounded runtime shared by jobs and
-/// tables is to replace it.
+/// it is stopped, fails, or its source or output log is closed. It runs on
+/// a [`Runtime`](super::Runtime)'s threads (the shared one unless
+/// [`Stream::on`] says otherwise), a batch at a time, and takes none while
+/// its source has nothing new.
 ///
 /// Dropping the handle leaves the job running, as dropping a thread's
 /// `JoinHandle` does: it runs until a log it uses is closed or the process
@@ -205,7 +221,8 @@ pub struct Job {
     name: String,
     shared: Arc<Shared>,
     source_end: Box<dyn Fn() -> u64 + Send + Sync>,
-    thread: Option<JoinHandle<Result<()>>>,
+    /// Wakes the job's task (to see its stop flag).
+    waker: Waker,
 }
 
 impl std::fmt::Debug for Job {
@@ -218,12 +235,28 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// A job's parts, as its thread takes them.
+/// A job's parts, as its task holds them.
 struct Parts<S, T, C, O> {
     stream: Stream<S, T, C>,
     output: O,
     /// Dead letters for source offsets below this are already written.
     letters_from: u64,
+}
+
+/// A running job, as the runtime steps it: a batch per step.
+struct JobTask<S, T, C: Codec<S>, O> {
+    parts: Parts<S, T, C, O>,
+    shared: Arc<Shared>,
+    subscription: Subscription<S, C>,
+    next: u64,
+    records: Vec<Record<S>>,
+    outputs: Vec<Event<T>>,
+    letters: Vec<DeadLetter>,
+    verdict: Verdict,
+    /// The job's name, held while it runs.
+    _claim: Claim,
+    /// Last: says how it ended once everything above is let go.
+    ending: Ending<Shared>,
 }
 
 impl Job {
@@ -245,15 +278,20 @@ impl Job {
         if let Some(invalid) = stream.invalid.take() {
             return Err(invalid);
         }
-        let running = Claim::take(&stream.name, &path)?;
-        // Where it resumes, found before the thread starts: a bad
-        // checkpoint is the caller's error at once.
+        let claim = Claim::take(&stream.name, &path)?;
+        let runtime = match stream.runtime.take() {
+            Some(runtime) => runtime,
+            None => Runtime::shared()?,
+        };
+        // Where it resumes, found before it starts: a bad checkpoint is the
+        // caller's error at once.
         let mut parts = Parts {
             stream,
             output: output()?,
             letters_from: 0,
         };
         let next = resume(&mut parts)?;
+        let subscription = parts.stream.source.subscribe(Start::Offset(next))?;
         let shared = Arc::new(Shared {
             position: AtomicU64::new(next),
             stop: AtomicBool::new(false),
@@ -264,29 +302,29 @@ impl Job {
             started: Instant::now(),
             moved: Condvar::new(),
             ended: Mutex::new(None),
+            result: Mutex::new(None),
         });
         let name = parts.stream.name.clone();
         let source = parts.stream.source.clone();
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("backbone-job-{name}"))
-            .spawn(move || {
-                let _running = running;
-                let result = run(parts, &thread_shared, next);
-                let failure = result.as_ref().err().map(ToString::to_string);
-                *thread_shared
-                    .ended
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(failure);
-                thread_shared.moved.notify_all();
-                result
-            })
-            .map_err(|e| Error::io("spawn a thread for job", PathBuf::from(&name), e))?;
+        let batch = parts.stream.batch;
+        let task = JobTask {
+            parts,
+            shared: shared.clone(),
+            subscription,
+            next,
+            records: Vec::with_capacity(batch.min(4096)),
+            outputs: Vec::new(),
+            letters: Vec::new(),
+            verdict: Verdict::default(),
+            _claim: claim,
+            ending: Ending::new(shared.clone(), &name),
+        };
+        let waker = runtime.spawn(Box::new(task));
         Ok(Job {
             name,
             shared,
             source_end: Box::new(move || source.next_offset()),
-            thread: Some(thread),
+            waker,
         })
     }
 
@@ -372,6 +410,7 @@ impl Job {
     /// Asks the job to finish its current batch and stop.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.waker.wake_by_ref();
     }
 
     /// Waits for the job to end and says how it ended.
@@ -382,16 +421,26 @@ impl Job {
     /// user function without a dead-letter log (nothing of that batch is
     /// committed), or the error of a read or an append ([`Error::Closed`]
     /// when a log was closed under it).
-    pub fn join(mut self) -> Result<()> {
-        match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| {
-                Err(Error::JobFailed {
-                    name: self.name.clone(),
-                    reason: "the job's thread panicked".to_owned(),
-                })
-            }),
-            None => Ok(()),
+    pub fn join(self) -> Result<()> {
+        let mut ended = self
+            .shared
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while ended.is_none() {
+            ended = self
+                .shared
+                .moved
+                .wait(ended)
+                .unwrap_or_else(PoisonError::into_inner);
         }
+        drop(ended);
+        self.shared
+            .result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(Ok(()))
     }
 }
 
@@ -461,28 +510,63 @@ fn restore<S, T, C>(stream: &mut Stream<S, T, C>, state: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The job's loop: a batch of source records through the operators, its
-/// outputs, the source position and the operators' state committed
-/// together, until stopped.
-fn run<S, T, C, O>(parts: Parts<S, T, C, O>, shared: &Shared, mut next: u64) -> Result<()>
+impl<S, T, C, O> Task for JobTask<S, T, C, O>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    C: Codec<S> + Send + Sync + 'static,
+    O: Output<T>,
+{
+    fn step(&mut self, waker: &Waker) -> Step {
+        if self.shared.stop.load(Ordering::Acquire) {
+            self.finish(Ok(()));
+            return Step::Done;
+        }
+        match self.batch(waker) {
+            Ok(true) => Step::Again,
+            Ok(false) => Step::Wait,
+            Err(e) => {
+                self.finish(Err(e));
+                Step::Done
+            }
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        let name = self.parts.stream.name.clone();
+        self.finish(Err(Error::JobFailed { name, reason }));
+    }
+}
+
+impl<S, T, C: Codec<S>, O> JobTask<S, T, C, O> {
+    fn finish(&mut self, result: Result<()>) {
+        self.ending.set(result);
+    }
+}
+
+impl<S, T, C, O> JobTask<S, T, C, O>
 where
     C: Codec<S>,
     O: Output<T>,
 {
-    let Parts {
-        mut stream,
-        mut output,
-        letters_from,
-    } = parts;
-    let subscription = stream.source.subscribe(Start::Offset(next))?;
-    let mut records = Vec::with_capacity(stream.batch.min(4096));
-    let mut outputs = Vec::new();
-    let mut letters = Vec::new();
-    let verdict = Verdict::default();
-    while !shared.stop.load(Ordering::Acquire) {
-        let Some(first) = subscription.recv_timeout(POLL)? else {
-            continue;
+    /// A batch of source records through the operators, its outputs, the
+    /// source position and the operators' state committed together;
+    /// whether there was one.
+    fn batch(&mut self, waker: &Waker) -> Result<bool> {
+        let Some(first) = self.subscription.poll_record(waker)? else {
+            return Ok(false);
         };
+        let JobTask {
+            parts,
+            shared,
+            subscription,
+            records,
+            outputs,
+            letters,
+            verdict,
+            ..
+        } = self;
+        let stream = &mut parts.stream;
         records.push(first);
         while records.len() < stream.batch {
             match subscription.try_recv()? {
@@ -490,7 +574,7 @@ where
                 None => break,
             }
         }
-        let end = records.last().map_or(next, |r| r.offset + 1);
+        let end = records.last().map_or(self.next, |r| r.offset + 1);
         let count = records.len() as u64;
         let mut late = 0;
         for record in records.drain(..) {
@@ -502,7 +586,7 @@ where
             let mark = outputs.len();
             let operator = &mut stream.operator;
             let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                operator.on_record(event, &verdict, &mut |out| outputs.push(out));
+                operator.on_record(event, verdict, &mut |out| outputs.push(out));
             }));
             let (too_late, rejected) = verdict.take();
             let rejected = match handled {
@@ -514,7 +598,7 @@ where
                     outputs.truncate(mark);
                     if stream.dead_letters.is_none() {
                         return Err(Error::JobFailed {
-                            name: stream.name,
+                            name: stream.name.clone(),
                             reason,
                         });
                     }
@@ -526,14 +610,14 @@ where
                 }
                 (None, None) => continue,
             };
-            if stream.dead_letters.is_some() && offset >= letters_from {
+            if stream.dead_letters.is_some() && offset >= parts.letters_from {
                 letters.push(dead_letter(&stream.source, offset, timestamp, reason)?);
             }
         }
-        let checkpoint = checkpoint(&stream, end)?;
+        let checkpoint = checkpoint(stream, end)?;
         if let Some(dead) = &stream.dead_letters {
             if !letters.is_empty() {
-                dead.0.append(&letters, &checkpoint)?;
+                dead.0.append(letters, &checkpoint)?;
                 shared
                     .dead_letters
                     .fetch_add(letters.len() as u64, Ordering::Relaxed);
@@ -541,15 +625,15 @@ where
             }
         }
         let made = outputs.len() as u64;
-        output.commit(&mut outputs, &checkpoint)?;
-        next = end;
+        parts.output.commit(outputs, &checkpoint)?;
         shared.handled.fetch_add(count, Ordering::Relaxed);
         shared.outputs.fetch_add(made, Ordering::Relaxed);
         shared.late.fetch_add(late, Ordering::Relaxed);
-        shared.position.store(next, Ordering::Release);
+        shared.position.store(end, Ordering::Release);
         shared.moved.notify_all();
+        self.next = end;
+        Ok(true)
     }
-    Ok(())
 }
 
 /// The dead letter of the source record at `offset`: its bytes as stored,
@@ -581,7 +665,7 @@ fn dead_letter<S, C: Codec<S>>(
     ))
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
         (Some(message), _) => format!("a user function panicked: {message}"),
         (_, Some(message)) => format!("a user function panicked: {message}"),

@@ -21,7 +21,8 @@
 //! name resumes after the last batch: its output equals that of one
 //! uninterrupted run, provided its functions are deterministic (the same
 //! input gives the same outputs). The job is built only on the public log
-//! API; it never runs on the log's own threads.
+//! API, and runs a batch at a time on a [`Runtime`] (a fixed pool of
+//! threads, one per core by default), never on the log's own threads.
 //!
 //! ```
 //! use backbone::{EventLog, Start};
@@ -46,11 +47,13 @@ mod job;
 mod join;
 mod operator;
 mod running;
+mod runtime;
 mod table;
 mod window;
 pub use self::table::{Table, TableChange, TableOptions};
 
 pub use self::job::{Job, JobFigures};
+pub use self::runtime::Runtime;
 pub use self::window::{Aggregated, Emit, KeyedStream, Lateness, Window, Windowed, WindowedStream};
 
 use std::fmt::Display;
@@ -82,6 +85,8 @@ pub struct Stream<S, T, C> {
     dead_letters: Option<DeadLetterLog>,
     /// A bad argument to an operator, reported when the job starts.
     invalid: Option<Error>,
+    /// Where the job runs (the shared runtime if `None`).
+    runtime: Option<Runtime>,
     operator: BoxedOperator<S, T>,
 }
 
@@ -114,6 +119,7 @@ where
             lateness: Duration::ZERO,
             dead_letters: None,
             invalid: None,
+            runtime: None,
             operator: Box::new(Stage(
                 |event: Event<S>, _: &Verdict, out: &mut dyn FnMut(Event<S>)| out(event),
             )),
@@ -141,6 +147,7 @@ where
             lateness: self.lateness,
             dead_letters: self.dead_letters,
             invalid: self.invalid,
+            runtime: self.runtime,
             operator: Box::new(Chain {
                 first: self.operator,
                 second: Box::new(operator),
@@ -272,6 +279,13 @@ where
         D: Codec<DeadLetter> + Send + Sync + 'static,
     {
         self.dead_letters = Some(DeadLetterLog::new(log.clone()));
+        self
+    }
+
+    /// Runs the job on `runtime` instead of the shared one
+    /// ([`Runtime::shared`]).
+    pub fn on(mut self, runtime: &Runtime) -> Stream<S, T, C> {
+        self.runtime = Some(runtime.clone());
         self
     }
 

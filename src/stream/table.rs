@@ -66,7 +66,7 @@ use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::task::Waker;
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -74,6 +74,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::running::Claim;
+use super::runtime::{Ending, Ends, Runtime, Step, Task};
 use crate::codec::Codec;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::log::{Checkpoint, EventLog, Subscription};
@@ -140,6 +141,7 @@ pub struct TableOptions {
     max_keys: usize,
     batch: usize,
     changelog: Options,
+    runtime: Option<Runtime>,
 }
 
 impl Default for TableOptions {
@@ -156,7 +158,15 @@ impl TableOptions {
             max_keys: DEFAULT_MAX_KEYS,
             batch: DEFAULT_BATCH,
             changelog: Options::new(),
+            runtime: None,
         }
+    }
+
+    /// Runs the table's driver on `runtime` instead of the shared one
+    /// ([`Runtime::shared`]).
+    pub fn runtime(mut self, runtime: &Runtime) -> TableOptions {
+        self.runtime = Some(runtime.clone());
+        self
     }
 
     /// The most keys the table may hold (default 10 million). The whole
@@ -195,9 +205,9 @@ impl TableOptions {
 /// key, readable at any time. Started by [`EventLog::table`] or
 /// [`EventLog::table_with`].
 ///
-/// A driver of its own applies the source's records in batches (a thread
-/// of its own, for now; a bounded runtime shared by jobs and tables is to
-/// replace it): it calls the key and fold functions on a copy of the keys
+/// A driver applies the source's records in batches, on a
+/// [`Runtime`]'s threads (the shared one unless
+/// [`TableOptions::runtime`] says otherwise): it calls the key and fold functions on a copy of the keys
 /// a batch touches, commits the batch's changes with its source position,
 /// and only then publishes them, so reads never see half a batch, and a
 /// batch whose function panics is neither committed nor seen. Reads
@@ -266,7 +276,8 @@ struct Inner<K, V> {
     shared: Arc<Shared<K, V>>,
     changelog: EventLog<TableChange<K, V>>,
     source_end: Box<dyn Fn() -> u64 + Send + Sync>,
-    thread: parking_lot::Mutex<Option<JoinHandle<Result<()>>>>,
+    /// Wakes the driver's task (to see its stop flag).
+    waker: Waker,
     /// Released after the driver ended and with the last handle, which
     /// also holds the changelog open: a new start of the name then finds
     /// both free.
@@ -276,15 +287,22 @@ struct Inner<K, V> {
 impl<K, V> Drop for Inner<K, V> {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.get_mut().take() {
-            // The last handle may be dropped by the driver itself (a fold
-            // that captured its own table): it cannot wait for itself, and
-            // it stops after this batch anyway.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+        self.waker.wake_by_ref();
+        // The last handle may be dropped on a runtime thread (by a job's
+        // function, or by the driver itself through a fold that captured
+        // its own table): it must not wait there, and the driver stops
+        // after this batch anyway.
+        if !runtime_thread() {
+            self.shared.wait_ended();
         }
     }
+}
+
+/// Whether this thread is one of a stream runtime's.
+fn runtime_thread() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|name| name.starts_with("backbone-stream-"))
 }
 
 /// What the driver and the handles share.
@@ -299,9 +317,21 @@ struct Shared<K, V> {
     moved: Condvar,
     /// `Some` once the driver has ended: why, if it failed.
     ended: Mutex<Option<Option<String>>>,
+    /// How it ended, for the first `join`.
+    result: Mutex<Option<Result<()>>>,
 }
 
 impl<K, V> Shared<K, V> {
+    fn wait_ended(&self) {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        while ended.is_none() {
+            ended = self
+                .moved
+                .wait(ended)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     fn ended(&self) -> Option<Option<String>> {
         self.ended
             .lock()
@@ -316,9 +346,16 @@ impl<K, V> Shared<K, V> {
         drop(self.ended.lock().unwrap_or_else(PoisonError::into_inner));
         self.moved.notify_all();
     }
+}
 
-    fn end(&self, failure: Option<String>) {
-        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure);
+impl<K, V> Ends for Shared<K, V> {
+    fn end(&self, result: Result<()>) {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        if ended.is_some() {
+            return;
+        }
+        *ended = Some(result.as_ref().err().map(ToString::to_string));
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
         self.moved.notify_all();
     }
 }
@@ -420,25 +457,11 @@ where
         let running = Claim::take(name, &dir)?;
         let driver = Driver::open(source, name, dir, key, fold, &options)?;
         let (shared, changelog) = (driver.shared.clone(), driver.changelog.clone());
-        let thread_name = name.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(format!("backbone-table-{name}"))
-            .spawn(move || {
-                let shared = driver.shared.clone();
-                let run = std::panic::AssertUnwindSafe(|| driver.run());
-                // `step` catches panics in the key and fold functions; one
-                // elsewhere (a key's `Hash`, or a bug of ours) must still
-                // end the table where `wait_for` sees it.
-                let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-                    Err(Error::JobFailed {
-                        name: thread_name,
-                        reason: panic_message("the table's driver", panic.as_ref()),
-                    })
-                });
-                shared.end(result.as_ref().err().map(ToString::to_string));
-                result
-            })
-            .map_err(|e| Error::io("spawn a thread for table", PathBuf::from(name), e))?;
+        let runtime = match options.runtime.clone() {
+            Some(runtime) => runtime,
+            None => Runtime::shared()?,
+        };
+        let waker = runtime.spawn(Box::new(driver));
         let source = source.clone();
         Ok(Table {
             inner: Arc::new(Inner {
@@ -446,7 +469,7 @@ where
                 shared,
                 changelog,
                 source_end: Box::new(move || source.next_offset()),
-                thread: parking_lot::Mutex::new(Some(thread)),
+                waker,
                 _running: running,
             }),
         })
@@ -574,6 +597,7 @@ impl<K, V> Table<K, V> {
     /// answering from the table as it stands.
     pub fn stop(&self) {
         self.inner.shared.stop.store(true, Ordering::Release);
+        self.inner.waker.wake_by_ref();
     }
 
     /// Waits for the driver to end and says how it ended.
@@ -587,21 +611,21 @@ impl<K, V> Table<K, V> {
     /// A second `join` (from any handle) reports a failure as
     /// [`Error::JobFailed`] with the first one's text.
     pub fn join(&self) -> Result<()> {
-        let mut thread = self.inner.thread.lock();
-        match thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| {
-                Err(Error::JobFailed {
-                    name: self.inner.name.clone(),
-                    reason: "the table's thread panicked".to_owned(),
-                })
+        self.inner.shared.wait_ended();
+        let first = self
+            .inner
+            .shared
+            .result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match (first, self.inner.shared.ended()) {
+            (Some(result), _) => result,
+            (None, Some(Some(reason))) => Err(Error::JobFailed {
+                name: self.inner.name.clone(),
+                reason,
             }),
-            None => match self.inner.shared.ended() {
-                Some(Some(reason)) => Err(Error::JobFailed {
-                    name: self.inner.name.clone(),
-                    reason,
-                }),
-                _ => Ok(()),
-            },
+            (None, _) => Ok(()),
         }
     }
 }
@@ -646,10 +670,40 @@ where
     }
 }
 
-/// The driver: applies batches of source records and commits them. Its
-/// [`step`](Driver::step) does one batch, so that a shared runtime can
-/// interleave many tables; for now [`run`](Driver::run) loops on a thread
-/// of its own.
+impl<T, C, K, V> Task for Driver<T, C, K, V>
+where
+    T: Send + 'static,
+    C: Codec<T> + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn step(&mut self, waker: &Waker) -> Step {
+        if self.shared.stop.load(Ordering::Acquire) {
+            // What it committed, made durable for other processes.
+            let synced = self.changelog.sync();
+            self.ending.set(synced);
+            return Step::Done;
+        }
+        match self.apply(waker) {
+            Ok(true) => Step::Again,
+            Ok(false) => Step::Wait,
+            Err(e) => {
+                self.ending.set(Err(e));
+                Step::Done
+            }
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        self.ending.set(Err(Error::JobFailed {
+            name: self.name.clone(),
+            reason: format!("the table's driver: {reason}"),
+        }));
+    }
+}
+
+/// The driver: applies batches of source records and commits them, a
+/// batch per step of its runtime.
 struct Driver<T, C, K, V> {
     name: String,
     dir: PathBuf,
@@ -666,6 +720,8 @@ struct Driver<T, C, K, V> {
     max_keys: usize,
     batch: usize,
     records: Vec<Record<T>>,
+    /// Last: says how it ended once the logs above are let go.
+    ending: Ending<Shared<K, V>>,
 }
 
 impl<T, C, K, V> Driver<T, C, K, V>
@@ -725,7 +781,9 @@ where
             stop: AtomicBool::new(false),
             moved: Condvar::new(),
             ended: Mutex::new(None),
+            result: Mutex::new(None),
         });
+        let ending = shared.clone();
         Ok(Driver {
             name: name.to_owned(),
             dir,
@@ -741,25 +799,14 @@ where
             max_keys: options.max_keys,
             batch: options.batch,
             records: Vec::with_capacity(options.batch.min(4096)),
+            ending: Ending::new(ending, name),
         })
     }
 
-    fn run(mut self) -> Result<()> {
-        while !self.shared.stop.load(Ordering::Acquire) {
-            self.step(POLL)?;
-        }
-        self.changelog.sync()
-    }
-
-    /// Applies one batch of the source's records, waiting up to `wait` for
-    /// the first; whether there was one.
-    fn step(&mut self, wait: Duration) -> Result<bool> {
-        let first = if wait.is_zero() {
-            self.subscription.try_recv()?
-        } else {
-            self.subscription.recv_timeout(wait)?
-        };
-        let Some(first) = first else {
+    /// Applies one batch of the source's records; whether there was one
+    /// (if not, `waker` is woken when there may be).
+    fn apply(&mut self, waker: &Waker) -> Result<bool> {
+        let Some(first) = self.subscription.poll_record(waker)? else {
             return Ok(false);
         };
         self.records.push(first);
