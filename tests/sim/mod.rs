@@ -19,3 +19,4 @@ mod faults;
 mod fuzz_oracles;
 mod handoff;
 mod model;
+mod stream_jobs;
