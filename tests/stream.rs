@@ -744,3 +744,49 @@ fn dropping_a_runtime_ends_its_jobs_with_what_they_committed() {
     job.join().unwrap();
     assert_eq!(values(&output), [1, 2, 3, 4]);
 }
+
+#[test]
+fn a_branch_resumes_each_output_where_it_stands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |name: &str| -> EventLog<u64> { EventLog::open(tmp.path().join(name)).unwrap() };
+    let (source, evens, odds, scratch) = (open("source"), open("evens"), open("odds"), open("x"));
+    let start = |outputs: &[&EventLog<u64>], until: u64| {
+        let job = source
+            .stream("split", Start::Beginning)
+            .map(|n| n * 10)
+            .batch_size(4)
+            .branch(outputs, |n| (n / 10 % 2) as usize)
+            .unwrap();
+        job.wait_for(until).unwrap();
+        job.stop();
+        job.join().unwrap();
+    };
+    source.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    start(&[&evens, &odds], 10);
+    // As a crash between a batch's two appends leaves them: `evens` ahead
+    // (here moved on alone, its odd values going elsewhere).
+    source.append_batch(&(10..20).collect::<Vec<_>>()).unwrap();
+    start(&[&evens, &scratch], 20);
+    source.append_batch(&(20..30).collect::<Vec<_>>()).unwrap();
+    start(&[&evens, &odds], 30);
+    // Each holds what one uninterrupted run gives it: nothing twice.
+    let tens = |r: u64| {
+        (0..30)
+            .filter(|n| n % 2 == r)
+            .map(|n| n * 10)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values(&evens), tens(0));
+    assert_eq!(values(&odds), tens(1));
+    // A route past the outputs rejects the record: without a dead-letter
+    // log, the job stops on it.
+    let job = source
+        .stream("bad-route", Start::Beginning)
+        .branch(&[&scratch], |_| 3)
+        .unwrap();
+    assert!(matches!(job.join(), Err(Error::JobFailed { .. })));
+    let none = source
+        .stream("none", Start::Beginning)
+        .branch::<backbone::Postcard>(&[], |_| 0);
+    assert!(matches!(none, Err(Error::InvalidArgument { .. })));
+}

@@ -17,7 +17,7 @@ use super::Stream;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::log::{Checkpoint, DeadLetter, EventLog, Subscription};
-use crate::record::{Record, Start, Timestamp};
+use crate::record::{Record, SourcePosition, Start, Timestamp};
 
 /// The first byte of a job's checkpoint state: how the operators' states
 /// after it are laid out.
@@ -31,9 +31,14 @@ const POLL: Duration = Duration::from_millis(20);
 pub(super) trait Output<T>: Send + 'static {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>>;
 
-    /// Hands on a batch's outputs (emptying `outputs`) and commits
-    /// `checkpoint` with them.
-    fn commit(&mut self, outputs: &mut Vec<Event<T>>, checkpoint: &Checkpoint) -> Result<()>;
+    /// Hands on a batch's outputs (emptying `outputs`; `origins` holds the
+    /// source offset each came from) and commits `checkpoint` with them.
+    fn commit(
+        &mut self,
+        outputs: &mut Vec<Event<T>>,
+        origins: &[u64],
+        checkpoint: &Checkpoint,
+    ) -> Result<()>;
 }
 
 /// An output log: each batch's outputs, with their event times as source
@@ -63,7 +68,12 @@ where
         self.log.last_checkpoint(name)
     }
 
-    fn commit(&mut self, outputs: &mut Vec<Event<T>>, checkpoint: &Checkpoint) -> Result<()> {
+    fn commit(
+        &mut self,
+        outputs: &mut Vec<Event<T>>,
+        _: &[u64],
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
         self.values.clear();
         self.times.clear();
         for event in outputs.drain(..) {
@@ -107,13 +117,113 @@ where
         self.checkpoints.last_checkpoint(name)
     }
 
-    fn commit(&mut self, outputs: &mut Vec<Event<T>>, checkpoint: &Checkpoint) -> Result<()> {
+    fn commit(
+        &mut self,
+        outputs: &mut Vec<Event<T>>,
+        _: &[u64],
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
         for event in outputs.drain(..) {
             (self.f)(event.value);
         }
         self.checkpoints
             .append_committing(&[], checkpoint)
             .map(drop)
+    }
+}
+
+/// Several output logs, each value going to the one its route chose. Each
+/// log gets every batch's checkpoint (with the batch's values for it); a
+/// crash between two of a batch's appends leaves the logs at different
+/// positions, so the job resumes from the furthest behind, and hands a log
+/// only the values of source records at or past its own position.
+pub(super) struct BranchOutput<T, D> {
+    logs: Vec<EventLog<T, D>>,
+    /// Each log's position: values from source records below it are
+    /// already there.
+    from: Vec<u64>,
+    values: Vec<T>,
+    times: Vec<Timestamp>,
+}
+
+impl<T, D: Codec<T>> BranchOutput<T, D> {
+    /// The outputs of job `name`, each at the position it committed.
+    pub(super) fn new(logs: Vec<EventLog<T, D>>, name: &str) -> Result<BranchOutput<T, D>> {
+        let mut from = Vec::with_capacity(logs.len());
+        for log in &logs {
+            from.push(log.last_checkpoint(name)?.as_ref().map_or(0, position_of));
+        }
+        Ok(BranchOutput {
+            from,
+            logs,
+            values: Vec::new(),
+            times: Vec::new(),
+        })
+    }
+}
+
+/// The position a job's checkpoint holds (its one source's).
+fn position_of(checkpoint: &Checkpoint) -> u64 {
+    checkpoint
+        .positions()
+        .iter()
+        .find_map(|p| match p {
+            SourcePosition::Log { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+impl<T, D> Output<(usize, T)> for BranchOutput<T, D>
+where
+    T: Send + 'static,
+    D: Codec<T> + Send + Sync + 'static,
+{
+    fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        let mut behind: Option<Checkpoint> = None;
+        for log in &self.logs {
+            if let Some(checkpoint) = log.last_checkpoint(name)? {
+                if behind
+                    .as_ref()
+                    .is_none_or(|b| position_of(&checkpoint) < position_of(b))
+                {
+                    behind = Some(checkpoint);
+                }
+            }
+        }
+        Ok(behind)
+    }
+
+    fn commit(
+        &mut self,
+        outputs: &mut Vec<Event<(usize, T)>>,
+        origins: &[u64],
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
+        let mut routed: Vec<Vec<(T, Timestamp)>> = self.logs.iter().map(|_| Vec::new()).collect();
+        for (event, &origin) in outputs.drain(..).zip(origins) {
+            let (i, value) = event.value;
+            if origin >= self.from[i] {
+                routed[i].push((value, event.time));
+            }
+        }
+        let position = position_of(checkpoint);
+        for ((log, values), from) in self.logs.iter().zip(routed).zip(&mut self.from) {
+            if position <= *from && *from > 0 {
+                // Ahead of the job: it has this batch already, and its
+                // checkpoint must not go back.
+                continue;
+            }
+            self.values.clear();
+            self.times.clear();
+            for (value, time) in values {
+                self.values.push(value);
+                self.times.push(time);
+            }
+            log.append_derived(&self.values, &self.times, Some(checkpoint))?;
+            *from = position;
+        }
+        Ok(())
     }
 }
 
@@ -251,6 +361,8 @@ struct JobTask<S, T, C: Codec<S>, O> {
     next: u64,
     records: Vec<Record<S>>,
     outputs: Vec<Event<T>>,
+    /// The source offset each output came from.
+    origins: Vec<u64>,
     letters: Vec<DeadLetter>,
     verdict: Verdict,
     /// The job's name, held while it runs.
@@ -314,6 +426,7 @@ impl Job {
             next,
             records: Vec::with_capacity(batch.min(4096)),
             outputs: Vec::new(),
+            origins: Vec::new(),
             letters: Vec::new(),
             verdict: Verdict::default(),
             _claim: claim,
@@ -475,7 +588,7 @@ where
         },
     };
     let checkpoint = checkpoint(stream, next)?;
-    parts.output.commit(&mut Vec::new(), &checkpoint)?;
+    parts.output.commit(&mut Vec::new(), &[], &checkpoint)?;
     Ok(next)
 }
 
@@ -562,6 +675,7 @@ where
             subscription,
             records,
             outputs,
+            origins,
             letters,
             verdict,
             ..
@@ -593,9 +707,11 @@ where
                 Ok(()) => rejected,
                 Err(panic) => Some(panic_message(panic.as_ref())),
             };
+            origins.resize(outputs.len(), offset);
             let reason = match (rejected, too_late) {
                 (Some(reason), _) => {
                     outputs.truncate(mark);
+                    origins.truncate(mark);
                     if stream.dead_letters.is_none() {
                         return Err(Error::JobFailed {
                             name: stream.name.clone(),
@@ -625,7 +741,8 @@ where
             }
         }
         let made = outputs.len() as u64;
-        parts.output.commit(outputs, &checkpoint)?;
+        parts.output.commit(outputs, origins, &checkpoint)?;
+        origins.clear();
         shared.handled.fetch_add(count, Ordering::Relaxed);
         shared.outputs.fetch_add(made, Ordering::Relaxed);
         shared.late.fetch_add(late, Ordering::Relaxed);

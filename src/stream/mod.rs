@@ -62,7 +62,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use self::job::{DeadLetterLog, EachOutput, LogOutput};
+use self::job::{BranchOutput, DeadLetterLog, EachOutput, LogOutput};
 use self::operator::{
     read_state, write_state, BoxedOperator, Chain, Event, Operator, Stage, Verdict,
 };
@@ -311,6 +311,46 @@ where
         Job::start(self, output.path().to_path_buf(), move || {
             Ok(LogOutput::new(output))
         })
+    }
+
+    /// Starts the job, writing each output to one of `outputs`: the one at
+    /// the index `route` gives it. An index past the end rejects the
+    /// source record (see [`try_map`](Stream::try_map)). Every batch
+    /// commits to each output with its values for it; after a crash
+    /// between two of them, the job resumes from the output furthest
+    /// behind and gives each output only what it does not have, so each
+    /// holds what one uninterrupted run would give it.
+    ///
+    /// # Errors
+    ///
+    /// As [`to`](Stream::to); [`Error::InvalidArgument`] for no outputs.
+    pub fn branch<D: Codec<T> + Send + Sync + 'static>(
+        self,
+        outputs: &[&EventLog<T, D>],
+        mut route: impl FnMut(&T) -> usize + Send + 'static,
+    ) -> Result<Job> {
+        let Some(first) = outputs.first() else {
+            return Err(Error::InvalidArgument {
+                name: "outputs",
+                reason: "a branch needs at least one output".to_owned(),
+            });
+        };
+        let path = first.path().to_path_buf();
+        let logs: Vec<EventLog<T, D>> = outputs.iter().map(|&log| log.clone()).collect();
+        let count = logs.len();
+        let routed = self.then(move |event: Event<T>, verdict, out| {
+            let i = route(&event.value);
+            if i < count {
+                out(Event {
+                    value: (i, event.value),
+                    time: event.time,
+                });
+            } else {
+                verdict.reject(format!("routed to output {i} of {count}"));
+            }
+        });
+        let name = routed.name.clone();
+        Job::start(routed, path, move || BranchOutput::new(logs, &name))
     }
 
     /// Starts the job, handing each output to `f` in order, at least once:
