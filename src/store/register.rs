@@ -12,9 +12,10 @@
 //! consumer has one owner across processes too (a follower in another
 //! process may own one: it commits only positions it has read, which its
 //! writer has made durable). The file is therefore never replaced: a new
-//! one is created empty by the lock and its 64 bytes written in place (one
-//! sector) and synced, with the directory; an empty or all-zero file is a
-//! register whose creation did not finish, read as absent.
+//! one is created empty by the lock and its 64 bytes written in place: its
+//! slots, synced, then its header, synced, with the directory. A file
+//! whose header is not whole (empty, zeros, or the start of a header and
+//! zeros) is a register whose creation did not finish, read as absent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,12 +155,16 @@ impl Store {
     /// Writes a new register's 64 bytes in place into its (locked, empty)
     /// file and makes them and its name durable.
     fn init_register(&self, file: &File, path: &Path, slot: &ConsumerSlot) -> Result<()> {
-        let mut bytes = vec![0u8; format::CONSUMER_FILE_LEN];
-        bytes[..format::CONSUMER_HEADER_LEN].copy_from_slice(&format::encode_consumer_header());
-        let at = format::consumer_slot_at(slot.generation);
-        bytes[at..at + format::CONSUMER_SLOT_LEN]
+        // The slots first, then the header, each synced: until the header
+        // is whole the file reads as a creation that did not finish,
+        // however a crash tore the writes.
+        let mut slots = vec![0u8; format::CONSUMER_FILE_LEN - format::CONSUMER_HEADER_LEN];
+        let at = format::consumer_slot_at(slot.generation) - format::CONSUMER_HEADER_LEN;
+        slots[at..at + format::CONSUMER_SLOT_LEN]
             .copy_from_slice(&format::encode_consumer_slot(slot));
-        file.write_at(&bytes, 0)
+        file.write_at(&slots, format::CONSUMER_HEADER_LEN as u64)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| file.write_at(&format::encode_consumer_header(), 0))
             .and_then(|()| file.sync_data())
             .map_err(|e| Error::io("write", path, e))?;
         self.options
@@ -343,7 +348,18 @@ fn read_slot(file: &File, path: &Path) -> Result<Option<(ConsumerSlot, Vec<u8>)>
     let mut bytes = vec![0u8; len.min(format::CONSUMER_FILE_LEN as u64) as usize];
     file.read_at(&mut bytes, 0)
         .map_err(|e| Error::io("read", path, e))?;
-    if bytes.iter().all(|&b| b == 0) {
+    // Its header is written last, once its slots are durable: a header
+    // that is not there whole (zeros, or the start of one and zeros) is a
+    // creation that did not finish, whatever its slots hold.
+    let header = format::encode_consumer_header();
+    let head = &bytes[..bytes.len().min(format::CONSUMER_HEADER_LEN)];
+    let whole = head.len() == header.len() && head == header;
+    let torn = head
+        .iter()
+        .zip(header)
+        .position(|(found, want)| *found != want)
+        .is_some_and(|cut| head[cut..].iter().all(|&b| b == 0));
+    if !whole && (torn || head.len() < header.len() && head == &header[..head.len()]) {
         return Ok(None);
     }
     let corrupt = |kind| Error::Corrupt {
