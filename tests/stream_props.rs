@@ -1,7 +1,8 @@
 //! Property tests of stream jobs: random inputs through `filter`,
 //! `flat_map`, `key_by`, `window` and `aggregate` agree with a plain
-//! in-memory computation of the same result, and a job stopped and started
-//! again at random points with random batch sizes writes exactly what one
+//! in-memory computation of the same result, and a job stopped (cleanly,
+//! or by dropping its runtime under it, as a kill) and started again at
+//! random points with random batch sizes writes exactly what one
 //! uninterrupted run writes.
 
 use std::collections::BTreeMap;
@@ -111,6 +112,9 @@ fn run(
         .collect::<Vec<_>>();
     lives.push(end);
     for (life, until) in lives.into_iter().enumerate() {
+        // Every other life ends abruptly: its runtime is dropped under it,
+        // so it writes nothing more (no state at a clean stop), as a kill.
+        let runtime = backbone::stream::Runtime::new(1).unwrap();
         let job = source
             .stream("windows", Start::Beginning)
             .event_time(
@@ -128,11 +132,17 @@ fn run(
             .aggregate(|| 0u64, |sum, (_, v, _)| *sum += u64::from(*v))
             .stream()
             .batch_size(batches[life % batches.len()])
+            .on(&runtime)
             .to(&output)
             .unwrap();
         job.wait_for(until).unwrap();
-        job.stop();
-        job.join().unwrap();
+        if life % 2 == 1 {
+            drop(runtime);
+            assert!(job.join().is_err(), "ended by its runtime's drop");
+        } else {
+            job.stop();
+            job.join().unwrap();
+        }
     }
     output.read(Start::Beginning).map(|r| r.unwrap()).collect()
 }

@@ -19,9 +19,22 @@ use crate::error::{Error, Result};
 use crate::log::{Checkpoint, DeadLetter, EventLog, Subscription};
 use crate::record::{Record, SourcePosition, Start, Timestamp};
 
-/// The first byte of a job's checkpoint state: how the operators' states
-/// after it are laid out.
-const STATE_VERSION: u8 = 1;
+/// The first byte of a job's checkpoint state: the operators' states
+/// follow it.
+const STATE_INLINE: u8 = 1;
+/// The first byte of a stateful job's checkpoint state, alone: the
+/// operators' states are in the checkpoint named `{name}.state` beside it,
+/// written every [`STATE_EVERY`] batches at a source position at or below
+/// the job's. Serializing every window of a job with each batch would cost
+/// in proportion to its state, not to its input; instead a restart takes
+/// that state and handles the records after it again, dropping the outputs
+/// already committed.
+const STATE_APART: u8 = 2;
+/// How a job's state checkpoint's name ends.
+pub(super) const STATE_SUFFIX: &str = ".state";
+/// A stateful job writes its state every this many batches (and when it
+/// stops): a restart handles at most that many batches again.
+const STATE_EVERY: u64 = 16;
 
 /// How long the job waits for a source record before it looks at its stop
 /// flag again.
@@ -30,6 +43,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// Where a job's outputs go, committed with its checkpoint.
 pub(super) trait Output<T>: Send + 'static {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>>;
+
+    /// Stores `checkpoint` alone (no outputs) where the job's go.
+    fn store(&mut self, checkpoint: &Checkpoint) -> Result<()>;
 
     /// Hands on a batch's outputs (emptying `outputs`; `origins` holds the
     /// source offset each came from) and commits `checkpoint` with them.
@@ -66,6 +82,10 @@ where
 {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
         self.log.last_checkpoint(name)
+    }
+
+    fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.log.append_committing(&[], checkpoint).map(drop)
     }
 
     fn commit(
@@ -115,6 +135,12 @@ where
 {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
         self.checkpoints.last_checkpoint(name)
+    }
+
+    fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.checkpoints
+            .append_committing(&[], checkpoint)
+            .map(drop)
     }
 
     fn commit(
@@ -192,6 +218,13 @@ where
             }
         }
         Ok(behind)
+    }
+
+    fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        for log in &self.logs {
+            log.append_committing(&[], checkpoint)?;
+        }
+        Ok(())
     }
 
     fn commit(
@@ -358,7 +391,15 @@ struct JobTask<S, T, C: Codec<S>, O> {
     parts: Parts<S, T, C, O>,
     shared: Arc<Shared>,
     subscription: Subscription<S, C>,
+    /// The next source offset to read.
     next: u64,
+    /// Outputs of source records below this were committed before a
+    /// restart: handled again (to rebuild the state), they are dropped.
+    replayed_below: u64,
+    /// Whether the operators keep state, written apart every
+    /// [`STATE_EVERY`] batches; batches since it was last written.
+    stateful: bool,
+    since_state: u64,
     records: Vec<Record<S>>,
     outputs: Vec<Event<T>>,
     /// The source offset each output came from.
@@ -386,6 +427,12 @@ impl Job {
         O: Output<T>,
     {
         crate::name::validate(&stream.name)?;
+        if stream.name.ends_with(STATE_SUFFIX) {
+            return Err(Error::InvalidName {
+                name: stream.name.clone(),
+                reason: "a job's name must not end in \".state\": its state checkpoint's does",
+            });
+        }
         let mut stream = stream;
         if let Some(invalid) = stream.invalid.take() {
             return Err(invalid);
@@ -402,8 +449,12 @@ impl Job {
             output: output()?,
             letters_from: 0,
         };
-        let next = resume(&mut parts)?;
-        let subscription = parts.stream.source.subscribe(Start::Offset(next))?;
+        let Resume {
+            next,
+            replay_from,
+            stateful,
+        } = resume(&mut parts)?;
+        let subscription = parts.stream.source.subscribe(Start::Offset(replay_from))?;
         let shared = Arc::new(Shared {
             position: AtomicU64::new(next),
             stop: AtomicBool::new(false),
@@ -423,7 +474,10 @@ impl Job {
             parts,
             shared: shared.clone(),
             subscription,
-            next,
+            next: replay_from,
+            replayed_below: next,
+            stateful,
+            since_state: 0,
             records: Vec::with_capacity(batch.min(4096)),
             outputs: Vec::new(),
             origins: Vec::new(),
@@ -557,17 +611,28 @@ impl Job {
     }
 }
 
+/// Where a job resumes, and where it reads from to get there.
+struct Resume {
+    /// After its last committed batch.
+    next: u64,
+    /// Where its state was written (at or below `next`); the records from
+    /// here to `next` are handled again, their outputs dropped.
+    replay_from: u64,
+    stateful: bool,
+}
+
 /// Where a job resumes: after its last checkpoint, with the operators'
-/// state taken from it, or, on its first run, at `start`, committed at
-/// once (an empty batch) so that a restart resumes there, not at a later
-/// `Start::End`.
-fn resume<S, T, C, O>(parts: &mut Parts<S, T, C, O>) -> Result<u64>
+/// state taken from it (or from the state checkpoint beside it), or, on
+/// its first run, at `start`, committed at once (an empty batch) so that a
+/// restart resumes there, not at a later `Start::End`.
+fn resume<S, T, C, O>(parts: &mut Parts<S, T, C, O>) -> Result<Resume>
 where
     C: Codec<S>,
     O: Output<T>,
 {
     let stream = &mut parts.stream;
     let source = &stream.source;
+    let state_name = format!("{}{STATE_SUFFIX}", stream.name);
     if let Some(letters) = &stream.dead_letters {
         if let Some(checkpoint) = letters.0.last_checkpoint(&stream.name)? {
             parts.letters_from = checkpoint.position_in(source)?;
@@ -575,8 +640,42 @@ where
     }
     if let Some(checkpoint) = parts.output.last_checkpoint(&stream.name)? {
         let next = checkpoint.position_in(source)?;
-        restore(stream, checkpoint.state())?;
-        return Ok(next);
+        if checkpoint.state() != [STATE_APART] {
+            restore(stream, checkpoint.state())?;
+            let stateful = is_stateful(stream)?;
+            if stateful {
+                // (Written inline by an older version: from now on apart.)
+                parts.output.store(&state_checkpoint(stream, next)?)?;
+            }
+            return Ok(Resume {
+                next,
+                replay_from: next,
+                stateful,
+            });
+        }
+        let state = parts.output.last_checkpoint(&state_name)?;
+        let Some(state) = state else {
+            return Err(Error::InvalidArgument {
+                name: "checkpoint state",
+                reason: format!("job {}: its state checkpoint is missing", stream.name),
+            });
+        };
+        let replay_from = state.position_in(source)?;
+        if replay_from > next {
+            return Err(Error::InvalidArgument {
+                name: "checkpoint state",
+                reason: format!(
+                    "job {}: its state stands at {replay_from}, past its position {next}",
+                    stream.name
+                ),
+            });
+        }
+        restore(stream, state.state())?;
+        return Ok(Resume {
+            next,
+            replay_from,
+            stateful: true,
+        });
     }
     let next = match stream.start {
         Start::Beginning => source.first_offset(),
@@ -587,17 +686,52 @@ where
             None => source.next_offset(),
         },
     };
-    let checkpoint = checkpoint(stream, next)?;
+    let stateful = is_stateful(stream)?;
+    if stateful {
+        parts.output.store(&state_checkpoint(stream, next)?)?;
+    }
+    let checkpoint = checkpoint(stream, next, stateful)?;
     parts.output.commit(&mut Vec::new(), &[], &checkpoint)?;
-    Ok(next)
+    Ok(Resume {
+        next,
+        replay_from: next,
+        stateful,
+    })
+}
+
+/// Whether the operators keep any state.
+fn is_stateful<S, T, C>(stream: &Stream<S, T, C>) -> Result<bool> {
+    let mut state = Vec::new();
+    stream.operator.snapshot(&mut state)?;
+    Ok(!state.is_empty())
 }
 
 /// The checkpoint of a job at `next`: its position in the source (made
-/// durable below `next` first) and its operators' state.
-fn checkpoint<S, T, C: Codec<S>>(stream: &Stream<S, T, C>, next: u64) -> Result<Checkpoint> {
-    let mut state = vec![STATE_VERSION];
-    stream.operator.snapshot(&mut state)?;
+/// durable below `next` first) and, unless it keeps its state apart, its
+/// operators' state.
+fn checkpoint<S, T, C: Codec<S>>(
+    stream: &Stream<S, T, C>,
+    next: u64,
+    apart: bool,
+) -> Result<Checkpoint> {
+    let state = if apart {
+        vec![STATE_APART]
+    } else {
+        let mut state = vec![STATE_INLINE];
+        stream.operator.snapshot(&mut state)?;
+        state
+    };
     Ok(Checkpoint::new(stream.name.clone())
+        .source(&stream.source, next)?
+        .with_state(state))
+}
+
+/// The state checkpoint of a job whose operators have handled every
+/// source record below `next`.
+fn state_checkpoint<S, T, C: Codec<S>>(stream: &Stream<S, T, C>, next: u64) -> Result<Checkpoint> {
+    let mut state = vec![STATE_INLINE];
+    stream.operator.snapshot(&mut state)?;
+    Ok(Checkpoint::new(format!("{}{STATE_SUFFIX}", stream.name))
         .source(&stream.source, next)?
         .with_state(state))
 }
@@ -611,7 +745,7 @@ fn restore<S, T, C>(stream: &mut Stream<S, T, C>, state: &[u8]) -> Result<()> {
         // A job that committed before operators had state.
         return Ok(());
     };
-    if version != STATE_VERSION {
+    if version != STATE_INLINE {
         return Err(bad(&format!("state version {version} is not known")));
     }
     stream.operator.restore(&mut rest)?;
@@ -632,7 +766,14 @@ where
 {
     fn step(&mut self, waker: &Waker) -> Step {
         if self.shared.stop.load(Ordering::Acquire) {
-            self.finish(Ok(()));
+            // A restart then has nothing to handle again.
+            let stored = if self.stateful && self.since_state > 0 && self.next > self.replayed_below
+            {
+                self.store_state()
+            } else {
+                Ok(())
+            };
+            self.finish(stored);
             return Step::Done;
         }
         match self.batch(waker) {
@@ -669,6 +810,7 @@ where
         let Some(first) = self.subscription.poll_record(waker)? else {
             return Ok(false);
         };
+        let replayed_below = self.replayed_below;
         let JobTask {
             parts,
             shared,
@@ -726,11 +868,22 @@ where
                 }
                 (None, None) => continue,
             };
-            if stream.dead_letters.is_some() && offset >= parts.letters_from {
+            if stream.dead_letters.is_some() && offset >= parts.letters_from.max(replayed_below) {
                 letters.push(dead_letter(&stream.source, offset, timestamp, reason)?);
             }
         }
-        let checkpoint = checkpoint(stream, end)?;
+        if end <= replayed_below {
+            // Handled again only to rebuild the state: all of it was
+            // committed before.
+            outputs.clear();
+            origins.clear();
+            self.next = end;
+            return Ok(true);
+        }
+        let already = origins.partition_point(|&origin| origin < replayed_below);
+        outputs.drain(..already);
+        origins.drain(..already);
+        let checkpoint = checkpoint(stream, end, self.stateful)?;
         if let Some(dead) = &stream.dead_letters {
             if !letters.is_empty() {
                 dead.0.append(letters, &checkpoint)?;
@@ -749,7 +902,19 @@ where
         shared.position.store(end, Ordering::Release);
         shared.moved.notify_all();
         self.next = end;
+        self.since_state += 1;
+        if self.stateful && self.since_state >= STATE_EVERY {
+            self.store_state()?;
+        }
         Ok(true)
+    }
+
+    /// Writes the operators' state (as of `next`) apart.
+    fn store_state(&mut self) -> Result<()> {
+        let checkpoint = state_checkpoint(&self.parts.stream, self.next)?;
+        self.parts.output.store(&checkpoint)?;
+        self.since_state = 0;
+        Ok(())
     }
 }
 

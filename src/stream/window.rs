@@ -393,7 +393,9 @@ struct WindowOperator<K, T, A, I, F> {
     newest_seen: Option<u64>,
     next_seq: u64,
     /// Time windows by key and start, and the order they close in.
-    slots: HashMap<(K, u64), Slot<A>>,
+    /// (Each key's open windows by start: a lookup by `&K` needs no
+    /// clone of the key, and a key has few windows open at once.)
+    slots: HashMap<K, Vec<(u64, Slot<A>)>>,
     closing: BTreeMap<(u64, u64), (K, u64)>,
     /// Sessions by key, the order they close in (by last time + gap), and
     /// the values held until the watermark passes them, by time.
@@ -463,18 +465,30 @@ where
         let mut start = (t + 1).saturating_sub(size).div_ceil(step) * step;
         while start <= last {
             let end = start.saturating_add(size);
-            let slot = match self.slots.get_mut(&(key.clone(), start)) {
-                Some(slot) => slot,
+            let open = self
+                .slots
+                .get(&key)
+                .and_then(|windows| windows.iter().position(|(s, _)| *s == start));
+            let slot = match open {
+                Some(i) => {
+                    let windows = self.slots.get_mut(&key).expect("just found");
+                    &mut windows[i].1
+                }
                 None => {
                     let seq = self.seq();
                     self.closing.insert((end, seq), (key.clone(), start));
                     let acc = (self.init)();
-                    self.slots.entry((key.clone(), start)).or_insert(Slot {
-                        acc,
-                        end,
-                        newest: t,
-                        seq,
-                    })
+                    let windows = self.slots.entry(key.clone()).or_default();
+                    windows.push((
+                        start,
+                        Slot {
+                            acc,
+                            end,
+                            newest: t,
+                            seq,
+                        },
+                    ));
+                    &mut windows.last_mut().expect("just pushed").1
                 }
             };
             (self.fold)(&mut slot.acc, value);
@@ -498,10 +512,18 @@ where
                 break;
             }
             let (key, start) = entry.remove();
-            let slot = self
+            let windows = self
                 .slots
-                .remove(&(key.clone(), start))
+                .get_mut(&key)
                 .expect("every closing entry has its slot");
+            let i = windows
+                .iter()
+                .position(|(s, _)| *s == start)
+                .expect("every closing entry has its slot");
+            let (_, slot) = windows.swap_remove(i);
+            if windows.is_empty() {
+                self.slots.remove(&key);
+            }
             if self.emit == Emit::OnClose {
                 out(Self::result(key, start, slot.end, slot.newest, slot.acc));
             }
@@ -672,7 +694,14 @@ where
         let mut slots: Vec<_> = self
             .closing
             .values()
-            .map(|(key, start)| (key, *start, &self.slots[&(key.clone(), *start)]))
+            .map(|(key, start)| {
+                let slot = self.slots[key]
+                    .iter()
+                    .find(|(s, _)| s == start)
+                    .map(|(_, slot)| slot)
+                    .expect("every closing entry has its slot");
+                (key, *start, slot)
+            })
             .collect();
         slots.sort_by_key(|(_, _, slot)| slot.seq);
         let mut sessions: Vec<_> = self.sessions.iter().collect();
@@ -716,7 +745,7 @@ where
         for (key, start, slot) in saved.slots {
             self.closing
                 .insert((slot.end, slot.seq), (key.clone(), start));
-            self.slots.insert((key, start), slot);
+            self.slots.entry(key).or_default().push((start, slot));
         }
         for (key, session) in saved.sessions {
             self.session_closing
