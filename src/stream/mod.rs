@@ -255,7 +255,7 @@ where
 
     /// A running state: `f` updates it with each value and may emit a
     /// value made from it. The state starts as `init` and is part of the
-    /// job's checkpoint (serialized with each committed batch).
+    /// job's checkpoint (written every 16 batches and when it stops).
     pub fn scan<A, U>(
         self,
         init: A,

@@ -245,8 +245,9 @@ where
     C: Codec<S> + Send + Sync + 'static,
 {
     /// Folds each window's values into an aggregate that starts as
-    /// `init()`. The aggregate is part of the job's checkpoint, so it is
-    /// serialized with each committed batch.
+    /// `init()`. The aggregates are part of the job's state checkpoint
+    /// (written every 16 batches and when it stops), so they are
+    /// serialized then.
     pub fn aggregate<A>(
         self,
         init: impl FnMut() -> A + Send + 'static,
