@@ -466,15 +466,12 @@ where
         let mut start = (t + 1).saturating_sub(size).div_ceil(step) * step;
         while start <= last {
             let end = start.saturating_add(size);
-            let open = self
-                .slots
-                .get(&key)
-                .and_then(|windows| windows.iter().position(|(s, _)| *s == start));
+            let open = self.slots.get_mut(&key).and_then(|windows| {
+                let i = windows.iter().position(|(s, _)| *s == start)?;
+                Some(&mut windows[i].1)
+            });
             let slot = match open {
-                Some(i) => {
-                    let windows = self.slots.get_mut(&key).expect("just found");
-                    &mut windows[i].1
-                }
+                Some(slot) => slot,
                 None => {
                     let seq = self.seq();
                     self.closing.insert((end, seq), (key.clone(), start));
