@@ -296,14 +296,19 @@ impl<T, C: Codec<T>> Subscription<T, C> {
     ///
     /// As [`recv`](Subscription::recv).
     pub fn try_recv(&self) -> Result<Option<Record<T>>> {
+        self.look_or_arm(|| {})
+    }
+
+    /// The next record if one is there; else arms for a wake-up (calling
+    /// `register` first) and looks once more, so that a record published
+    /// in between is seen either here or by the wake-up it sends.
+    fn look_or_arm(&self, register: impl Fn()) -> Result<Option<Record<T>>> {
         loop {
             match self.look()? {
                 Look::Item(item) => return item.map(Some),
                 Look::Empty => {}
             }
-            // Nothing now: queue for a wake-up before looking once more, so
-            // that a record published in between is seen either here or by
-            // the token it sends.
+            register();
             if !self.arm() {
                 return Ok(None);
             }
@@ -388,18 +393,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
     /// `waker` is woken when more may have come (for a task that must not
     /// block its thread: a stream runtime's).
     pub(crate) fn poll_record(&self, waker: &std::task::Waker) -> Result<Option<Record<T>>> {
-        loop {
-            match self.look()? {
-                Look::Item(item) => return item.map(Some),
-                Look::Empty => {}
-            }
-            // Registered before arming, so that a record published after
-            // the look wakes it instead of being missed.
-            *self.signal.task.lock() = Some(waker.clone());
-            if !self.arm() {
-                return Ok(None);
-            }
-        }
+        self.look_or_arm(|| *self.signal.task.lock() = Some(waker.clone()))
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Record<T>>> {

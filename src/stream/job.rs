@@ -94,15 +94,14 @@ where
         _: &[u64],
         checkpoint: &Checkpoint,
     ) -> Result<()> {
-        self.values.clear();
-        self.times.clear();
-        for event in outputs.drain(..) {
-            self.values.push(event.value);
-            self.times.push(event.time);
-        }
-        self.log
-            .append_derived(&self.values, &self.times, Some(checkpoint))
-            .map(drop)
+        let events = outputs.drain(..).map(|e| (e.value, e.time));
+        append_events(
+            &self.log,
+            &mut self.values,
+            &mut self.times,
+            events,
+            checkpoint,
+        )
     }
 }
 
@@ -156,6 +155,26 @@ where
             .append_committing(&[], checkpoint)
             .map(drop)
     }
+}
+
+/// Appends `events` (values with their event times, as source times) to
+/// `log` with `checkpoint`, through the scratch vectors `values` and
+/// `times`.
+fn append_events<T, D: Codec<T>>(
+    log: &EventLog<T, D>,
+    values: &mut Vec<T>,
+    times: &mut Vec<Timestamp>,
+    events: impl IntoIterator<Item = (T, Timestamp)>,
+    checkpoint: &Checkpoint,
+) -> Result<()> {
+    values.clear();
+    times.clear();
+    for (value, time) in events {
+        values.push(value);
+        times.push(time);
+    }
+    log.append_derived(values, times, Some(checkpoint))
+        .map(drop)
 }
 
 /// Several output logs, each value going to the one its route chose. Each
@@ -247,13 +266,7 @@ where
                 // checkpoint must not go back.
                 continue;
             }
-            self.values.clear();
-            self.times.clear();
-            for (value, time) in values {
-                self.values.push(value);
-                self.times.push(time);
-            }
-            log.append_derived(&self.values, &self.times, Some(checkpoint))?;
+            append_events(log, &mut self.values, &mut self.times, values, checkpoint)?;
             *from = position;
         }
         Ok(())

@@ -84,10 +84,8 @@ where
         V: Clone + Send + Sync + 'static,
         U: Send + 'static,
     {
-        self.then_operator(Join {
-            table: table.clone(),
-            key,
-            f: move |value, found: Option<V>| found.map(|found| f(value, found)),
+        self.join_with(table, key, move |value, found: Option<V>| {
+            found.map(|found| f(value, found))
         })
     }
 
@@ -104,10 +102,26 @@ where
         V: Clone + Send + Sync + 'static,
         U: Send + 'static,
     {
+        self.join_with(table, key, move |value, found| Some(f(value, found)))
+    }
+
+    /// A join whose `f` says what goes on, if anything, for each value and
+    /// what its key found.
+    fn join_with<K, V, U>(
+        self,
+        table: &Table<K, V>,
+        key: impl FnMut(&T) -> K + Send + 'static,
+        f: impl FnMut(T, Option<V>) -> Option<U> + Send + 'static,
+    ) -> Stream<S, U, C>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        U: Send + 'static,
+    {
         self.then_operator(Join {
             table: table.clone(),
             key,
-            f: move |value, found| Some(f(value, found)),
+            f,
         })
     }
 }
