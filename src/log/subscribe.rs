@@ -396,6 +396,93 @@ impl<T, C: Codec<T>> Subscription<T, C> {
         self.look_or_arm(|| *self.signal.task.lock() = Some(waker.clone()))
     }
 
+    /// Moves up to `max` records into `out` (at least one, or none if
+    /// none is there; then `waker` is woken when more may have come), for
+    /// a stream runtime's task: one lock for the whole batch, where
+    /// [`poll_record`](Subscription::poll_record) takes one per record.
+    /// An error is returned only when it comes first: records taken before
+    /// it are handed over, and it is next.
+    pub(crate) fn poll_batch(
+        &self,
+        waker: &std::task::Waker,
+        out: &mut Vec<Record<T>>,
+        max: usize,
+    ) -> Result<usize> {
+        if self.auto.is_some() || self.filter.is_some() {
+            // Each record handed over has its own bookkeeping.
+            let mut taken = 0;
+            while taken < max {
+                match self.poll_record(waker)? {
+                    Some(record) => out.push(record),
+                    None => break,
+                }
+                taken += 1;
+            }
+            return Ok(taken);
+        }
+        loop {
+            let taken = self.take_many(out, max)?;
+            if taken > 0 {
+                return Ok(taken);
+            }
+            *self.signal.task.lock() = Some(waker.clone());
+            if !self.arm() {
+                return Ok(0);
+            }
+        }
+    }
+
+    /// [`look`](Subscription::look) for up to `max` records at once, for a
+    /// subscription with neither a filter nor automatic commits.
+    fn take_many(&self, out: &mut Vec<Record<T>>, max: usize) -> Result<usize> {
+        let mut reader = self.reader.lock();
+        let mut taken = 0;
+        while taken < max {
+            let Some(item) = reader.batch.pop_front() else {
+                let ended = reader.ended || self.signal.stopped.load(Ordering::Acquire);
+                if ended && taken == 0 {
+                    // Asked to stop: what was read ahead was handed over.
+                    reader.ended = true;
+                    return Err(Error::Closed);
+                }
+                if ended || !self.read_batch(&mut reader) {
+                    if taken == 0 {
+                        // Everything below the cursor was handed over.
+                        self.progress.reached(reader.cursor.next);
+                    }
+                    break;
+                }
+                continue;
+            };
+            let offset = offset_of(&item);
+            match item {
+                Ok(record) => {
+                    out.push(record);
+                    taken += 1;
+                }
+                Err(e) if taken > 0 => {
+                    // Handed over next, after the records before it.
+                    reader.batch.push_front(Err(e));
+                    break;
+                }
+                Err(e) => {
+                    if let Some(offset) = offset {
+                        self.progress.reached(offset + 1);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if taken == 0 {
+            return Ok(0);
+        }
+        if let Some(last) = out.last() {
+            self.progress.reached(last.offset + 1);
+        }
+        self.pass_on(&reader);
+        Ok(taken)
+    }
+
     fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Record<T>>> {
         loop {
             match self.look()? {

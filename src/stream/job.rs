@@ -5,18 +5,18 @@
 //! dead-letter log, and the [`Job`] handle that watches and stops it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::operator::{Event, Verdict};
 use super::running::Claim;
-use super::runtime::{Ending, Ends, Runtime, Step, Task};
+use super::runtime::{Ending, Progress, Runtime, Step, Task};
 use super::Stream;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::log::{Checkpoint, DeadLetter, EventLog, Subscription};
+use crate::log::{Checkpoint, DeadLetter, EventLog, SubscribeOptions, Subscription};
 use crate::record::{Record, SourcePosition, Start, Timestamp};
 
 /// The first byte of a job's checkpoint state: the operators' states
@@ -35,10 +35,6 @@ pub(super) const STATE_SUFFIX: &str = ".state";
 /// A stateful job writes its state every this many batches (and when it
 /// stops): a restart handles at most that many batches again.
 const STATE_EVERY: u64 = 16;
-
-/// How long the job waits for a source record before it looks at its stop
-/// flag again.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Where a job's outputs go, committed with its checkpoint.
 pub(super) trait Output<T>: Send + 'static {
@@ -305,37 +301,16 @@ impl DeadLetterLog {
     }
 }
 
-/// What the job's thread and its handle share.
+/// A job's counts since this run started, for [`Job::figures`].
 #[derive(Debug)]
-struct Shared {
-    /// The next source offset the job will handle.
-    position: AtomicU64,
-    stop: AtomicBool,
+struct Counts {
     /// Source records handled, outputs committed, late records and dead
-    /// letters written, since this run started.
+    /// letters written.
     handled: AtomicU64,
     outputs: AtomicU64,
     late: AtomicU64,
     dead_letters: AtomicU64,
     started: Instant,
-    /// Wakes `wait_for` when the position moves or the job ends.
-    moved: Condvar,
-    /// `Some` once the job has ended: why, if it failed.
-    ended: Mutex<Option<Option<String>>>,
-    /// How it ended, for `join`.
-    result: Mutex<Option<Result<()>>>,
-}
-
-impl Ends for Shared {
-    fn end(&self, result: Result<()>) {
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        if ended.is_some() {
-            return;
-        }
-        *ended = Some(result.as_ref().err().map(ToString::to_string));
-        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        self.moved.notify_all();
-    }
 }
 
 /// A job's figures, as [`Job::figures`] reads them.
@@ -375,7 +350,8 @@ pub struct JobFigures {
 /// process while it runs is [`Error::JobRunning`].
 pub struct Job {
     name: String,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    counts: Arc<Counts>,
     source_end: Box<dyn Fn() -> u64 + Send + Sync>,
     /// Wakes the job's task (to see its stop flag).
     waker: Waker,
@@ -402,7 +378,8 @@ struct Parts<S, T, C, O> {
 /// A running job, as the runtime steps it: a batch per step.
 struct JobTask<S, T, C: Codec<S>, O> {
     parts: Parts<S, T, C, O>,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    counts: Arc<Counts>,
     subscription: Subscription<S, C>,
     /// The next source offset to read.
     next: u64,
@@ -422,7 +399,7 @@ struct JobTask<S, T, C: Codec<S>, O> {
     /// The job's name, held while it runs.
     _claim: Claim,
     /// Last: says how it ended once everything above is let go.
-    ending: Ending<Shared>,
+    ending: Ending,
 }
 
 impl Job {
@@ -467,25 +444,25 @@ impl Job {
             replay_from,
             stateful,
         } = resume(&mut parts)?;
-        let subscription = parts.stream.source.subscribe(Start::Offset(replay_from))?;
-        let shared = Arc::new(Shared {
-            position: AtomicU64::new(next),
-            stop: AtomicBool::new(false),
+        let subscription = parts.stream.source.subscribe_with(
+            SubscribeOptions::new(Start::Offset(replay_from))
+                .capacity(parts.stream.batch.min(4096)),
+        )?;
+        let progress = Arc::new(Progress::new(&parts.stream.name, next));
+        let counts = Arc::new(Counts {
             handled: AtomicU64::new(0),
             outputs: AtomicU64::new(0),
             late: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             started: Instant::now(),
-            moved: Condvar::new(),
-            ended: Mutex::new(None),
-            result: Mutex::new(None),
         });
         let name = parts.stream.name.clone();
         let source = parts.stream.source.clone();
         let batch = parts.stream.batch;
         let task = JobTask {
             parts,
-            shared: shared.clone(),
+            progress: progress.clone(),
+            counts: counts.clone(),
             subscription,
             next: replay_from,
             replayed_below: next,
@@ -497,12 +474,13 @@ impl Job {
             letters: Vec::new(),
             verdict: Verdict::default(),
             _claim: claim,
-            ending: Ending::new(shared.clone(), &name),
+            ending: Ending::new(progress.clone()),
         };
         let waker = runtime.spawn(Box::new(task));
         Ok(Job {
             name,
-            shared,
+            progress,
+            counts,
             source_end: Box::new(move || source.next_offset()),
             waker,
         })
@@ -516,7 +494,7 @@ impl Job {
     /// The next source offset the job will handle: every record below it
     /// has been handled and its outputs committed.
     pub fn position(&self) -> u64 {
-        self.shared.position.load(Ordering::Acquire)
+        self.progress.position()
     }
 
     /// Source records not yet handled.
@@ -526,15 +504,15 @@ impl Job {
 
     /// The job's position, lag, counts and rate.
     pub fn figures(&self) -> JobFigures {
-        let handled = self.shared.handled.load(Ordering::Relaxed);
-        let secs = self.shared.started.elapsed().as_secs_f64();
+        let handled = self.counts.handled.load(Ordering::Relaxed);
+        let secs = self.counts.started.elapsed().as_secs_f64();
         JobFigures {
             position: self.position(),
             lag: self.lag(),
             handled,
-            outputs: self.shared.outputs.load(Ordering::Relaxed),
-            late: self.shared.late.load(Ordering::Relaxed),
-            dead_letters: self.shared.dead_letters.load(Ordering::Relaxed),
+            outputs: self.counts.outputs.load(Ordering::Relaxed),
+            late: self.counts.late.load(Ordering::Relaxed),
+            dead_letters: self.counts.dead_letters.load(Ordering::Relaxed),
             rate: if secs > 0.0 {
                 handled as f64 / secs
             } else {
@@ -545,15 +523,7 @@ impl Job {
 
     /// Whether the job has ended (stopped, failed, or its logs closed).
     pub fn is_finished(&self) -> bool {
-        self.ended().is_some()
-    }
-
-    fn ended(&self) -> Option<Option<String>> {
-        self.shared
-            .ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.progress.ended().is_some()
     }
 
     /// Waits until the job has handled (and committed) every source record
@@ -563,33 +533,12 @@ impl Job {
     ///
     /// [`Error::JobFailed`] if the job ends first.
     pub fn wait_for(&self, offset: u64) -> Result<()> {
-        let mut ended = self
-            .shared
-            .ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if self.position() >= offset {
-                return Ok(());
-            }
-            if let Some(why) = &*ended {
-                return Err(Error::JobFailed {
-                    name: self.name.clone(),
-                    reason: why.clone().unwrap_or_else(|| "it stopped first".to_owned()),
-                });
-            }
-            ended = self
-                .shared
-                .moved
-                .wait_timeout(ended, POLL)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.progress.wait_for(offset)
     }
 
     /// Asks the job to finish its current batch and stop.
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.progress.request_stop();
         self.waker.wake_by_ref();
     }
 
@@ -602,25 +551,7 @@ impl Job {
     /// committed), or the error of a read or an append ([`Error::Closed`]
     /// when a log was closed under it).
     pub fn join(self) -> Result<()> {
-        let mut ended = self
-            .shared
-            .ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while ended.is_none() {
-            ended = self
-                .shared
-                .moved
-                .wait(ended)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        drop(ended);
-        self.shared
-            .result
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or(Ok(()))
+        self.progress.join()
     }
 }
 
@@ -778,7 +709,7 @@ where
     O: Output<T>,
 {
     fn step(&mut self, waker: &Waker) -> Step {
-        if self.shared.stop.load(Ordering::Acquire) {
+        if self.progress.stop_requested() {
             // A restart then has nothing to handle again.
             let stored = if self.stateful && self.since_state > 0 && self.next > self.replayed_below
             {
@@ -820,14 +751,18 @@ where
     /// source position and the operators' state committed together;
     /// whether there was one.
     fn batch(&mut self, waker: &Waker) -> Result<bool> {
-        let Some(first) = self.subscription.poll_record(waker)? else {
+        let max = self.parts.stream.batch;
+        if self
+            .subscription
+            .poll_batch(waker, &mut self.records, max)?
+            == 0
+        {
             return Ok(false);
-        };
+        }
         let replayed_below = self.replayed_below;
         let JobTask {
             parts,
-            shared,
-            subscription,
+            counts,
             records,
             outputs,
             origins,
@@ -836,13 +771,6 @@ where
             ..
         } = self;
         let stream = &mut parts.stream;
-        records.push(first);
-        while records.len() < stream.batch {
-            match subscription.try_recv()? {
-                Some(record) => records.push(record),
-                None => break,
-            }
-        }
         let end = records.last().map_or(self.next, |r| r.offset + 1);
         let count = records.len() as u64;
         let mut late = 0;
@@ -900,7 +828,7 @@ where
         if let Some(dead) = &stream.dead_letters {
             if !letters.is_empty() {
                 dead.0.append(letters, &checkpoint)?;
-                shared
+                counts
                     .dead_letters
                     .fetch_add(letters.len() as u64, Ordering::Relaxed);
                 letters.clear();
@@ -909,11 +837,10 @@ where
         let made = outputs.len() as u64;
         parts.output.commit(outputs, origins, &checkpoint)?;
         origins.clear();
-        shared.handled.fetch_add(count, Ordering::Relaxed);
-        shared.outputs.fetch_add(made, Ordering::Relaxed);
-        shared.late.fetch_add(late, Ordering::Relaxed);
-        shared.position.store(end, Ordering::Release);
-        shared.moved.notify_all();
+        counts.handled.fetch_add(count, Ordering::Relaxed);
+        counts.outputs.fetch_add(made, Ordering::Relaxed);
+        counts.late.fetch_add(late, Ordering::Relaxed);
+        self.progress.advance(end);
         self.next = end;
         self.since_state += 1;
         if self.stateful && self.since_state >= STATE_EVERY {

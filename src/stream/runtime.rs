@@ -7,10 +7,11 @@
 //! after each batch, and an idle one costs no thread and no polling.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Wake, Waker};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -253,7 +254,17 @@ fn work(inner: &Inner) {
         match step {
             Ok(Step::Again) => {
                 drop(slot);
-                waker.wake();
+                // Back in the queue, waking another worker only if others
+                // wait there too: this one takes the queue's next task
+                // now, so a lone busy task does not wake an idle thread
+                // (which finds nothing) after each batch.
+                if !cell.queued.swap(true, Ordering::AcqRel) {
+                    let mut queue = inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    queue.push_back(cell);
+                    if queue.len() > 1 {
+                        inner.ready.notify_one();
+                    }
+                }
             }
             Ok(Step::Wait) => {}
             Ok(Step::Done) => *slot = None,
@@ -265,26 +276,156 @@ fn work(inner: &Inner) {
     }
 }
 
-/// Where a task reports how it ended.
-pub(super) trait Ends {
-    fn end(&self, result: Result<()>);
+/// How long a waiter sleeps before it looks again on its own (a wake-up
+/// it missed costs at most this).
+const POLL: Duration = Duration::from_millis(20);
+
+/// What a running task (a job or a table's driver) shares with its
+/// handles: the next source offset it will handle, its stop flag, and how
+/// it ended.
+#[derive(Debug)]
+pub(super) struct Progress {
+    name: String,
+    position: AtomicU64,
+    stop: AtomicBool,
+    /// The lowest offset a [`wait_for`](Progress::wait_for) waits for
+    /// (`u64::MAX` for none): the task wakes waiters only when it reaches
+    /// it, not after every batch.
+    wanted: AtomicU64,
+    /// Wakes waiters when the position reaches `wanted` or the task ends.
+    moved: Condvar,
+    /// `Some` once the task has ended: why, if it failed.
+    ended: Mutex<Option<Option<String>>>,
+    /// How it ended, for the first `join`.
+    result: Mutex<Option<Result<()>>>,
+}
+
+impl Progress {
+    pub(super) fn new(name: &str, position: u64) -> Progress {
+        Progress {
+            name: name.to_owned(),
+            position: AtomicU64::new(position),
+            stop: AtomicBool::new(false),
+            wanted: AtomicU64::new(u64::MAX),
+            moved: Condvar::new(),
+            ended: Mutex::new(None),
+            result: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// The task has handled every source record below `position`.
+    pub(super) fn advance(&self, position: u64) {
+        self.position.store(position, Ordering::SeqCst);
+        if position >= self.wanted.load(Ordering::SeqCst) {
+            self.wanted.store(u64::MAX, Ordering::SeqCst);
+            // Taking the lock orders this wake-up after a waiter's check
+            // of the position, so it cannot fall between that check and
+            // its wait.
+            drop(self.lock_ended());
+            self.moved.notify_all();
+        }
+    }
+
+    pub(super) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub(super) fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn lock_ended(&self) -> std::sync::MutexGuard<'_, Option<Option<String>>> {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Some` once the task has ended: its failure's text, if it failed.
+    pub(super) fn ended(&self) -> Option<Option<String>> {
+        self.lock_ended().clone()
+    }
+
+    /// Waits until the task has handled every source record below
+    /// `offset`; [`Error::JobFailed`] if it ends first.
+    pub(super) fn wait_for(&self, offset: u64) -> Result<()> {
+        let mut ended = self.lock_ended();
+        loop {
+            // Asked for before the position is read: an `advance` past
+            // `offset` either is seen here or sees the request.
+            self.wanted.fetch_min(offset, Ordering::SeqCst);
+            if self.position.load(Ordering::SeqCst) >= offset {
+                return Ok(());
+            }
+            if let Some(why) = &*ended {
+                return Err(Error::JobFailed {
+                    name: self.name.clone(),
+                    reason: why.clone().unwrap_or_else(|| "it stopped first".to_owned()),
+                });
+            }
+            ended = self
+                .moved
+                .wait_timeout(ended, POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits for the task to end.
+    pub(super) fn wait_ended(&self) {
+        let mut ended = self.lock_ended();
+        while ended.is_none() {
+            ended = self
+                .moved
+                .wait(ended)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits for the task to end and says how: the first call gets its
+    /// result, a later one [`Error::JobFailed`] with a failure's text.
+    pub(super) fn join(&self) -> Result<()> {
+        self.wait_ended();
+        let first = self
+            .result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match (first, self.ended()) {
+            (Some(result), _) => result,
+            (None, Some(Some(reason))) => Err(Error::JobFailed {
+                name: self.name.clone(),
+                reason,
+            }),
+            (None, _) => Ok(()),
+        }
+    }
+
+    fn end(&self, result: Result<()>) {
+        let mut ended = self.lock_ended();
+        if ended.is_some() {
+            return;
+        }
+        *ended = Some(result.as_ref().err().map(ToString::to_string));
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        self.moved.notify_all();
+    }
 }
 
 /// How a task ended, said to its handles when the task is dropped: as the
 /// last of its fields, after every log it held is let go, so that a
 /// `join` (or the drop of a table's last handle) returns only when the
 /// job or table can be started again at once.
-pub(super) struct Ending<E: Ends + ?Sized> {
-    ends: Arc<E>,
-    name: String,
+pub(super) struct Ending {
+    progress: Arc<Progress>,
     result: Option<Result<()>>,
 }
 
-impl<E: Ends + ?Sized> Ending<E> {
-    pub(super) fn new(ends: Arc<E>, name: &str) -> Ending<E> {
+impl Ending {
+    pub(super) fn new(progress: Arc<Progress>) -> Ending {
         Ending {
-            ends,
-            name: name.to_owned(),
+            progress,
             result: None,
         }
     }
@@ -295,15 +436,15 @@ impl<E: Ends + ?Sized> Ending<E> {
     }
 }
 
-impl<E: Ends + ?Sized> Drop for Ending<E> {
+impl Drop for Ending {
     fn drop(&mut self) {
         // No result: its runtime was shut down under it.
         let result = self.result.take().unwrap_or_else(|| {
             Err(Error::JobFailed {
-                name: self.name.clone(),
+                name: self.progress.name.clone(),
                 reason: "its runtime was shut down".to_owned(),
             })
         });
-        self.ends.end(result);
+        self.progress.end(result);
     }
 }

@@ -64,27 +64,21 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::Waker;
-use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::running::Claim;
-use super::runtime::{Ending, Ends, Runtime, Step, Task};
+use super::runtime::{Ending, Progress, Runtime, Step, Task};
 use crate::codec::Codec;
 use crate::error::{CorruptionKind, Error, Result};
-use crate::log::{Checkpoint, EventLog, Subscription};
+use crate::log::{Checkpoint, EventLog, SubscribeOptions, Subscription};
 use crate::options::Options;
 use crate::record::{Record, Start};
 use crate::storage::{remove_if_exists, write_atomically, OpenMode, Storage};
-
-/// How long the driver waits for a source record before it looks at its
-/// stop flag again.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Source records applied per batch, at most, by default.
 const DEFAULT_BATCH: usize = 1024;
@@ -286,14 +280,14 @@ struct Inner<K, V> {
 
 impl<K, V> Drop for Inner<K, V> {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.progress.request_stop();
         self.waker.wake_by_ref();
         // The last handle may be dropped on a runtime thread (by a job's
         // function, or by the driver itself through a fold that captured
         // its own table): it must not wait there, and the driver stops
         // after this batch anyway.
         if !runtime_thread() {
-            self.shared.wait_ended();
+            self.shared.progress.wait_ended();
         }
     }
 }
@@ -307,57 +301,10 @@ fn runtime_thread() -> bool {
 
 /// What the driver and the handles share.
 struct Shared<K, V> {
-    /// The table as of `position`: written only by the driver, after each
-    /// commit.
+    /// The table as of the progress's position: written only by the
+    /// driver, after each commit.
     map: RwLock<HashMap<K, V>>,
-    /// The next source offset the table will apply.
-    position: AtomicU64,
-    stop: AtomicBool,
-    /// Wakes `wait_for` when the position moves or the driver ends.
-    moved: Condvar,
-    /// `Some` once the driver has ended: why, if it failed.
-    ended: Mutex<Option<Option<String>>>,
-    /// How it ended, for the first `join`.
-    result: Mutex<Option<Result<()>>>,
-}
-
-impl<K, V> Shared<K, V> {
-    fn wait_ended(&self) {
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        while ended.is_none() {
-            ended = self
-                .moved
-                .wait(ended)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    fn ended(&self) -> Option<Option<String>> {
-        self.ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn advance(&self, position: u64) {
-        self.position.store(position, Ordering::Release);
-        // Taking the lock orders this wake-up after a waiter's check of the
-        // position, so it cannot fall between that check and its wait.
-        drop(self.ended.lock().unwrap_or_else(PoisonError::into_inner));
-        self.moved.notify_all();
-    }
-}
-
-impl<K, V> Ends for Shared<K, V> {
-    fn end(&self, result: Result<()>) {
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        if ended.is_some() {
-            return;
-        }
-        *ended = Some(result.as_ref().err().map(ToString::to_string));
-        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        self.moved.notify_all();
-    }
+    progress: Arc<Progress>,
 }
 
 impl<T, C> EventLog<T, C>
@@ -539,7 +486,7 @@ impl<K, V> Table<K, V> {
     /// The next source offset the table will apply: every record below it
     /// is in the table (committed, and visible to reads).
     pub fn position(&self) -> u64 {
-        self.inner.shared.position.load(Ordering::Acquire)
+        self.inner.shared.progress.position()
     }
 
     /// Source records not yet applied.
@@ -560,7 +507,7 @@ impl<K, V> Table<K, V> {
     /// Whether the driver has ended (stopped, failed, or a log closed).
     /// The table stays readable as it was.
     pub fn is_finished(&self) -> bool {
-        self.inner.shared.ended().is_some()
+        self.inner.shared.progress.ended().is_some()
     }
 
     /// Waits until the table has applied every source record below
@@ -570,24 +517,7 @@ impl<K, V> Table<K, V> {
     ///
     /// [`Error::JobFailed`] if the driver ends first.
     pub fn wait_for(&self, offset: u64) -> Result<()> {
-        let shared = &self.inner.shared;
-        let mut ended = shared.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if self.position() >= offset {
-                return Ok(());
-            }
-            if let Some(why) = &*ended {
-                return Err(Error::JobFailed {
-                    name: self.inner.name.clone(),
-                    reason: why.clone().unwrap_or_else(|| "it stopped first".to_owned()),
-                });
-            }
-            ended = shared
-                .moved
-                .wait_timeout(ended, POLL)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.inner.shared.progress.wait_for(offset)
     }
 
     /// Asks the driver to finish its current batch and stop; what it
@@ -596,7 +526,7 @@ impl<K, V> Table<K, V> {
     /// [`Table::load`] in another process sees all of it. Reads go on
     /// answering from the table as it stands.
     pub fn stop(&self) {
-        self.inner.shared.stop.store(true, Ordering::Release);
+        self.inner.shared.progress.request_stop();
         self.inner.waker.wake_by_ref();
     }
 
@@ -611,22 +541,7 @@ impl<K, V> Table<K, V> {
     /// A second `join` (from any handle) reports a failure as
     /// [`Error::JobFailed`] with the first one's text.
     pub fn join(&self) -> Result<()> {
-        self.inner.shared.wait_ended();
-        let first = self
-            .inner
-            .shared
-            .result
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match (first, self.inner.shared.ended()) {
-            (Some(result), _) => result,
-            (None, Some(Some(reason))) => Err(Error::JobFailed {
-                name: self.inner.name.clone(),
-                reason,
-            }),
-            (None, _) => Ok(()),
-        }
+        self.inner.shared.progress.join()
     }
 }
 
@@ -678,7 +593,7 @@ where
     V: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn step(&mut self, waker: &Waker) -> Step {
-        if self.shared.stop.load(Ordering::Acquire) {
+        if self.shared.progress.stop_requested() {
             // What it committed, made durable for other processes.
             let synced = self.changelog.sync();
             self.ending.set(synced);
@@ -721,7 +636,7 @@ struct Driver<T, C, K, V> {
     batch: usize,
     records: Vec<Record<T>>,
     /// Last: says how it ended once the logs above are let go.
-    ending: Ending<Shared<K, V>>,
+    ending: Ending,
 }
 
 impl<T, C, K, V> Driver<T, C, K, V>
@@ -774,16 +689,14 @@ where
             // cut the last one short: whatever it can remove now, it does.
             changelog.truncate_before(covered)?;
         }
-        let subscription = source.subscribe(Start::Offset(next))?;
+        let subscription = source.subscribe_with(
+            SubscribeOptions::new(Start::Offset(next)).capacity(options.batch.min(4096)),
+        )?;
+        let progress = Arc::new(Progress::new(name, next));
         let shared = Arc::new(Shared {
             map: RwLock::new(map),
-            position: AtomicU64::new(next),
-            stop: AtomicBool::new(false),
-            moved: Condvar::new(),
-            ended: Mutex::new(None),
-            result: Mutex::new(None),
+            progress: progress.clone(),
         });
-        let ending = shared.clone();
         Ok(Driver {
             name: name.to_owned(),
             dir,
@@ -799,22 +712,19 @@ where
             max_keys: options.max_keys,
             batch: options.batch,
             records: Vec::with_capacity(options.batch.min(4096)),
-            ending: Ending::new(ending, name),
+            ending: Ending::new(progress),
         })
     }
 
     /// Applies one batch of the source's records; whether there was one
     /// (if not, `waker` is woken when there may be).
     fn apply(&mut self, waker: &Waker) -> Result<bool> {
-        let Some(first) = self.subscription.poll_record(waker)? else {
+        if self
+            .subscription
+            .poll_batch(waker, &mut self.records, self.batch)?
+            == 0
+        {
             return Ok(false);
-        };
-        self.records.push(first);
-        while self.records.len() < self.batch {
-            match self.subscription.try_recv()? {
-                Some(record) => self.records.push(record),
-                None => break,
-            }
         }
         let end = self.records.last().map_or(0, |r| r.offset + 1);
         let changes = self.fold_batch()?;
@@ -826,7 +736,7 @@ where
                 map.insert(change.key, change.value);
             }
         }
-        self.shared.advance(end);
+        self.shared.progress.advance(end);
         let due = self.changelog.next_offset() - self.covered;
         if due > MIN_SNAPSHOT_CHANGES.max(self.shared.map.read().len() as u64) {
             self.snapshot()?;
