@@ -790,3 +790,140 @@ fn a_branch_resumes_each_output_where_it_stands() {
         .branch::<backbone::Postcard>(&[], |_| 0);
     assert!(matches!(none, Err(Error::InvalidArgument { .. })));
 }
+
+/// Splits merged outputs by their source (the tens digit names it) and
+/// checks each source's part is all its records, in order, once.
+fn assert_each_source_once_in_order(outputs: &[u64], sources: &[std::ops::Range<u64>]) {
+    for (i, range) in sources.iter().enumerate() {
+        let from_it: Vec<u64> = outputs
+            .iter()
+            .filter(|&&v| v / 1_000_000 == i as u64)
+            .map(|&v| v % 1_000_000)
+            .collect();
+        assert_eq!(from_it, range.clone().collect::<Vec<_>>(), "source {i}");
+    }
+    let total: u64 = sources.iter().map(|r| r.end - r.start).sum();
+    assert_eq!(outputs.len() as u64, total);
+}
+
+#[test]
+fn a_merge_reads_every_source_once_and_resumes_in_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let web: EventLog<u64> = EventLog::open(tmp.path().join("web")).unwrap();
+    let mobile: EventLog<u64> = EventLog::open(tmp.path().join("mobile")).unwrap();
+    let kiosk: EventLog<u64> = EventLog::open(tmp.path().join("kiosk")).unwrap();
+    let output: EventLog<u64> = EventLog::open(tmp.path().join("output")).unwrap();
+    // Each source's values say which source they came from.
+    let fill = |log: &EventLog<u64>, source: u64, range: std::ops::Range<u64>| {
+        let values: Vec<u64> = range.map(|n| source * 1_000_000 + n).collect();
+        log.append_batch(&values).unwrap();
+    };
+    fill(&web, 0, 0..300);
+    fill(&mobile, 1, 0..40);
+    let start = || {
+        web.stream("all-checkouts", Start::Beginning)
+            .merge(&mobile)
+            .merge(&kiosk)
+            .batch_size(16)
+            .to(&output)
+            .unwrap()
+    };
+    let job = start();
+    job.wait_for(300).unwrap();
+    job.wait_for_in(&mobile, 40).unwrap();
+    assert_eq!(job.position_in(&mobile), Some(40));
+    assert_eq!(job.position_in(&kiosk), Some(0));
+    assert_eq!(job.figures().positions, vec![300, 40, 0]);
+    assert_eq!(job.lag(), 0);
+    // A source that is not one: a typed error, not a wait for ever.
+    assert!(matches!(
+        job.wait_for_in(&output, 1),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(job.position_in(&output), None);
+    // Live records from every source follow.
+    fill(&kiosk, 2, 0..5);
+    fill(&mobile, 1, 40..60);
+    job.wait_for_in(&kiosk, 5).unwrap();
+    job.wait_for_in(&mobile, 60).unwrap();
+    job.stop();
+    job.join().unwrap();
+    assert_each_source_once_in_order(&values(&output), &[0..300, 0..60, 0..5]);
+
+    // Started again: each source resumes at its own position.
+    fill(&web, 0, 300..310);
+    fill(&kiosk, 2, 5..25);
+    let job = start();
+    job.wait_for(310).unwrap();
+    job.wait_for_in(&kiosk, 25).unwrap();
+    job.stop();
+    job.join().unwrap();
+    assert_each_source_once_in_order(&values(&output), &[0..310, 0..60, 0..25]);
+
+    // The sources are part of the job: without one of them it is refused.
+    let without_kiosk = web
+        .stream("all-checkouts", Start::Beginning)
+        .merge(&mobile)
+        .to(&output);
+    let without_kiosk = without_kiosk.expect("a checkpoint with more sources resumes");
+    without_kiosk.stop();
+    without_kiosk.join().unwrap();
+    let other: EventLog<u64> = EventLog::open(tmp.path().join("other")).unwrap();
+    other.append(&1).unwrap();
+    let with_another = web
+        .stream("all-checkouts", Start::Beginning)
+        .merge(&mobile)
+        .merge(&other)
+        .to(&output);
+    assert!(matches!(with_another, Err(Error::NotInCheckpoint { .. })));
+    // A log merged twice is refused when the job starts.
+    let twice = web
+        .stream("twice", Start::Beginning)
+        .merge(&web)
+        .to(&output);
+    assert!(matches!(twice, Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn a_windowed_count_over_a_merge_counts_every_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let web: EventLog<(String, u64)> = EventLog::open(tmp.path().join("web")).unwrap();
+    let mobile: EventLog<(String, u64)> = EventLog::open(tmp.path().join("mobile")).unwrap();
+    let output: EventLog<Windowed<String, u64>> =
+        EventLog::open(tmp.path().join("output")).unwrap();
+    // Events at seconds 0..120, alternately from web and mobile.
+    for sec in 0..120u64 {
+        let log = if sec % 2 == 0 { &web } else { &mobile };
+        log.append(&("sku-1".to_owned(), sec)).unwrap();
+    }
+    let job = web
+        .stream("per-minute", Start::Beginning)
+        .merge(&mobile)
+        .event_time(
+            |(_, sec)| Timestamp::from_micros(sec * 1_000_000),
+            Lateness::bounded(Duration::from_secs(120)),
+        )
+        .key_by(|(sku, _)| sku.clone())
+        .window(Window::tumbling(Duration::from_secs(60)))
+        .count()
+        .to(&output)
+        .unwrap();
+    job.wait_for(60).unwrap();
+    job.wait_for_in(&mobile, 60).unwrap();
+    assert!(values(&output).is_empty(), "no window closed yet");
+    // An event far enough ahead closes both minutes, each counted from
+    // both sources.
+    web.append(&("sku-1".to_owned(), 250)).unwrap();
+    job.wait_for(61).unwrap();
+    job.stop();
+    job.join().unwrap();
+    let windows = values(&output);
+    let counts: Vec<(Timestamp, u64)> = windows.iter().map(|w| (w.start, w.value)).collect();
+    assert_eq!(
+        counts,
+        vec![
+            (Timestamp::from_micros(0), 60),
+            (Timestamp::from_micros(60_000_000), 60)
+        ]
+    );
+}

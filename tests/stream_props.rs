@@ -198,3 +198,93 @@ proptest! {
         prop_assert_eq!(got, model(kind, lateness, &input));
     }
 }
+
+/// A merge of two sources through `flat_map` and a `scan` that numbers
+/// each source's outputs, stopped (cleanly or by dropping its runtime)
+/// and started again whenever it has reached the positions in `stops`:
+/// the outputs of each source, in the output, as `(source, value, n)`.
+fn run_merge(
+    dir: &std::path::Path,
+    inputs: [&[u32]; 2],
+    stops: &[(u64, u64)],
+    batches: &[usize],
+) -> Vec<(u8, u32, u64)> {
+    let sources: Vec<EventLog<(u8, u32)>> = (0..2)
+        .map(|i| EventLog::open(dir.join(format!("source-{i}"))).unwrap())
+        .collect();
+    for (i, (source, input)) in sources.iter().zip(inputs).enumerate() {
+        let tagged: Vec<(u8, u32)> = input.iter().map(|&v| (i as u8, v)).collect();
+        source.append_batch(&tagged).unwrap();
+    }
+    let output: EventLog<(u8, u32, u64)> = EventLog::open(dir.join("output")).unwrap();
+    let ends = (sources[0].next_offset(), sources[1].next_offset());
+    let mut lives: Vec<(u64, u64)> = stops
+        .iter()
+        .map(|&(a, b)| (a.min(ends.0), b.min(ends.1)))
+        .collect();
+    lives.push(ends);
+    for (life, (a, b)) in lives.into_iter().enumerate() {
+        let runtime = backbone::stream::Runtime::new(1).unwrap();
+        let job = sources[0]
+            .stream("merged", Start::Beginning)
+            .merge(&sources[1])
+            .flat_map(|(source, value)| {
+                expand(value)
+                    .into_iter()
+                    .map(move |v| (source, v))
+                    .collect::<Vec<_>>()
+            })
+            .scan([0u64; 2], |counts, (source, v)| {
+                counts[usize::from(source)] += 1;
+                Some((source, v, counts[usize::from(source)]))
+            })
+            .batch_size(batches[life % batches.len()])
+            .on(&runtime)
+            .to(&output)
+            .unwrap();
+        job.wait_for(a).unwrap();
+        job.wait_for_in(&sources[1], b).unwrap();
+        if life % 2 == 1 {
+            drop(runtime);
+            assert!(job.join().is_err(), "ended by its runtime's drop");
+        } else {
+            job.stop();
+            job.join().unwrap();
+        }
+    }
+    output
+        .read(Start::Beginning)
+        .map(|r| r.unwrap().value)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn a_merge_hands_each_source_over_once_in_order_across_restarts(
+        a in prop::collection::vec(0u32..100, 0..150),
+        b in prop::collection::vec(0u32..100, 0..150),
+        stops in prop::collection::vec((0u64..150, 0u64..150), 0..4),
+        batches in prop::collection::vec(1usize..9, 1..4),
+    ) {
+        let mut stops = stops;
+        stops.sort_unstable();
+        let dir = tempfile::tempdir().unwrap();
+        let got = run_merge(dir.path(), [&a, &b], &stops, &batches);
+        for (source, input) in [&a, &b].into_iter().enumerate() {
+            let expected: Vec<(u8, u32, u64)> = input
+                .iter()
+                .flat_map(|&v| expand(v))
+                .zip(1u64..)
+                .map(|(v, n)| (source as u8, v, n))
+                .collect();
+            let from_it: Vec<(u8, u32, u64)> = got
+                .iter()
+                .copied()
+                .filter(|&(s, _, _)| usize::from(s) == source)
+                .collect();
+            prop_assert_eq!(from_it, expected);
+        }
+    }
+}

@@ -17,7 +17,7 @@ use super::Stream;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::log::{Checkpoint, DeadLetter, EventLog, SubscribeOptions, Subscription};
-use crate::record::{Record, SourcePosition, Start, Timestamp};
+use crate::record::{LogId, Record, SourcePosition, Start, Timestamp};
 
 /// The first byte of a job's checkpoint state: the operators' states
 /// follow it.
@@ -44,13 +44,21 @@ pub(super) trait Output<T>: Send + 'static {
     fn store(&mut self, checkpoint: &Checkpoint) -> Result<()>;
 
     /// Hands on a batch's outputs (emptying `outputs`; `origins` holds the
-    /// source offset each came from) and commits `checkpoint` with them.
+    /// source record each came from) and commits `checkpoint` with them.
     fn commit(
         &mut self,
         outputs: &mut Vec<Event<T>>,
-        origins: &[u64],
+        origins: &[Origin],
         checkpoint: &Checkpoint,
     ) -> Result<()>;
+}
+
+/// The source record an output came from: the index of its source (in the
+/// order the stream's sources were given) and its offset there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Origin {
+    pub(super) source: usize,
+    pub(super) offset: u64,
 }
 
 /// An output log: each batch's outputs, with their event times as source
@@ -87,7 +95,7 @@ where
     fn commit(
         &mut self,
         outputs: &mut Vec<Event<T>>,
-        _: &[u64],
+        _: &[Origin],
         checkpoint: &Checkpoint,
     ) -> Result<()> {
         let events = outputs.drain(..).map(|e| (e.value, e.time));
@@ -141,7 +149,7 @@ where
     fn commit(
         &mut self,
         outputs: &mut Vec<Event<T>>,
-        _: &[u64],
+        _: &[Origin],
         checkpoint: &Checkpoint,
     ) -> Result<()> {
         for event in outputs.drain(..) {
@@ -180,39 +188,54 @@ fn append_events<T, D: Codec<T>>(
 /// only the values of source records at or past its own position.
 pub(super) struct BranchOutput<T, D> {
     logs: Vec<EventLog<T, D>>,
-    /// Each log's position: values from source records below it are
-    /// already there.
-    from: Vec<u64>,
+    /// The job's sources, by log id, in order.
+    sources: Vec<LogId>,
+    /// Each log's position in each source: values from source records
+    /// below it are already there.
+    from: Vec<Vec<u64>>,
     values: Vec<T>,
     times: Vec<Timestamp>,
 }
 
 impl<T, D: Codec<T>> BranchOutput<T, D> {
-    /// The outputs of job `name`, each at the position it committed.
-    pub(super) fn new(logs: Vec<EventLog<T, D>>, name: &str) -> Result<BranchOutput<T, D>> {
+    /// The outputs of job `name` reading `sources`, each at the position it
+    /// committed.
+    pub(super) fn new(
+        logs: Vec<EventLog<T, D>>,
+        sources: Vec<LogId>,
+        name: &str,
+    ) -> Result<BranchOutput<T, D>> {
         let mut from = Vec::with_capacity(logs.len());
         for log in &logs {
-            from.push(log.last_checkpoint(name)?.as_ref().map_or(0, position_of));
+            let committed = log.last_checkpoint(name)?;
+            from.push(positions_in(committed.as_ref(), &sources));
         }
         Ok(BranchOutput {
             from,
             logs,
+            sources,
             values: Vec::new(),
             times: Vec::new(),
         })
     }
 }
 
-/// The position a job's checkpoint holds (its one source's).
-fn position_of(checkpoint: &Checkpoint) -> u64 {
-    checkpoint
-        .positions()
+/// The positions a job's checkpoint holds in `sources` (0 where it holds
+/// none).
+fn positions_in(checkpoint: Option<&Checkpoint>, sources: &[LogId]) -> Vec<u64> {
+    sources
         .iter()
-        .find_map(|p| match p {
-            SourcePosition::Log { offset, .. } => Some(*offset),
-            _ => None,
+        .map(|&id| {
+            checkpoint
+                .into_iter()
+                .flat_map(Checkpoint::positions)
+                .find_map(|p| match p {
+                    SourcePosition::Log { log_id, offset } if *log_id == id => Some(*offset),
+                    _ => None,
+                })
+                .unwrap_or(0)
         })
-        .unwrap_or(0)
+        .collect()
 }
 
 impl<T, D> Output<(usize, T)> for BranchOutput<T, D>
@@ -221,18 +244,18 @@ where
     D: Codec<T> + Send + Sync + 'static,
 {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
-        let mut behind: Option<Checkpoint> = None;
+        // A job's checkpoints are ordered in every source at once (each
+        // batch moves none back), so the sum of positions orders them.
+        let mut behind: Option<(u64, Checkpoint)> = None;
         for log in &self.logs {
             if let Some(checkpoint) = log.last_checkpoint(name)? {
-                if behind
-                    .as_ref()
-                    .is_none_or(|b| position_of(&checkpoint) < position_of(b))
-                {
-                    behind = Some(checkpoint);
+                let sum = positions_in(Some(&checkpoint), &self.sources).iter().sum();
+                if behind.as_ref().is_none_or(|(b, _)| sum < *b) {
+                    behind = Some((sum, checkpoint));
                 }
             }
         }
-        Ok(behind)
+        Ok(behind.map(|(_, checkpoint)| checkpoint))
     }
 
     fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
@@ -245,25 +268,27 @@ where
     fn commit(
         &mut self,
         outputs: &mut Vec<Event<(usize, T)>>,
-        origins: &[u64],
+        origins: &[Origin],
         checkpoint: &Checkpoint,
     ) -> Result<()> {
         let mut routed: Vec<Vec<(T, Timestamp)>> = self.logs.iter().map(|_| Vec::new()).collect();
-        for (event, &origin) in outputs.drain(..).zip(origins) {
+        for (event, origin) in outputs.drain(..).zip(origins) {
             let (i, value) = event.value;
-            if origin >= self.from[i] {
+            if origin.offset >= self.from[i][origin.source] {
                 routed[i].push((value, event.time));
             }
         }
-        let position = position_of(checkpoint);
+        let positions = positions_in(Some(checkpoint), &self.sources);
         for ((log, values), from) in self.logs.iter().zip(routed).zip(&mut self.from) {
-            if position <= *from && *from > 0 {
+            let ahead = from.iter().any(|&f| f > 0)
+                && positions.iter().zip(from.iter()).all(|(p, f)| p <= f);
+            if ahead {
                 // Ahead of the job: it has this batch already, and its
                 // checkpoint must not go back.
                 continue;
             }
             append_events(log, &mut self.values, &mut self.times, values, checkpoint)?;
-            *from = position;
+            from.clone_from(&positions);
         }
         Ok(())
     }
@@ -317,9 +342,13 @@ struct Counts {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct JobFigures {
-    /// The next source offset the job will handle.
+    /// The next source offset the job will handle (in the log the stream
+    /// was made from).
     pub position: u64,
-    /// Source records not yet handled.
+    /// Its position in each of its sources, in the order they were
+    /// [`merge`](Stream::merge)d.
+    pub positions: Vec<u64>,
+    /// Source records not yet handled, in all its sources.
     pub lag: u64,
     /// Source records handled since this run started.
     pub handled: u64,
@@ -352,7 +381,10 @@ pub struct Job {
     name: String,
     progress: Arc<Progress>,
     counts: Arc<Counts>,
-    source_end: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Its sources' ids, in order.
+    sources: Vec<LogId>,
+    /// The end of source `i`.
+    source_end: Box<dyn Fn(usize) -> u64 + Send + Sync>,
     /// Wakes the job's task (to see its stop flag).
     waker: Waker,
 }
@@ -371,8 +403,9 @@ impl std::fmt::Debug for Job {
 struct Parts<S, T, C, O> {
     stream: Stream<S, T, C>,
     output: O,
-    /// Dead letters for source offsets below this are already written.
-    letters_from: u64,
+    /// Per source: dead letters for offsets below this are already
+    /// written.
+    letters_from: Vec<u64>,
 }
 
 /// A running job, as the runtime steps it: a batch per step.
@@ -380,20 +413,27 @@ struct JobTask<S, T, C: Codec<S>, O> {
     parts: Parts<S, T, C, O>,
     progress: Arc<Progress>,
     counts: Arc<Counts>,
-    subscription: Subscription<S, C>,
-    /// The next source offset to read.
-    next: u64,
-    /// Outputs of source records below this were committed before a
-    /// restart: handled again (to rebuild the state), they are dropped.
-    replayed_below: u64,
+    /// One per source, in order.
+    subscriptions: Vec<Subscription<S, C>>,
+    /// Per source: the next offset to read.
+    next: Vec<u64>,
+    /// Per source: outputs of records below this were committed before a
+    /// restart; handled again (to rebuild the state), they are dropped.
+    replayed_below: Vec<u64>,
+    /// The source a batch takes from first, in turn, so that a busy
+    /// source cannot keep the others out.
+    turn: usize,
     /// Whether the operators keep state, written apart every
     /// [`STATE_EVERY`] batches; batches since it was last written.
     stateful: bool,
     since_state: u64,
     records: Vec<Record<S>>,
+    /// The batch's runs of records, in order: the source, and how many
+    /// records of `records` came from it.
+    runs: Vec<(usize, usize)>,
     outputs: Vec<Event<T>>,
-    /// The source offset each output came from.
-    origins: Vec<u64>,
+    /// The source record each output came from.
+    origins: Vec<Origin>,
     letters: Vec<DeadLetter>,
     verdict: Verdict,
     /// The job's name, held while it runs.
@@ -427,6 +467,25 @@ impl Job {
         if let Some(invalid) = stream.invalid.take() {
             return Err(invalid);
         }
+        let mut sources = Vec::with_capacity(stream.sources.len());
+        for source in &stream.sources {
+            let Some(id) = source.log_id() else {
+                return Err(Error::InvalidOption {
+                    name: "stream",
+                    reason: format!(
+                        "{} has no log id yet: open it once with a writer",
+                        source.path().display()
+                    ),
+                });
+            };
+            if sources.contains(&id) {
+                return Err(Error::InvalidArgument {
+                    name: "merge",
+                    reason: format!("{} is a source twice", source.path().display()),
+                });
+            }
+            sources.push(id);
+        }
         let claim = Claim::take(&stream.name, &path)?;
         let runtime = match stream.runtime.take() {
             Some(runtime) => runtime,
@@ -435,20 +494,22 @@ impl Job {
         // Where it resumes, found before it starts: a bad checkpoint is the
         // caller's error at once.
         let mut parts = Parts {
-            stream,
             output: output()?,
-            letters_from: 0,
+            letters_from: vec![0; stream.sources.len()],
+            stream,
         };
         let Resume {
             next,
             replay_from,
             stateful,
         } = resume(&mut parts)?;
-        let subscription = parts.stream.source.subscribe_with(
-            SubscribeOptions::new(Start::Offset(replay_from))
-                .capacity(parts.stream.batch.min(4096)),
-        )?;
-        let progress = Arc::new(Progress::new(&parts.stream.name, next));
+        let mut subscriptions = Vec::with_capacity(next.len());
+        for (source, &from) in parts.stream.sources.iter().zip(&replay_from) {
+            subscriptions.push(source.subscribe_with(
+                SubscribeOptions::new(Start::Offset(from)).capacity(parts.stream.batch.min(4096)),
+            )?);
+        }
+        let progress = Arc::new(Progress::new(&parts.stream.name, &next));
         let counts = Arc::new(Counts {
             handled: AtomicU64::new(0),
             outputs: AtomicU64::new(0),
@@ -457,18 +518,20 @@ impl Job {
             started: Instant::now(),
         });
         let name = parts.stream.name.clone();
-        let source = parts.stream.source.clone();
+        let logs = parts.stream.sources.clone();
         let batch = parts.stream.batch;
         let task = JobTask {
             parts,
             progress: progress.clone(),
             counts: counts.clone(),
-            subscription,
+            subscriptions,
             next: replay_from,
             replayed_below: next,
+            turn: 0,
             stateful,
             since_state: 0,
             records: Vec::with_capacity(batch.min(4096)),
+            runs: Vec::new(),
             outputs: Vec::new(),
             origins: Vec::new(),
             letters: Vec::new(),
@@ -481,7 +544,8 @@ impl Job {
             name,
             progress,
             counts,
-            source_end: Box::new(move || source.next_offset()),
+            sources,
+            source_end: Box::new(move |i| logs[i].next_offset()),
             waker,
         })
     }
@@ -492,14 +556,29 @@ impl Job {
     }
 
     /// The next source offset the job will handle: every record below it
-    /// has been handled and its outputs committed.
+    /// has been handled and its outputs committed. For a job that
+    /// [`merge`](Stream::merge)s several logs, its position in the log
+    /// the stream was made from ([`position_in`](Job::position_in) gives
+    /// the others).
     pub fn position(&self) -> u64 {
-        self.progress.position()
+        self.progress.position(0)
     }
 
-    /// Source records not yet handled.
+    /// The job's position in `source`, or `None` if it does not read it.
+    pub fn position_in<S, C: Codec<S>>(&self, source: &EventLog<S, C>) -> Option<u64> {
+        self.source_index(source).map(|i| self.progress.position(i))
+    }
+
+    fn source_index<S, C: Codec<S>>(&self, source: &EventLog<S, C>) -> Option<usize> {
+        let id = source.log_id()?;
+        self.sources.iter().position(|&s| s == id)
+    }
+
+    /// Source records not yet handled, in all its sources.
     pub fn lag(&self) -> u64 {
-        (self.source_end)().saturating_sub(self.position())
+        (0..self.sources.len())
+            .map(|i| (self.source_end)(i).saturating_sub(self.progress.position(i)))
+            .sum()
     }
 
     /// The job's position, lag, counts and rate.
@@ -508,6 +587,9 @@ impl Job {
         let secs = self.counts.started.elapsed().as_secs_f64();
         JobFigures {
             position: self.position(),
+            positions: (0..self.sources.len())
+                .map(|i| self.progress.position(i))
+                .collect(),
             lag: self.lag(),
             handled,
             outputs: self.counts.outputs.load(Ordering::Relaxed),
@@ -533,7 +615,29 @@ impl Job {
     ///
     /// [`Error::JobFailed`] if the job ends first.
     pub fn wait_for(&self, offset: u64) -> Result<()> {
-        self.progress.wait_for(offset)
+        self.progress.wait_for(0, offset)
+    }
+
+    /// Waits until the job has handled (and committed) every record below
+    /// `offset` in `source`, one of the logs it
+    /// [`merge`](Stream::merge)s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if the job does not read `source`;
+    /// [`Error::JobFailed`] if the job ends first.
+    pub fn wait_for_in<S, C: Codec<S>>(&self, source: &EventLog<S, C>, offset: u64) -> Result<()> {
+        let Some(i) = self.source_index(source) else {
+            return Err(Error::InvalidArgument {
+                name: "source",
+                reason: format!(
+                    "job {} does not read {}",
+                    self.name,
+                    source.path().display()
+                ),
+            });
+        };
+        self.progress.wait_for(i, offset)
     }
 
     /// Asks the job to finish its current batch and stop.
@@ -555,45 +659,56 @@ impl Job {
     }
 }
 
-/// Where a job resumes, and where it reads from to get there.
+/// Where a job resumes, and where it reads from to get there, per source.
 struct Resume {
     /// After its last committed batch.
-    next: u64,
+    next: Vec<u64>,
     /// Where its state was written (at or below `next`); the records from
     /// here to `next` are handled again, their outputs dropped.
-    replay_from: u64,
+    replay_from: Vec<u64>,
     stateful: bool,
+}
+
+/// The positions `checkpoint` holds in each of the stream's sources.
+fn positions<S, T, C: Codec<S>>(
+    stream: &Stream<S, T, C>,
+    checkpoint: &Checkpoint,
+) -> Result<Vec<u64>> {
+    stream
+        .sources
+        .iter()
+        .map(|source| checkpoint.position_in(source))
+        .collect()
 }
 
 /// Where a job resumes: after its last checkpoint, with the operators'
 /// state taken from it (or from the state checkpoint beside it), or, on
-/// its first run, at `start`, committed at once (an empty batch) so that a
-/// restart resumes there, not at a later `Start::End`.
+/// its first run, at `start` in each source, committed at once (an empty
+/// batch) so that a restart resumes there, not at a later `Start::End`.
 fn resume<S, T, C, O>(parts: &mut Parts<S, T, C, O>) -> Result<Resume>
 where
     C: Codec<S>,
     O: Output<T>,
 {
     let stream = &mut parts.stream;
-    let source = &stream.source;
     let state_name = format!("{}{STATE_SUFFIX}", stream.name);
     if let Some(letters) = &stream.dead_letters {
         if let Some(checkpoint) = letters.0.last_checkpoint(&stream.name)? {
-            parts.letters_from = checkpoint.position_in(source)?;
+            parts.letters_from = positions(stream, &checkpoint)?;
         }
     }
     if let Some(checkpoint) = parts.output.last_checkpoint(&stream.name)? {
-        let next = checkpoint.position_in(source)?;
+        let next = positions(stream, &checkpoint)?;
         if checkpoint.state() != [STATE_APART] {
             restore(stream, checkpoint.state())?;
             let stateful = is_stateful(stream)?;
             if stateful {
                 // (Written inline by an older version: from now on apart.)
-                parts.output.store(&state_checkpoint(stream, next)?)?;
+                parts.output.store(&state_checkpoint(stream, &next)?)?;
             }
             return Ok(Resume {
+                replay_from: next.clone(),
                 next,
-                replay_from: next,
                 stateful,
             });
         }
@@ -604,12 +719,12 @@ where
                 reason: format!("job {}: its state checkpoint is missing", stream.name),
             });
         };
-        let replay_from = state.position_in(source)?;
-        if replay_from > next {
+        let replay_from = positions(stream, &state)?;
+        if let Some((from, to)) = replay_from.iter().zip(&next).find(|(from, to)| from > to) {
             return Err(Error::InvalidArgument {
                 name: "checkpoint state",
                 reason: format!(
-                    "job {}: its state stands at {replay_from}, past its position {next}",
+                    "job {}: its state stands at {from}, past its position {to}",
                     stream.name
                 ),
             });
@@ -621,24 +736,27 @@ where
             stateful: true,
         });
     }
-    let next = match stream.start {
-        Start::Beginning => source.first_offset(),
-        Start::End => source.next_offset(),
-        Start::Offset(offset) => offset,
-        Start::Timestamp(_) => match source.read(stream.start).next() {
-            Some(record) => record?.offset,
-            None => source.next_offset(),
-        },
-    };
+    let mut next = Vec::with_capacity(stream.sources.len());
+    for source in &stream.sources {
+        next.push(match stream.start {
+            Start::Beginning => source.first_offset(),
+            Start::End => source.next_offset(),
+            Start::Offset(offset) => offset,
+            Start::Timestamp(_) => match source.read(stream.start).next() {
+                Some(record) => record?.offset,
+                None => source.next_offset(),
+            },
+        });
+    }
     let stateful = is_stateful(stream)?;
     if stateful {
-        parts.output.store(&state_checkpoint(stream, next)?)?;
+        parts.output.store(&state_checkpoint(stream, &next)?)?;
     }
-    let checkpoint = checkpoint(stream, next, stateful)?;
+    let checkpoint = checkpoint(stream, &next, stateful)?;
     parts.output.commit(&mut Vec::new(), &[], &checkpoint)?;
     Ok(Resume {
+        replay_from: next.clone(),
         next,
-        replay_from: next,
         stateful,
     })
 }
@@ -650,12 +768,26 @@ fn is_stateful<S, T, C>(stream: &Stream<S, T, C>) -> Result<bool> {
     Ok(!state.is_empty())
 }
 
-/// The checkpoint of a job at `next`: its position in the source (made
-/// durable below `next` first) and, unless it keeps its state apart, its
-/// operators' state.
+/// A checkpoint named `name` at `next` in each source (each made durable
+/// below it first), holding `state`.
+fn positioned<S, T, C: Codec<S>>(
+    stream: &Stream<S, T, C>,
+    name: String,
+    next: &[u64],
+    state: Vec<u8>,
+) -> Result<Checkpoint> {
+    let mut checkpoint = Checkpoint::new(name);
+    for (source, &next) in stream.sources.iter().zip(next) {
+        checkpoint = checkpoint.source(source, next)?;
+    }
+    Ok(checkpoint.with_state(state))
+}
+
+/// The checkpoint of a job at `next`: its positions in the sources and,
+/// unless it keeps its state apart, its operators' state.
 fn checkpoint<S, T, C: Codec<S>>(
     stream: &Stream<S, T, C>,
-    next: u64,
+    next: &[u64],
     apart: bool,
 ) -> Result<Checkpoint> {
     let state = if apart {
@@ -665,19 +797,23 @@ fn checkpoint<S, T, C: Codec<S>>(
         stream.operator.snapshot(&mut state)?;
         state
     };
-    Ok(Checkpoint::new(stream.name.clone())
-        .source(&stream.source, next)?
-        .with_state(state))
+    positioned(stream, stream.name.clone(), next, state)
 }
 
 /// The state checkpoint of a job whose operators have handled every
 /// source record below `next`.
-fn state_checkpoint<S, T, C: Codec<S>>(stream: &Stream<S, T, C>, next: u64) -> Result<Checkpoint> {
+fn state_checkpoint<S, T, C: Codec<S>>(
+    stream: &Stream<S, T, C>,
+    next: &[u64],
+) -> Result<Checkpoint> {
     let mut state = vec![STATE_INLINE];
     stream.operator.snapshot(&mut state)?;
-    Ok(Checkpoint::new(format!("{}{STATE_SUFFIX}", stream.name))
-        .source(&stream.source, next)?
-        .with_state(state))
+    positioned(
+        stream,
+        format!("{}{STATE_SUFFIX}", stream.name),
+        next,
+        state,
+    )
 }
 
 fn restore<S, T, C>(stream: &mut Stream<S, T, C>, state: &[u8]) -> Result<()> {
@@ -711,8 +847,12 @@ where
     fn step(&mut self, waker: &Waker) -> Step {
         if self.progress.stop_requested() {
             // A restart then has nothing to handle again.
-            let stored = if self.stateful && self.since_state > 0 && self.next > self.replayed_below
-            {
+            let replayed = self
+                .next
+                .iter()
+                .zip(&self.replayed_below)
+                .all(|(n, r)| n >= r);
+            let stored = if self.stateful && self.since_state > 0 && replayed {
                 self.store_state()
             } else {
                 Ok(())
@@ -747,73 +887,97 @@ where
     C: Codec<S>,
     O: Output<T>,
 {
+    /// Takes a batch of records, from each source in turn; whether there
+    /// were any (if not, every source has `waker` to wake the job).
+    fn take_batch(&mut self, waker: &Waker) -> Result<bool> {
+        let max = self.parts.stream.batch;
+        let sources = self.subscriptions.len();
+        self.runs.clear();
+        for k in 0..sources {
+            let room = max - self.records.len();
+            if room == 0 {
+                break;
+            }
+            let i = (self.turn + k) % sources;
+            let taken = self.subscriptions[i].poll_batch(waker, &mut self.records, room)?;
+            if taken > 0 {
+                self.runs.push((i, taken));
+            }
+        }
+        self.turn = (self.turn + 1) % sources;
+        Ok(!self.records.is_empty())
+    }
+
     /// A batch of source records through the operators, its outputs, the
-    /// source position and the operators' state committed together;
+    /// source positions and the operators' state committed together;
     /// whether there was one.
     fn batch(&mut self, waker: &Waker) -> Result<bool> {
-        let max = self.parts.stream.batch;
-        if self
-            .subscription
-            .poll_batch(waker, &mut self.records, max)?
-            == 0
-        {
+        if !self.take_batch(waker)? {
             return Ok(false);
         }
-        let replayed_below = self.replayed_below;
         let JobTask {
             parts,
             counts,
             records,
+            runs,
             outputs,
             origins,
             letters,
             verdict,
+            replayed_below,
             ..
         } = self;
         let stream = &mut parts.stream;
-        let end = records.last().map_or(self.next, |r| r.offset + 1);
+        let mut end = self.next.clone();
         let count = records.len() as u64;
         let mut late = 0;
-        for record in records.drain(..) {
-            let (offset, timestamp) = (record.offset, record.timestamp);
-            let event = Event {
-                time: record.event_time(),
-                value: record.value,
-            };
-            let mark = outputs.len();
-            let operator = &mut stream.operator;
-            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                operator.on_record(event, verdict, &mut |out| outputs.push(out));
-            }));
-            let (too_late, rejected) = verdict.take();
-            let rejected = match handled {
-                Ok(()) => rejected,
-                Err(panic) => Some(panic_message(panic.as_ref())),
-            };
-            origins.resize(outputs.len(), offset);
-            let reason = match (rejected, too_late) {
-                (Some(reason), _) => {
-                    outputs.truncate(mark);
-                    origins.truncate(mark);
-                    if stream.dead_letters.is_none() {
-                        return Err(Error::JobFailed {
-                            name: stream.name.clone(),
-                            reason,
-                        });
+        let mut taken = records.drain(..);
+        for &(source, run) in runs.iter() {
+            for record in taken.by_ref().take(run) {
+                let (offset, timestamp) = (record.offset, record.timestamp);
+                end[source] = offset + 1;
+                let event = Event {
+                    time: record.event_time(),
+                    value: record.value,
+                };
+                let mark = outputs.len();
+                let operator = &mut stream.operator;
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    operator.on_record(event, verdict, &mut |out| outputs.push(out));
+                }));
+                let (too_late, rejected) = verdict.take();
+                let rejected = match handled {
+                    Ok(()) => rejected,
+                    Err(panic) => Some(panic_message(panic.as_ref())),
+                };
+                origins.resize(outputs.len(), Origin { source, offset });
+                let reason = match (rejected, too_late) {
+                    (Some(reason), _) => {
+                        outputs.truncate(mark);
+                        origins.truncate(mark);
+                        if stream.dead_letters.is_none() {
+                            return Err(Error::JobFailed {
+                                name: stream.name.clone(),
+                                reason,
+                            });
+                        }
+                        reason
                     }
-                    reason
+                    (None, Some(reason)) => {
+                        late += 1;
+                        reason
+                    }
+                    (None, None) => continue,
+                };
+                let written = parts.letters_from[source].max(replayed_below[source]);
+                if stream.dead_letters.is_some() && offset >= written {
+                    let log = &stream.sources[source];
+                    letters.push(dead_letter(log, offset, timestamp, reason)?);
                 }
-                (None, Some(reason)) => {
-                    late += 1;
-                    reason
-                }
-                (None, None) => continue,
-            };
-            if stream.dead_letters.is_some() && offset >= parts.letters_from.max(replayed_below) {
-                letters.push(dead_letter(&stream.source, offset, timestamp, reason)?);
             }
         }
-        if end <= replayed_below {
+        drop(taken);
+        if end.iter().zip(replayed_below.iter()).all(|(e, r)| e <= r) {
             // Handled again only to rebuild the state: all of it was
             // committed before.
             outputs.clear();
@@ -821,10 +985,15 @@ where
             self.next = end;
             return Ok(true);
         }
-        let already = origins.partition_point(|&origin| origin < replayed_below);
-        outputs.drain(..already);
-        origins.drain(..already);
-        let checkpoint = checkpoint(stream, end, self.stateful)?;
+        let replaying = self
+            .next
+            .iter()
+            .zip(replayed_below.iter())
+            .any(|(n, r)| n < r);
+        if replaying {
+            drop_committed(outputs, origins, replayed_below);
+        }
+        let checkpoint = checkpoint(stream, &end, self.stateful)?;
         if let Some(dead) = &stream.dead_letters {
             if !letters.is_empty() {
                 dead.0.append(letters, &checkpoint)?;
@@ -840,7 +1009,11 @@ where
         counts.handled.fetch_add(count, Ordering::Relaxed);
         counts.outputs.fetch_add(made, Ordering::Relaxed);
         counts.late.fetch_add(late, Ordering::Relaxed);
-        self.progress.advance(end);
+        for (source, (&new, old)) in end.iter().zip(&self.next).enumerate() {
+            if new != *old {
+                self.progress.advance(source, new);
+            }
+        }
         self.next = end;
         self.since_state += 1;
         if self.stateful && self.since_state >= STATE_EVERY {
@@ -851,11 +1024,27 @@ where
 
     /// Writes the operators' state (as of `next`) apart.
     fn store_state(&mut self) -> Result<()> {
-        let checkpoint = state_checkpoint(&self.parts.stream, self.next)?;
+        let checkpoint = state_checkpoint(&self.parts.stream, &self.next)?;
         self.parts.output.store(&checkpoint)?;
         self.since_state = 0;
         Ok(())
     }
+}
+
+/// Drops the outputs (and their origins) of source records below
+/// `committed` in their source: a restart handled them again only to
+/// rebuild its state. The rest keep their order.
+fn drop_committed<T>(outputs: &mut Vec<Event<T>>, origins: &mut Vec<Origin>, committed: &[u64]) {
+    let mut kept = 0;
+    for i in 0..outputs.len() {
+        if origins[i].offset >= committed[origins[i].source] {
+            outputs.swap(kept, i);
+            origins.swap(kept, i);
+            kept += 1;
+        }
+    }
+    outputs.truncate(kept);
+    origins.truncate(kept);
 }
 
 /// The dead letter of the source record at `offset`: its bytes as stored,

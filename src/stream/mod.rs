@@ -76,7 +76,8 @@ use crate::record::{Start, Timestamp};
 /// it.
 #[must_use = "a stream does nothing until it is started with `to` or `for_each`"]
 pub struct Stream<S, T, C> {
-    source: EventLog<S, C>,
+    /// The logs it reads: the one it was made from, then those merged in.
+    sources: Vec<EventLog<S, C>>,
     name: String,
     start: Start,
     batch: usize,
@@ -112,7 +113,7 @@ where
     /// the last one committed, and `start` applies only to its first run.
     pub fn stream(&self, name: &str, start: Start) -> Stream<S, S, C> {
         Stream {
-            source: self.clone(),
+            sources: vec![self.clone()],
             name: name.to_owned(),
             start,
             batch: 1024,
@@ -140,7 +141,7 @@ where
 {
     fn then_operator<U: 'static>(self, operator: impl Operator<T, U> + 'static) -> Stream<S, U, C> {
         Stream {
-            source: self.source,
+            sources: self.sources,
             name: self.name,
             start: self.start,
             batch: self.batch,
@@ -268,6 +269,23 @@ where
         self.then_operator(Scan { state: init, f })
     }
 
+    /// Adds `other` as a source: its records go through this whole
+    /// pipeline (the operators added before the merge too), interleaved
+    /// with the other sources' in batches as they arrive. The job's
+    /// checkpoint holds its position in each source, so it resumes in
+    /// each where it stopped; which source's records come first in a
+    /// batch depends on when they arrived, so a merged job's output holds
+    /// each source's outputs exactly once and in that source's order, but
+    /// their interleaving may differ from one run to another. The sources
+    /// are part of the job: a job started again must merge the same logs
+    /// (a checkpoint without one of them is [`Error::NotInCheckpoint`]).
+    /// Merging a log twice is [`Error::InvalidArgument`] when the job
+    /// starts.
+    pub fn merge(mut self, other: &EventLog<S, C>) -> Stream<S, T, C> {
+        self.sources.push(other.clone());
+        self
+    }
+
     /// Sends the source records a user function rejects
     /// ([`try_map`](Stream::try_map), or a panic) and the records that come
     /// too late for their window to `log` as [`DeadLetter`]s (with the
@@ -350,7 +368,10 @@ where
             }
         });
         let name = routed.name.clone();
-        Job::start(routed, path, move || BranchOutput::new(logs, &name))
+        let sources = routed.sources.iter().filter_map(EventLog::log_id).collect();
+        Job::start(routed, path, move || {
+            BranchOutput::new(logs, sources, &name)
+        })
     }
 
     /// Starts the job, handing each output to `f` in order, at least once:
@@ -363,7 +384,7 @@ where
     /// As [`to`](Stream::to), and opening the checkpoint log.
     pub fn for_each(self, f: impl FnMut(T) + Send + 'static) -> Result<Job> {
         crate::name::validate(&self.name)?;
-        let path = EachOutput::<()>::path(&self.source, &self.name);
+        let path = EachOutput::<()>::path(&self.sources[0], &self.name);
         Job::start(self, path.clone(), move || EachOutput::open(&path, f))
     }
 }

@@ -281,18 +281,20 @@ fn work(inner: &Inner) {
 const POLL: Duration = Duration::from_millis(20);
 
 /// What a running task (a job or a table's driver) shares with its
-/// handles: the next source offset it will handle, its stop flag, and how
-/// it ended.
+/// handles: the next offset it will handle in each of its sources, its
+/// stop flag, and how it ended.
 #[derive(Debug)]
 pub(super) struct Progress {
     name: String,
-    position: AtomicU64,
+    /// Per source, in the order the task was given them.
+    positions: Box<[AtomicU64]>,
     stop: AtomicBool,
-    /// The lowest offset a [`wait_for`](Progress::wait_for) waits for
-    /// (`u64::MAX` for none): the task wakes waiters only when it reaches
-    /// it, not after every batch.
-    wanted: AtomicU64,
-    /// Wakes waiters when the position reaches `wanted` or the task ends.
+    /// Per source, the lowest offset a [`wait_for`](Progress::wait_for)
+    /// waits for (`u64::MAX` for none): the task wakes waiters only when
+    /// it reaches it, not after every batch.
+    wanted: Box<[AtomicU64]>,
+    /// Wakes waiters when a position reaches what they want or the task
+    /// ends.
     moved: Condvar,
     /// `Some` once the task has ended: why, if it failed.
     ended: Mutex<Option<Option<String>>>,
@@ -301,27 +303,30 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    pub(super) fn new(name: &str, position: u64) -> Progress {
+    /// The progress of task `name`, at `positions` in its sources.
+    pub(super) fn new(name: &str, positions: &[u64]) -> Progress {
         Progress {
             name: name.to_owned(),
-            position: AtomicU64::new(position),
+            positions: positions.iter().map(|&p| AtomicU64::new(p)).collect(),
             stop: AtomicBool::new(false),
-            wanted: AtomicU64::new(u64::MAX),
+            wanted: positions.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
             moved: Condvar::new(),
             ended: Mutex::new(None),
             result: Mutex::new(None),
         }
     }
 
-    pub(super) fn position(&self) -> u64 {
-        self.position.load(Ordering::Acquire)
+    /// The next offset the task will handle in source `source`.
+    pub(super) fn position(&self, source: usize) -> u64 {
+        self.positions[source].load(Ordering::Acquire)
     }
 
-    /// The task has handled every source record below `position`.
-    pub(super) fn advance(&self, position: u64) {
-        self.position.store(position, Ordering::SeqCst);
-        if position >= self.wanted.load(Ordering::SeqCst) {
-            self.wanted.store(u64::MAX, Ordering::SeqCst);
+    /// The task has handled every record below `position` in source
+    /// `source`.
+    pub(super) fn advance(&self, source: usize, position: u64) {
+        self.positions[source].store(position, Ordering::SeqCst);
+        if position >= self.wanted[source].load(Ordering::SeqCst) {
+            self.wanted[source].store(u64::MAX, Ordering::SeqCst);
             // Taking the lock orders this wake-up after a waiter's check
             // of the position, so it cannot fall between that check and
             // its wait.
@@ -347,15 +352,15 @@ impl Progress {
         self.lock_ended().clone()
     }
 
-    /// Waits until the task has handled every source record below
-    /// `offset`; [`Error::JobFailed`] if it ends first.
-    pub(super) fn wait_for(&self, offset: u64) -> Result<()> {
+    /// Waits until the task has handled every record below `offset` in
+    /// source `source`; [`Error::JobFailed`] if it ends first.
+    pub(super) fn wait_for(&self, source: usize, offset: u64) -> Result<()> {
         let mut ended = self.lock_ended();
         loop {
             // Asked for before the position is read: an `advance` past
             // `offset` either is seen here or sees the request.
-            self.wanted.fetch_min(offset, Ordering::SeqCst);
-            if self.position.load(Ordering::SeqCst) >= offset {
+            self.wanted[source].fetch_min(offset, Ordering::SeqCst);
+            if self.positions[source].load(Ordering::SeqCst) >= offset {
                 return Ok(());
             }
             if let Some(why) = &*ended {

@@ -486,7 +486,7 @@ impl<K, V> Table<K, V> {
     /// The next source offset the table will apply: every record below it
     /// is in the table (committed, and visible to reads).
     pub fn position(&self) -> u64 {
-        self.inner.shared.progress.position()
+        self.inner.shared.progress.position(0)
     }
 
     /// Source records not yet applied.
@@ -517,7 +517,7 @@ impl<K, V> Table<K, V> {
     ///
     /// [`Error::JobFailed`] if the driver ends first.
     pub fn wait_for(&self, offset: u64) -> Result<()> {
-        self.inner.shared.progress.wait_for(offset)
+        self.inner.shared.progress.wait_for(0, offset)
     }
 
     /// Asks the driver to finish its current batch and stop; what it
@@ -692,7 +692,7 @@ where
         let subscription = source.subscribe_with(
             SubscribeOptions::new(Start::Offset(next)).capacity(options.batch.min(4096)),
         )?;
-        let progress = Arc::new(Progress::new(name, next));
+        let progress = Arc::new(Progress::new(name, &[next]));
         let shared = Arc::new(Shared {
             map: RwLock::new(map),
             progress: progress.clone(),
@@ -736,7 +736,7 @@ where
                 map.insert(change.key, change.value);
             }
         }
-        self.shared.progress.advance(end);
+        self.shared.progress.advance(0, end);
         let due = self.changelog.next_offset() - self.covered;
         if due > MIN_SNAPSHOT_CHANGES.max(self.shared.map.read().len() as u64) {
             self.snapshot()?;
