@@ -5,6 +5,8 @@
 #   scripts/extended.sh [all|kills|sim|fuzz|soak] ...
 #
 #   kills  SIGKILL harness, tests/crash.rs     BACKBONE_CRASH_KILLS (20000)
+#          and stream jobs and tables,         BACKBONE_STREAM_KILLS (2000 per
+#          tests/stream_kills.rs               pipeline and durability)
 #   sim    seeded power-loss campaign of       BACKBONE_SIM_CRASHES (1000000 seeds)
 #          tests/sim/model.rs on the simulator
 #   fuzz   the cargo-fuzz targets in fuzz/,    FUZZ_SECONDS (600 per target),
@@ -27,6 +29,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 KILLS=${BACKBONE_CRASH_KILLS:-20000}
+STREAM_KILLS=${BACKBONE_STREAM_KILLS:-2000}
 SIM=${BACKBONE_SIM_CRASHES:-1000000}
 FUZZ_SECONDS=${FUZZ_SECONDS:-600}
 FUZZ_TARGETS=${FUZZ_TARGETS:-"frame_decode segment_recover dir_recover index_parse api_ops"}
@@ -44,6 +47,9 @@ run_kills() {
     local t0; t0=$(date +%s)
     BACKBONE_CRASH_KILLS=$KILLS cargo test --all-features --test crash -- \
         --nocapture --test-threads=1 2>&1 | grep -vE '^\s*(Compiling|Running|Finished|Blocking)'
+    banner "kills: BACKBONE_STREAM_KILLS=$STREAM_KILLS cargo test --all-features --test stream_kills"
+    BACKBONE_STREAM_KILLS=$STREAM_KILLS cargo test --all-features --test stream_kills -- \
+        --nocapture 2>&1 | grep -vE '^\s*(Compiling|Running|Finished|Blocking)'
     echo "kills: done in $(elapsed "$t0") s"
 }
 

@@ -394,6 +394,17 @@ impl Options {
         self
     }
 
+    /// The storage the log's files go through, for the files a stream
+    /// table keeps beside its changelog.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The permission bits new files are created with.
+    pub(crate) fn created_file_mode(&self) -> u32 {
+        self.file_mode
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |name, reason: String| Err(Error::InvalidOption { name, reason });
         if let EventDecl::Declared { name, version } = &self.event {

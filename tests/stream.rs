@@ -765,8 +765,12 @@ fn a_branch_resumes_each_output_where_it_stands() {
     start(&[&evens, &odds], 10);
     // As a crash between a batch's two appends leaves them: `evens` ahead
     // (here moved on alone, its odd values going elsewhere).
+    // (A job whose outputs change is refused until its registration on
+    // the source, from its last output, is retired.)
     source.append_batch(&(10..20).collect::<Vec<_>>()).unwrap();
+    assert!(source.delete_reader("split").unwrap());
     start(&[&evens, &scratch], 20);
+    assert!(source.delete_reader("split").unwrap());
     source.append_batch(&(20..30).collect::<Vec<_>>()).unwrap();
     start(&[&evens, &odds], 30);
     // Each holds what one uninterrupted run gives it: nothing twice.
@@ -926,4 +930,57 @@ fn a_windowed_count_over_a_merge_counts_every_source() {
             (Timestamp::from_micros(60_000_000), 60)
         ]
     );
+}
+
+#[test]
+fn a_job_registers_one_reader_from_one_log_and_a_name_taken_elsewhere_is_refused() {
+    use backbone::DeadLetter;
+    let tmp = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    let low: EventLog<u64> = EventLog::open(tmp.path().join("low")).unwrap();
+    let high: EventLog<u64> = EventLog::open(tmp.path().join("high")).unwrap();
+    let dead: EventLog<DeadLetter> = EventLog::open(tmp.path().join("dead")).unwrap();
+    source.append_batch(&(0..100).collect::<Vec<_>>()).unwrap();
+    let job = source
+        .stream("split", Start::Beginning)
+        .try_map(|n| if n % 10 == 9 { Err("nines") } else { Ok(n) })
+        .dead_letter(&dead)
+        .batch_size(8)
+        .branch(&[&low, &high], |n| usize::from(*n >= 50))
+        .unwrap();
+    job.wait_for(100).unwrap();
+    job.stop();
+    job.join().unwrap();
+    assert_eq!(dead.next_offset(), 10);
+    // One registration, from the output each batch reaches last: neither
+    // the dead letters (committed first) nor the first output move it.
+    let readers = source.readers().unwrap();
+    let split: Vec<_> = readers.iter().filter(|r| r.name == "split").collect();
+    assert_eq!(split.len(), 1, "{readers:?}");
+    assert_eq!(split[0].location, high.path());
+    assert_eq!(split[0].position, Some(100));
+
+    // A table or another job of that name on the same source, committing
+    // elsewhere, is refused: the two would overwrite one registration.
+    let table = source.table("split", |n: &u64| *n % 3, |sum: &mut u64, n| *sum += n);
+    assert!(matches!(table, Err(Error::InvalidArgument { .. })));
+    let other: EventLog<u64> = EventLog::open(tmp.path().join("other")).unwrap();
+    let again = source.stream("split", Start::Beginning).to(&other);
+    assert!(matches!(again, Err(Error::InvalidArgument { .. })));
+    // The job itself starts again as before.
+    let job = source
+        .stream("split", Start::Beginning)
+        .try_map(|n| if n % 10 == 9 { Err("nines") } else { Ok(n) })
+        .dead_letter(&dead)
+        .branch(&[&low, &high], |n| usize::from(*n >= 50))
+        .unwrap();
+    job.stop();
+    job.join().unwrap();
+    // Retired, the name is free.
+    assert!(source.delete_reader("split").unwrap());
+    let table = source
+        .table("split", |n: &u64| *n % 3, |sum: &mut u64, n| *sum += n)
+        .unwrap();
+    table.wait_for(100).unwrap();
+    assert_eq!(table.get(&0), Some((0..100).filter(|n| n % 3 == 0).sum()));
 }

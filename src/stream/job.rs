@@ -40,6 +40,10 @@ const STATE_EVERY: u64 = 16;
 pub(super) trait Output<T>: Send + 'static {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>>;
 
+    /// The log whose checkpoints register the job as a reader of its
+    /// sources (see [`registered_from`]).
+    fn location(&self) -> &Path;
+
     /// Stores `checkpoint` alone (no outputs) where the job's go.
     fn store(&mut self, checkpoint: &Checkpoint) -> Result<()>;
 
@@ -86,6 +90,10 @@ where
 {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
         self.log.last_checkpoint(name)
+    }
+
+    fn location(&self) -> &Path {
+        self.log.path()
     }
 
     fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
@@ -138,6 +146,10 @@ where
 {
     fn last_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
         self.checkpoints.last_checkpoint(name)
+    }
+
+    fn location(&self) -> &Path {
+        self.checkpoints.path()
     }
 
     fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
@@ -220,6 +232,72 @@ impl<T, D: Codec<T>> BranchOutput<T, D> {
     }
 }
 
+impl<T, D> BranchOutput<T, D> {
+    /// The output whose checkpoints register the job on its sources: the
+    /// last, which each batch reaches last, so its position is never past
+    /// another output's and retention never drops what a restart (from
+    /// the output furthest behind) reads again.
+    fn registering(&self) -> &EventLog<T, D> {
+        &self.logs[self.logs.len() - 1]
+    }
+}
+
+/// `checkpoint` without its registrations on its sources: the same
+/// positions and state, for a log whose commits must not move the job's
+/// advisory position there (a dead-letter log, which commits a batch
+/// before its outputs do; a branch output other than the last).
+fn unregistered(checkpoint: &Checkpoint) -> Checkpoint {
+    checkpoint
+        .positions()
+        .iter()
+        .fold(Checkpoint::new(checkpoint.name()), |c, p| {
+            c.with_position(p.clone())
+        })
+        .with_state(checkpoint.state())
+}
+
+/// Refuses job or table `name` on `source` when a reader of that name
+/// (or of its state checkpoint's) is registered there from another log
+/// than `location`: a hand-off, job or table of the same name elsewhere,
+/// whose advisory position (which retention follows) the two would
+/// overwrite in turn.
+pub(super) fn registered_from<S, C: Codec<S>>(
+    source: &EventLog<S, C>,
+    name: &str,
+    location: &Path,
+) -> Result<()> {
+    let state = format!("{name}{STATE_SUFFIX}");
+    for reader in source.readers()? {
+        let ours = reader.name == name || reader.name == state;
+        // A registration that cannot be read says nothing of where it
+        // came from (its next commit rewrites it).
+        let unknown = reader.position.is_none();
+        if !ours || unknown || same_dir(&reader.location, location) {
+            continue;
+        }
+        return Err(Error::InvalidArgument {
+            name: "name",
+            reason: format!(
+                "{} already has a reader named {} committing to {}; choose another name, \
+                 or retire that one with delete_reader",
+                source.path().display(),
+                reader.name,
+                reader.location.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether two paths name one directory (as written, or once resolved).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
 /// The positions a job's checkpoint holds in `sources` (0 where it holds
 /// none).
 fn positions_in(checkpoint: Option<&Checkpoint>, sources: &[LogId]) -> Vec<u64> {
@@ -258,9 +336,15 @@ where
         Ok(behind.map(|(_, checkpoint)| checkpoint))
     }
 
+    fn location(&self) -> &Path {
+        self.registering().path()
+    }
+
     fn store(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        for log in &self.logs {
-            log.append_committing(&[], checkpoint)?;
+        let quiet = unregistered(checkpoint);
+        let last = self.logs.len() - 1;
+        for (i, log) in self.logs.iter().enumerate() {
+            log.append_committing(&[], if i == last { checkpoint } else { &quiet })?;
         }
         Ok(())
     }
@@ -279,7 +363,11 @@ where
             }
         }
         let positions = positions_in(Some(checkpoint), &self.sources);
-        for ((log, values), from) in self.logs.iter().zip(routed).zip(&mut self.from) {
+        let quiet = unregistered(checkpoint);
+        let last = self.logs.len() - 1;
+        for (i, ((log, values), from)) in
+            self.logs.iter().zip(routed).zip(&mut self.from).enumerate()
+        {
             let ahead = from.iter().any(|&f| f > 0)
                 && positions.iter().zip(from.iter()).all(|(p, f)| p <= f);
             if ahead {
@@ -287,6 +375,7 @@ where
                 // checkpoint must not go back.
                 continue;
             }
+            let checkpoint = if i == last { checkpoint } else { &quiet };
             append_events(log, &mut self.values, &mut self.times, values, checkpoint)?;
             from.clone_from(&positions);
         }
@@ -493,8 +582,12 @@ impl Job {
         };
         // Where it resumes, found before it starts: a bad checkpoint is the
         // caller's error at once.
+        let output = output()?;
+        for source in &stream.sources {
+            registered_from(source, &stream.name, output.location())?;
+        }
         let mut parts = Parts {
-            output: output()?,
+            output,
             letters_from: vec![0; stream.sources.len()],
             stream,
         };
@@ -996,7 +1089,7 @@ where
         let checkpoint = checkpoint(stream, &end, self.stateful)?;
         if let Some(dead) = &stream.dead_letters {
             if !letters.is_empty() {
-                dead.0.append(letters, &checkpoint)?;
+                dead.0.append(letters, &unregistered(&checkpoint))?;
                 counts
                     .dead_letters
                     .fetch_add(letters.len() as u64, Ordering::Relaxed);

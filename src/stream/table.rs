@@ -11,34 +11,18 @@
 //! # On disk
 //!
 //! A table `name` of the source log in directory `orders` lives in
-//! `orders.tables/name/`, a sibling of the log's directory:
-//!
-//! | file | what it is |
-//! | --- | --- |
-//! | `changelog/` | a log of [`TableChange`]s: for each batch of source records applied, the newest value of every key the batch touched, committed together with the source position (a checkpoint named like the table) by one [`EventLog::append_committing`] |
-//! | `snapshot` | every entry of the table as of a changelog offset (`covered`): the changelog records below it are no longer needed |
-//! | `snapshot.tmp` | a snapshot being written; removed when the table starts |
-//!
-//! The table's state is the snapshot's entries, then the changelog's
-//! records from `covered` on, each setting its key's value; the source
-//! position it stands at is the changelog's checkpoint. A snapshot is
-//! written once the changelog has grown by more records than the table
+//! `orders.tables/name/`: a `changelog/` log of [`TableChange`]s (for each
+//! batch of source records applied, the newest value of every key the
+//! batch touched, committed with the source position by one
+//! [`EventLog::append_committing`]) and a `snapshot` of every entry as of
+//! a changelog offset. docs/FORMAT.md ("Stream jobs and tables") gives
+//! the snapshot's bytes. The table's state is the snapshot's entries,
+//! then the changelog's records from the snapshot's offset on. A snapshot
+//! is written once the changelog has grown by more records than the table
 //! has keys (and at least 4096) since the last one, so writing snapshots
 //! costs a bounded amount per change, and a restart replays at most about
 //! as many changelog records as the table has keys: the user's fold
 //! function is called only for source records after the checkpoint.
-//!
-//! The snapshot file, all integers little-endian:
-//!
-//! | bytes | field |
-//! | --- | --- |
-//! | 0..8 | magic `BBONETBL` |
-//! | 8..12 | version (`u32`), 1 |
-//! | 12..16 | CRC-32 of every byte from 16 to the end |
-//! | 16..24 | `covered` (`u64`): the changelog offset the snapshot holds every change below |
-//! | 24..32 | entry count (`u64`) |
-//! | 32..40 | body length (`u64`) |
-//! | 40.. | body: each entry as a postcard-encoded `(key, value)` pair, keys distinct |
 //!
 //! # What a crash leaves
 //!
@@ -402,6 +386,7 @@ where
         crate::name::validate(name)?;
         let dir = table_dir(source.path(), name)?;
         let running = Claim::take(name, &dir)?;
+        super::job::registered_from(source, name, &dir.join(CHANGELOG))?;
         let driver = Driver::open(source, name, dir, key, fold, &options)?;
         let (shared, changelog) = (driver.shared.clone(), driver.changelog.clone());
         let runtime = match options.runtime.clone() {
@@ -658,8 +643,8 @@ where
     ) -> Result<Driver<T, C, K, V>> {
         // The snapshot goes through the changelog's storage, so that a
         // table on the crash simulator is simulated whole.
-        let storage = options.changelog.storage.clone();
-        let file_mode = options.changelog.file_mode;
+        let storage = options.changelog.storage().clone();
+        let file_mode = options.changelog.created_file_mode();
         create_dirs(&storage, &dir, file_mode)?;
         remove_if_exists(&storage, &dir.join(SNAPSHOT_TMP))?;
         let changelog: EventLog<TableChange<K, V>> =
