@@ -15,9 +15,11 @@
 //! loaded from its snapshot and changelog must hold every source value
 //! exactly once.
 //!
-//! `BACKBONE_STREAM_KILLS` sets the number of kills per durability and
-//! pipeline (default 60 for the copy, 50 for the windows and the table;
-//! the campaigns run side by side in a few seconds).
+//! Each campaign kills for `BACKBONE_STREAM_KILL_SECS` (default 20) and at
+//! least `BACKBONE_STREAM_KILLS` times per durability and pipeline
+//! (default 60 for the copy, 50 for the windows and the table); the
+//! source starts with 60,000 values and grows by 200 before each life, so
+//! every life has work when it is killed. The campaigns run side by side.
 #![cfg(unix)]
 
 mod common;
@@ -35,6 +37,10 @@ const DIR_VAR: &str = "BACKBONE_STREAM_DIR";
 const MODE_VAR: &str = "BACKBONE_STREAM_MODE";
 const PIPELINE_VAR: &str = "BACKBONE_STREAM_PIPELINE";
 const KILLS_VAR: &str = "BACKBONE_STREAM_KILLS";
+const SECS_VAR: &str = "BACKBONE_STREAM_KILL_SECS";
+const DEFAULT_SECS: u64 = 20;
+/// Values appended to the source before each life that is to be killed.
+const GROW: u64 = 200;
 const DEFAULT_KILLS: usize = 60;
 const DEFAULT_WINDOW_KILLS: usize = 50;
 const JOB: &str = "copy";
@@ -156,7 +162,7 @@ fn child_stream_kill() {
             .expect("start the table");
         say(format_args!("START {resumes} . {:?}", loaded.err()));
         table
-            .wait_for(SOURCE_RECORDS)
+            .wait_for(source.next_offset())
             .expect("the table catches up");
         table.stop();
         table.join().expect("join");
@@ -171,7 +177,8 @@ fn child_stream_kill() {
         let resumes = resume_point(&source, &output);
         let job = start_windows(&source, &output, true);
         say(format_args!("START {resumes} ."));
-        job.wait_for(SOURCE_RECORDS).expect("the job finishes");
+        job.wait_for(source.next_offset())
+            .expect("the job finishes");
         job.stop();
         job.join().expect("join");
         output.close().expect("close");
@@ -195,7 +202,8 @@ fn child_stream_kill() {
         .to(&output)
         .expect("start the job");
     say(format_args!("START {resumes} ."));
-    job.wait_for(SOURCE_RECORDS).expect("the job finishes");
+    job.wait_for(source.next_offset())
+        .expect("the job finishes");
     job.stop();
     job.join().expect("join");
     output.close().expect("close");
@@ -217,16 +225,24 @@ fn campaign(pipeline: Pipeline, buffered: bool, seed: u64) {
             Pipeline::Copy => DEFAULT_KILLS,
             Pipeline::Windows | Pipeline::Table => DEFAULT_WINDOW_KILLS,
         });
+    let budget = Duration::from_secs(
+        std::env::var(SECS_VAR)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_SECS),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    {
+    let grow = |from: u64, to: u64| {
         let source: EventLog<u64> = EventLog::open(dir.join("source")).unwrap();
-        let values: Vec<u64> = (0..SOURCE_RECORDS).collect();
+        let values: Vec<u64> = (from..to).collect();
         for chunk in values.chunks(5_000) {
             source.append_batch(chunk).unwrap();
         }
         source.close().unwrap();
-    }
+    };
+    grow(0, SOURCE_RECORDS);
+    let mut total = SOURCE_RECORDS;
     let mode = if buffered { "buffered" } else { "every-append" };
     let name = match pipeline {
         Pipeline::Copy => "copy",
@@ -240,8 +256,14 @@ fn campaign(pipeline: Pipeline, buffered: bool, seed: u64) {
     ];
     let mut rng = Rng::new(seed);
     let (mut killed, mut lives, mut last_start) = (0, 0, 0);
+    let started = std::time::Instant::now();
     loop {
         lives += 1;
+        let killing = killed < kills || started.elapsed() < budget;
+        if killing && lives > 1 {
+            grow(total, total + GROW);
+            total += GROW;
+        }
         let mut child = ChildProcess::spawn(CHILD, &env);
         let Some(start) = child.wait_for_line("START", Duration::from_secs(60)) else {
             panic!("{mode}: child did not start: {:?}", child.kill());
@@ -256,15 +278,16 @@ fn campaign(pipeline: Pipeline, buffered: bool, seed: u64) {
             "{mode}: resumed behind an earlier life: {position} < {last_start}: {start}"
         );
         last_start = position;
-        if killed < kills {
+        if killing {
             std::thread::sleep(Duration::from_micros(rng.range(200, 15_000)));
             let out = child.kill();
             if out.was_killed() {
                 killed += 1;
-                continue;
+            } else {
+                // It finished first: the next life has new values.
+                assert!(out.status.success(), "{mode}: child failed: {out:?}");
             }
-            assert!(out.status.success(), "{mode}: child failed: {out:?}");
-            break;
+            continue;
         }
         let done = child.wait_for_line("DONE", Duration::from_secs(120));
         let out = child.kill();
@@ -275,13 +298,13 @@ fn campaign(pipeline: Pipeline, buffered: bool, seed: u64) {
         break;
     }
     if pipeline == Pipeline::Windows {
-        return check_windows(dir, buffered, killed, lives);
+        return check_windows(dir, buffered, total, killed, lives);
     }
     if pipeline == Pipeline::Table {
-        return check_table(dir, buffered, killed, lives);
+        return check_table(dir, buffered, total, killed, lives);
     }
     let output = open_output(dir, buffered);
-    let expected: Vec<u64> = (0..SOURCE_RECORDS).flat_map(outputs).collect();
+    let expected: Vec<u64> = (0..total).flat_map(outputs).collect();
     assert_eq!(
         output.next_offset(),
         expected.len() as u64,
@@ -308,16 +331,18 @@ fn campaign(pipeline: Pipeline, buffered: bool, seed: u64) {
 }
 
 /// The windowed output after the kills against one uninterrupted run.
-fn check_windows(dir: &Path, buffered: bool, killed: usize, lives: usize) {
+fn check_windows(dir: &Path, buffered: bool, total: u64, killed: usize, lives: usize) {
     let mode = if buffered { "buffered" } else { "every-append" };
     let once = tempfile::tempdir().unwrap();
     let expected: Vec<Record<Windowed<u64, u64>>> = {
         let source: EventLog<u64> = EventLog::open(once.path().join("source")).unwrap();
-        let values: Vec<u64> = (0..SOURCE_RECORDS).collect();
+        let values: Vec<u64> = (0..total).collect();
         source.append_batch(&values).unwrap();
-        let output = open_output(once.path(), buffered);
+        // No retention here: every result is compared.
+        let output: EventLog<Windowed<u64, u64>> =
+            EventLog::open(once.path().join("output")).unwrap();
         let job = start_windows(&source, &output, false);
-        job.wait_for(SOURCE_RECORDS).unwrap();
+        job.wait_for(total).unwrap();
         job.stop();
         job.join().unwrap();
         output.read(Start::Beginning).map(|r| r.unwrap()).collect()
@@ -340,9 +365,14 @@ fn check_windows(dir: &Path, buffered: bool, killed: usize, lives: usize) {
         .filter(|r| r.offset >= first)
         .map(strip)
         .collect();
+    let differs = kept.iter().zip(&expected).position(|(a, b)| a != b);
     assert!(
         kept == expected,
-        "{mode}: the windows as one run makes them"
+        "{mode}: the windows as one run makes them: {} kept, {} expected, first difference at {differs:?}: {:?} against {:?}",
+        kept.len(),
+        expected.len(),
+        differs.map(|i| &kept[i]),
+        differs.map(|i| &expected[i]),
     );
     say(format_args!(
         "{mode} windows: {killed} kills over {lives} lives; {} results, first kept {first}",
@@ -351,13 +381,13 @@ fn check_windows(dir: &Path, buffered: bool, killed: usize, lives: usize) {
 }
 
 /// The table after the kills: every source value folded in exactly once.
-fn check_table(dir: &Path, buffered: bool, killed: usize, lives: usize) {
+fn check_table(dir: &Path, buffered: bool, total: u64, killed: usize, lives: usize) {
     let mode = if buffered { "buffered" } else { "every-append" };
     let source: EventLog<u64> = Options::new().read_only().open(dir.join("source")).unwrap();
     let (table, position) = Table::<u64, u64>::load(&source, JOB).expect("load the table");
-    assert_eq!(position, SOURCE_RECORDS, "{mode}: the table caught up");
+    assert_eq!(position, total, "{mode}: the table caught up");
     let mut expected = std::collections::HashMap::new();
-    for v in 0..SOURCE_RECORDS {
+    for v in 0..total {
         *expected.entry(v % 97).or_insert(0u64) += v;
     }
     assert!(table == expected, "{mode}: each value folded in once");
