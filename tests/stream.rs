@@ -984,3 +984,25 @@ fn a_job_registers_one_reader_from_one_log_and_a_name_taken_elsewhere_is_refused
     table.wait_for(100).unwrap();
     assert_eq!(table.get(&0), Some((0..100).filter(|n| n % 3 == 0).sum()));
 }
+
+#[test]
+fn a_job_whose_old_output_is_gone_starts_over_under_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source: EventLog<u64> = EventLog::open(tmp.path().join("source")).unwrap();
+    source.append_batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    for round in 0..2 {
+        // A fresh output each round, the last one deleted: the job starts
+        // over, and its registration moves to the new output.
+        let dir = tmp.path().join(format!("output-{round}"));
+        let output: EventLog<u64> = EventLog::open(&dir).unwrap();
+        let job = source.stream("copy", Start::Beginning).to(&output).unwrap();
+        job.wait_for(10).unwrap();
+        job.stop();
+        job.join().unwrap();
+        assert_eq!(values(&output), (0..10).collect::<Vec<_>>());
+        output.close().unwrap();
+        let readers = source.readers().unwrap();
+        assert_eq!(readers[0].location, dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

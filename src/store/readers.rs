@@ -14,9 +14,9 @@ use crate::format::{self, ConsumerSlot, ReaderError, READER_EXT};
 use crate::name;
 use crate::storage::{remove_if_exists, write_atomically, File, OpenMode};
 
-/// The reader files this handle writes, by name: the open file and the
-/// generation of its newest slot.
-pub(crate) type ReaderFiles = HashMap<String, (File, u64)>;
+/// The reader files this handle writes, by name: the open file, the
+/// location it names and the generation of its newest slot.
+pub(crate) type ReaderFiles = HashMap<String, (File, String, u64)>;
 
 /// One registered reader, as found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +41,12 @@ impl Store {
     pub(crate) fn note_reader(&self, name: &str, location: &str, position: u64) -> Result<()> {
         name::validate(name)?;
         let mut files = self.readers.lock();
-        if let Some((file, generation)) = files.get_mut(name) {
+        // The same location: only the next slot changes. Another (a job
+        // that starts over into a new output): the file is written whole.
+        if let Some((file, _, generation)) = files
+            .get_mut(name)
+            .filter(|(_, registered, _)| registered == location)
+        {
             let slot = ConsumerSlot {
                 generation: *generation + 1,
                 position,
@@ -78,7 +83,7 @@ impl Store {
         let file = storage
             .open(&path, OpenMode::Existing, self.options.file_mode)
             .map_err(|e| Error::io("open", &path, e))?;
-        files.insert(name.to_owned(), (file, generation));
+        files.insert(name.to_owned(), (file, location.to_owned(), generation));
         Ok(())
     }
 

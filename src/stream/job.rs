@@ -258,9 +258,9 @@ fn unregistered(checkpoint: &Checkpoint) -> Checkpoint {
 
 /// Refuses job or table `name` on `source` when a reader of that name
 /// (or of its state checkpoint's) is registered there from another log
-/// than `location`: a hand-off, job or table of the same name elsewhere,
-/// whose advisory position (which retention follows) the two would
-/// overwrite in turn.
+/// than `location` that still exists: a hand-off, job or table of the
+/// same name elsewhere, whose advisory position (which retention follows)
+/// the two would overwrite in turn.
 pub(super) fn registered_from<S, C: Codec<S>>(
     source: &EventLog<S, C>,
     name: &str,
@@ -270,9 +270,11 @@ pub(super) fn registered_from<S, C: Codec<S>>(
     for reader in source.readers()? {
         let ours = reader.name == name || reader.name == state;
         // A registration that cannot be read says nothing of where it
-        // came from (its next commit rewrites it).
+        // came from (its next commit rewrites it); one from a log that is
+        // gone (an output deleted to start over) is retired.
         let unknown = reader.position.is_none();
-        if !ours || unknown || same_dir(&reader.location, location) {
+        let gone = !reader.location.is_dir();
+        if !ours || unknown || gone || same_dir(&reader.location, location) {
             continue;
         }
         return Err(Error::InvalidArgument {
