@@ -135,7 +135,7 @@ impl TableOptions {
         TableOptions {
             max_keys: DEFAULT_MAX_KEYS,
             batch: DEFAULT_BATCH,
-            changelog: Options::new(),
+            changelog: Options::new().segment_bytes(CHANGELOG_SEGMENT_BYTES),
             runtime: None,
         }
     }
@@ -166,9 +166,12 @@ impl TableOptions {
         self
     }
 
-    /// The options the changelog is opened with (default [`Options::new`]:
-    /// every batch is on stable storage when the table publishes it). The
-    /// snapshot file gets the same file mode. With
+    /// The options the changelog is opened with (default [`Options::new`]
+    /// with 4 MiB segments: every batch is on stable storage when the
+    /// table publishes it). The snapshot file gets the same file mode.
+    /// The segment size bounds what a restart scans for the changelog's
+    /// checkpoint and what a snapshot leaves behind: compaction removes
+    /// whole segments only. With
     /// [`Durability::Buffered`](crate::Durability::Buffered) a crash can
     /// take back the last batches, changes and source position together,
     /// and the table applies their source records again: still exactly
@@ -282,6 +285,12 @@ fn runtime_thread() -> bool {
         .name()
         .is_some_and(|name| name.starts_with("backbone-stream-"))
 }
+
+/// The changelog's segment size unless [`TableOptions::changelog`] says
+/// otherwise: small, so that compaction after a snapshot frees space soon
+/// and a restart's scan of the newest segment for the checkpoint is
+/// short.
+const CHANGELOG_SEGMENT_BYTES: u64 = 4 << 20;
 
 /// What the driver and the handles share.
 struct Shared<K, V> {
