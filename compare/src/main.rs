@@ -1,8 +1,12 @@
 //! The comparison program of issue 5: one retail `Checkout` workload run on
 //! backbone, on the machine's own limits and on what a user would pick
 //! instead (SQLite, the `commitlog` crate, NATS JetStream, Redis Streams),
-//! all in the same run. Prints a Markdown table of medians and ratios,
-//! writes them as JSON and draws them as an SVG bar chart.
+//! all in the same run. Stream jobs and tables run in alternation with the
+//! hand-written code they replace (a read + `append_batch` loop, a
+//! `HashMap` fold, a plain subscription, a table rebuilt from scratch); the
+//! table's restart after a SIGKILL kills a child process, this program run
+//! again with `COMPARE_CHILD=table`. Prints a Markdown table of medians and
+//! ratios, writes them as JSON and draws them as an SVG bar chart.
 //!
 //! ```text
 //! cargo run --release -p compare -- [--events N] [--reps R] [--out DIR]
@@ -11,7 +15,7 @@
 //! See `--help` for the other knobs (caps for the slow, round-trip-bound
 //! workloads, `--only` to run a subset).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use backbone::{Durability, EventLog, Options, Start, SubscribeOptions};
+use backbone::stream::{Lateness, Table, Window, Windowed};
+use backbone::{Durability, EventLog, Options, Start, SubscribeOptions, Timestamp};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +135,10 @@ USAGE: cargo run --release -p compare -- [OPTIONS]
   --paced-events N    events of each 50k/s latency run (default min(events, 100000))
   --gets N            random point reads (default min(events, 200000))
   --only LIST         comma-separated systems: limits,backbone,sqlite,commitlog,nats,redis
-  --workloads TEXT    only the workloads whose name contains TEXT (e.g. '4 threads')
+                      (backbone brings its stream rows' limits along)
+  --workloads TEXT    only the workloads whose name contains TEXT (e.g. '4 threads',
+                      'stream', 'table'); a row measured in alternation with its
+                      limit brings that limit along
 ";
 
 fn parse_args() -> R<Config> {
@@ -238,6 +246,9 @@ struct Row {
     events_per_sec: f64,
     samples: Vec<f64>,
     ratio_to_limit: Option<f64>,
+    /// `ratio_to_limit` is this row's time over its limit's, for the same
+    /// work (lower is better), rather than a rate or a p99 ratio.
+    ratio_is_time: bool,
     fsyncs: Option<u64>,
     latency_us: Option<Latency>,
     max_lag: Option<u64>,
@@ -268,6 +279,14 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// Whether `--workloads` selects `workload`.
+    fn selected(&self, workload: &str) -> bool {
+        self.config
+            .workloads
+            .as_ref()
+            .is_none_or(|only| workload.contains(only.as_str()))
+    }
+
     /// Runs `f` `reps` times and records the medians.
     fn run(
         &mut self,
@@ -277,10 +296,8 @@ impl Bench<'_> {
         note: &str,
         mut f: impl FnMut() -> R<Sample>,
     ) {
-        if let Some(only) = &self.config.workloads {
-            if !workload.contains(only.as_str()) {
-                return;
-            }
+        if !self.selected(workload) {
+            return;
         }
         let mut samples = Vec::new();
         for _ in 0..self.config.reps {
@@ -292,6 +309,61 @@ impl Bench<'_> {
                 }
             }
         }
+        self.record(system, workload, limit, note, samples);
+    }
+
+    /// Runs a row and its limit in alternating repetitions: each call of
+    /// `f` measures the limit, then the row, on the same setup, so that
+    /// the machine's state (these machines are shared) weighs on both
+    /// alike. Records the limit's row, then this one's (their ratio is
+    /// that of their medians, or, for latency rows that set `paired_p99`,
+    /// the median of the per-repetition p99 ratios). `--workloads` selects
+    /// the pair by this row's workload. Returns this row, if it ran.
+    fn run_pair(
+        &mut self,
+        system: &str,
+        workload: &str,
+        note: &str,
+        limit: ((&str, &str), &str),
+        mut f: impl FnMut() -> R<(Sample, Sample)>,
+    ) -> Option<&mut Row> {
+        let ((limit_system, limit_workload), limit_note) = limit;
+        if !self.selected(workload) {
+            return None;
+        }
+        let (mut limits, mut samples) = (Vec::new(), Vec::new());
+        for _ in 0..self.config.reps {
+            match f() {
+                Ok((l, s)) => {
+                    limits.push(l);
+                    samples.push(s);
+                }
+                Err(e) => {
+                    eprintln!("  {system} / {workload} (and its limit): FAILED: {e}");
+                    return None;
+                }
+            }
+        }
+        self.record(limit_system, limit_workload, None, limit_note, limits);
+        self.record(
+            system,
+            workload,
+            Some((limit_system, limit_workload)),
+            note,
+            samples,
+        );
+        self.rows.last_mut()
+    }
+
+    /// Records a row of the medians of `samples` (at least one).
+    fn record(
+        &mut self,
+        system: &str,
+        workload: &str,
+        limit: Option<(&str, &str)>,
+        note: &str,
+        samples: Vec<Sample>,
+    ) {
         let rates: Vec<f64> = samples.iter().map(Sample::rate).collect();
         let eps = median(rates.clone());
         let fsyncs = samples[0].fsyncs;
@@ -326,6 +398,7 @@ impl Bench<'_> {
             events_per_sec: eps,
             samples: rates,
             ratio_to_limit: paired,
+            ratio_is_time: false,
             fsyncs,
             latency_us: latency,
             max_lag,
@@ -379,6 +452,8 @@ impl Bench<'_> {
                     row.ratio_to_limit = match (row.latency_us, lat) {
                         // For latency rows the ratio is of p99s (lower is better).
                         (Some(mine), Some(theirs)) => Some(mine.p99 / theirs.p99),
+                        // The same work on both sides: the ratio of times.
+                        _ if row.ratio_is_time => Some(eps / row.events_per_sec),
                         _ => Some(row.events_per_sec / eps),
                     };
                 }
@@ -1311,6 +1386,587 @@ fn many_logs(logs: usize, interval: Duration, per_sec: u64, secs: Duration) -> R
     })
 }
 
+// ---- backbone: stream jobs and tables -------------------------------------------
+//
+// Each job runs side by side with the hand-written code it replaces, in
+// alternating repetitions (`Bench::run_pair`), with the same `Options` and
+// the same batch size on both sides.
+
+const W_STREAM_MAP: &str = "stream map+filter job, Buffered output";
+const W_STREAM_MAP_DURABLE: &str = "stream map+filter job, EveryAppend output";
+const W_STREAM_WINDOW: &str = "stream windowed count, tumbling 1 s per SKU";
+const W_STREAM_LATENCY: &str = "stream job end-to-end @50k/s, latency";
+const W_STREAM_LATENCY_DURABLE: &str = "stream job end-to-end @2k/s, EveryAppend source, latency";
+const W_TABLE_RESTART: &str = "stream table restart after SIGKILL, 100k keys";
+
+const L_STREAM_LOOP: (&str, &str) = (
+    "limit",
+    "read + append_batch loop, same work, Buffered output",
+);
+const L_STREAM_LOOP_DURABLE: (&str, &str) = (
+    "limit",
+    "read + append_batch loop, same work, EveryAppend output",
+);
+const L_STREAM_FOLD: (&str, &str) = ("limit", "replay + HashMap fold by (SKU, second)");
+const L_STREAM_SUBSCRIPTION: (&str, &str) = ("backbone", "plain subscription @50k/s, latency");
+const L_STREAM_SUBSCRIPTION_DURABLE: (&str, &str) = (
+    "backbone",
+    "plain subscription @2k/s, EveryAppend source, latency",
+);
+/// The pace of the latency pair with a durable source: single
+/// `EveryAppend` appends cost an fdatasync each.
+const DURABLE_PACE: u64 = 2_000;
+/// Events of that pair.
+const DURABLE_PACED_EVENTS: usize = 5_000;
+const L_TABLE_REBUILD: (&str, &str) = ("backbone", "stream table full rebuild, 100k keys");
+
+/// Source records per batch, for the jobs and their hand-written loops.
+const STREAM_BATCH: usize = 1024;
+/// Events of the map+filter pair with EveryAppend outputs (at most).
+const STREAM_DURABLE_EVENTS: u64 = 200_000;
+/// Keys of the table rows; their updates are `--events`.
+const TABLE_KEYS: u64 = 100_000;
+/// Seed of the table rows' kill points (xorshift).
+const TABLE_SEED: u64 = 0x2545_F491_4F6C_DD1D;
+/// Set to `table` in the environment of the child process the table rows
+/// kill; [`CHILD_DIR_ENV`] names its updates log.
+const CHILD_ENV: &str = "COMPARE_CHILD";
+const CHILD_DIR_ENV: &str = "COMPARE_CHILD_DIR";
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// What the map+filter job and its loop make of a checkout of more than
+/// one item: its stock delta.
+fn stock_delta(c: Checkout) -> (String, i64) {
+    (c.sku, -i64::from(c.qty))
+}
+
+/// A Buffered log of `values`, synced, so that no job's checkpoint waits
+/// for its source to be made durable.
+fn stream_source(dir: &Path, values: &[Checkout]) -> R<EventLog<Checkout>> {
+    let log = bb_open(dir, Durability::Buffered)?;
+    for chunk in values.chunks(STREAM_BATCH) {
+        log.append_batch(chunk)?;
+    }
+    log.sync()?;
+    Ok(log)
+}
+
+/// The source in `slot`, written on first use (only if a row runs).
+fn lazy_source<'a>(
+    slot: &'a mut Option<(tempfile::TempDir, EventLog<Checkout>)>,
+    values: &[Checkout],
+) -> R<&'a EventLog<Checkout>> {
+    if slot.is_none() {
+        let dir = tmp()?;
+        let log = stream_source(dir.path(), values)?;
+        *slot = Some((dir, log));
+    }
+    Ok(&slot.as_ref().ok_or("no source")?.1)
+}
+
+fn stream(b: &mut Bench<'_>, data: &Data) {
+    let sys = "backbone";
+    let n = data.values.len() as u64;
+    let mut source = None;
+    let durable = STREAM_DURABLE_EVENTS.min(n);
+    let mut small_source = None;
+    for (workload, limit, durability, events) in [
+        (W_STREAM_MAP, L_STREAM_LOOP, Durability::Buffered, n),
+        (
+            W_STREAM_MAP_DURABLE,
+            L_STREAM_LOOP_DURABLE,
+            Durability::EveryAppend,
+            durable,
+        ),
+    ] {
+        let options = format!(
+            "{durability:?} output logs (fresh each run), batches of {STREAM_BATCH}; \
+             from a synced Buffered source of {events} checkouts"
+        );
+        b.run_pair(
+            sys,
+            workload,
+            &format!(
+                "job: filter(qty > 1).map(to (sku, -qty)).batch_size({STREAM_BATCH}).to(output), \
+                 timed from its start to wait_for(end); {options}"
+            ),
+            (
+                limit,
+                &format!(
+                    "read(Start::Beginning), {STREAM_BATCH} records at a time, the same \
+                     filter and map, append_batch; {options}"
+                ),
+            ),
+            || {
+                let slot = if events == n {
+                    &mut source
+                } else {
+                    &mut small_source
+                };
+                let log = lazy_source(slot, &data.values[..events as usize])?;
+                map_filter_pair(log, durability)
+            },
+        );
+    }
+    let seconds = data.values.last().map_or(0, |c| window_time(c) / 1_000_000)
+        - data
+            .values
+            .first()
+            .map_or(0, |c| window_time(c) / 1_000_000)
+        + 1;
+    let window_note = format!(
+        "Buffered output, batches of {STREAM_BATCH}; event time: the checkout's ts_micros \
+         stretched tenfold (10 µs apart), {seconds} s in all, so a window per SKU and second \
+         is emitted as each second closes"
+    );
+    b.run_pair(
+        sys,
+        W_STREAM_WINDOW,
+        &format!(
+            "job: event_time(ts_micros × 10, Lateness::none()).key_by(sku)\
+             .window(tumbling 1 s).count(), emitted on close; {window_note}"
+        ),
+        (
+            L_STREAM_FOLD,
+            "read(Start::Beginning), counts in a HashMap<(String, u64), u64>",
+        ),
+        || window_pair(lazy_source(&mut source, &data.values)?),
+    );
+    drop((source, small_source));
+    let paced = (b.config.paced_events as usize).min(data.values.len());
+    let durable_paced = DURABLE_PACED_EVENTS.min(data.values.len());
+    for (workload, limit, durability, events, pace, why) in [
+        (
+            W_STREAM_LATENCY,
+            L_STREAM_SUBSCRIPTION,
+            Durability::Buffered,
+            paced,
+            PACE,
+            "fsyncs: the source's, which each batch's checkpoint makes durable first (the \
+             exactly-once rule: a source durable below every committed position)",
+        ),
+        (
+            W_STREAM_LATENCY_DURABLE,
+            L_STREAM_SUBSCRIPTION_DURABLE,
+            Durability::EveryAppend,
+            durable_paced,
+            DURABLE_PACE,
+            "fsyncs: the source's, one per append; a checkpoint finds the source durable \
+             already",
+        ),
+    ] {
+        let latency_options = format!(
+            "single appends of {events} events at {}k/s to a {durability:?} source, one \
+             subscriber (default SubscribeOptions); append call → record received",
+            pace / 1000
+        );
+        b.run_pair(
+            sys,
+            workload,
+            &format!(
+                "the map+filter job (batches of {STREAM_BATCH}, order id carried along) into a \
+                 Buffered output log, the subscriber on the output (the records the job keeps, \
+                 6 in 7); {latency_options}; {why}"
+            ),
+            (
+                limit,
+                &format!("the subscriber on the source; {latency_options}"),
+            ),
+            || {
+                let plain = stream_latency(data, events, pace, durability, false)?;
+                let mut job = stream_latency(data, events, pace, durability, true)?;
+                job.paired_p99 = plain.latency.map(|l| l[1]);
+                Ok((plain, job))
+            },
+        );
+    }
+    let keys = TABLE_KEYS.min(n);
+    let table_note = format!(
+        "Table<u64, i64> of {keys} keys folding {n} updates (key i % {keys}, adding a delta), \
+         default TableOptions (EveryAppend changelog in 4 MiB segments, batches of 1024)"
+    );
+    let mut rng = TABLE_SEED;
+    if let Some(row) = b.run_pair(
+        sys,
+        W_TABLE_RESTART,
+        &format!(
+            "a child process catching up from the first update is SIGKILLed at a random point \
+             (fixed seed) past 90% applied; timed: table() again and wait_for(end); \
+             events/s: updates covered per second; vs limit: its time over the rebuild's; \
+             {table_note}"
+        ),
+        (
+            L_TABLE_REBUILD,
+            &format!(
+                "a fresh table under a new name, from the first update to wait_for(end), \
+                 on the same log just before each restart; {table_note}"
+            ),
+        ),
+        || table_pair(n, keys, &mut rng),
+    ) {
+        row.ratio_is_time = true;
+    }
+}
+
+/// One repetition of a map+filter pair: the loop, then the job, each into
+/// a fresh output log.
+fn map_filter_pair(source: &EventLog<Checkout>, durability: Durability) -> R<(Sample, Sample)> {
+    let n = source.next_offset();
+    let output = |dir: &Path| -> R<EventLog<(String, i64)>> {
+        Ok(Options::new().durability(durability).open(dir)?)
+    };
+    let dir = tmp()?;
+    let out = output(dir.path())?;
+    let syncs = out.stats().syncs;
+    let mut looped = timed(n, || {
+        let mut batch = Vec::with_capacity(STREAM_BATCH);
+        let mut records = source.read(Start::Beginning).peekable();
+        while records.peek().is_some() {
+            batch.clear();
+            for record in records.by_ref().take(STREAM_BATCH) {
+                let c = record?.value;
+                if c.qty > 1 {
+                    batch.push(stock_delta(c));
+                }
+            }
+            out.append_batch(&batch)?;
+        }
+        Ok(())
+    })?;
+    looped.fsyncs = Some(out.stats().syncs - syncs);
+    let expected = out.next_offset();
+    out.close()?;
+    drop(dir);
+
+    let dir = tmp()?;
+    let out = output(dir.path())?;
+    let syncs = out.stats().syncs;
+    let mut job = None;
+    let mut s = timed(n, || {
+        let started = source
+            .stream("stock-deltas", Start::Beginning)
+            .filter(|c| c.qty > 1)
+            .map(stock_delta)
+            .batch_size(STREAM_BATCH)
+            .to(&out)?;
+        started.wait_for(n)?;
+        job = Some(started);
+        Ok(())
+    })?;
+    s.fsyncs = Some(out.stats().syncs - syncs);
+    let job = job.ok_or("no job")?;
+    job.stop();
+    job.join()?;
+    check(
+        out.next_offset() == expected,
+        "the job's outputs are the loop's",
+    )?;
+    out.close()?;
+    Ok((looped, s))
+}
+
+/// One repetition of the windowed count pair: the fold, then the job.
+fn window_pair(source: &EventLog<Checkout>) -> R<(Sample, Sample)> {
+    let n = source.next_offset();
+    let mut windows = 0;
+    let fold = timed(n, || {
+        let mut counts: HashMap<(String, u64), u64> = HashMap::new();
+        for record in source.read(Start::Beginning) {
+            let c = record?.value;
+            let second = window_time(&c) / 1_000_000;
+            *counts.entry((c.sku, second)).or_default() += 1;
+        }
+        windows = counts.len();
+        Ok(())
+    })?;
+    check(windows > 0, "windows folded")?;
+    let dir = tmp()?;
+    let out: EventLog<Windowed<String, u64>> = bb_options(Durability::Buffered).open(dir.path())?;
+    let mut job = None;
+    let mut s = timed(n, || {
+        let started = source
+            .stream("per-sku", Start::Beginning)
+            .event_time(|c| Timestamp::from_micros(window_time(c)), Lateness::none())
+            .key_by(|c| c.sku.clone())
+            .window(Window::tumbling(Duration::from_secs(1)))
+            .count()
+            .stream()
+            .batch_size(STREAM_BATCH)
+            .to(&out)?;
+        started.wait_for(n)?;
+        job = Some(started);
+        Ok(())
+    })?;
+    let job = job.ok_or("no job")?;
+    let figures = job.figures();
+    job.stop();
+    job.join()?;
+    check(figures.late == 0, "no late checkout")?;
+    s.extra = Some(format!("{} of {windows} windows emitted", figures.outputs));
+    out.close()?;
+    Ok((fold, s))
+}
+
+/// The windowed rows' event time: the checkout's timestamp, stretched
+/// tenfold (the checkouts are 1 µs apart; 10 µs gives the windows of a
+/// busy shop, 100,000 checkouts a second, so a million span ten windows
+/// per SKU and most close during the run).
+fn window_time(c: &Checkout) -> u64 {
+    c.ts_micros * 10
+}
+
+fn bb_options(durability: Durability) -> Options {
+    Options::new().durability(durability)
+}
+
+/// One paced latency run of the stream rows: `n` single appends at `pace`
+/// a second to a fresh source of `durability`, received by one subscriber:
+/// on the source itself, or, `through_job`, on the output of the map+filter
+/// job (carrying the order id, which is the source offset).
+fn stream_latency(
+    data: &Data,
+    n: usize,
+    pace: u64,
+    durability: Durability,
+    through_job: bool,
+) -> R<Sample> {
+    let dir = tmp()?;
+    let source = bb_open(&dir.path().join("checkouts"), durability)?;
+    let out: EventLog<(u64, String, i64)> =
+        bb_options(Durability::Buffered).open(dir.path().join("deltas"))?;
+    let base = Instant::now();
+    // When each append was called, by offset (a single appender from 0).
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let values = &data.values[..n];
+    let (job, receiver) = if through_job {
+        let job = source
+            .stream("live-deltas", Start::Beginning)
+            .filter(|c| c.qty > 1)
+            .map(|c| (c.order_id, c.sku, -i64::from(c.qty)))
+            .batch_size(STREAM_BATCH)
+            .to(&out)?;
+        let kept = values.iter().filter(|c| c.qty > 1).count();
+        let sub = out.subscribe(Start::Beginning)?;
+        (Some(job), receive(sub, kept, &sent, base, |d| d.0))
+    } else {
+        let sub = source.subscribe(Start::Beginning)?;
+        (None, receive(sub, n, &sent, base, |c| c.order_id))
+    };
+    let (syncs, out_syncs) = (source.stats().syncs, out.stats().syncs);
+    let start = Instant::now();
+    for (i, v) in values.iter().enumerate() {
+        pace_until(start + Duration::from_nanos(i as u64 * 1_000_000_000 / pace));
+        sent[i].store(base.elapsed().as_nanos() as u64, Ordering::Release);
+        source.append(v)?;
+    }
+    source.flush()?;
+    let h = receiver.join().map_err(err)??;
+    let secs = start.elapsed().as_secs_f64();
+    let source_syncs = source.stats().syncs - syncs;
+    let extra = match job {
+        Some(job) => {
+            job.stop();
+            job.join()?;
+            Some(format!("{} output fsyncs", out.stats().syncs - out_syncs))
+        }
+        None => None,
+    };
+    out.close()?;
+    source.close()?;
+    Ok(Sample {
+        events: n as u64,
+        secs,
+        fsyncs: Some(source_syncs),
+        latency: Some(percentiles(&h)),
+        extra,
+        ..Sample::default()
+    })
+}
+
+/// A thread receiving `expected` records from `sub`, recording for each
+/// the time since its source append was called (`sent`, by the source
+/// offset `offset` finds in the value).
+fn receive<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
+    sub: backbone::Subscription<T>,
+    expected: usize,
+    sent: &Arc<Vec<AtomicU64>>,
+    base: Instant,
+    offset: fn(&T) -> u64,
+) -> std::thread::JoinHandle<R<Histogram<u64>>> {
+    let sent = sent.clone();
+    std::thread::spawn(move || {
+        let mut h = hist();
+        for _ in 0..expected {
+            let rec = sub.recv()?;
+            let now = base.elapsed().as_nanos() as u64;
+            let at = sent
+                .get(offset(&rec.value) as usize)
+                .ok_or("offset out of range")?
+                .load(Ordering::Acquire);
+            h.saturating_record(now.saturating_sub(at).max(1));
+        }
+        Ok(h)
+    })
+}
+
+/// An update of the table rows: (key, delta).
+type Update = (u64, i64);
+
+fn updates_log(dir: &Path) -> R<EventLog<Update>> {
+    Ok(bb_options(Durability::Buffered).open(dir)?)
+}
+
+fn stock_table(source: &EventLog<Update>, name: &str) -> R<Table<u64, i64>> {
+    Ok(source.table(
+        name,
+        |u: &Update| u.0,
+        |total: &mut i64, u: Update| *total += u.1,
+    )?)
+}
+
+/// A child process; killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One repetition of the table pair: writes `n` updates over `keys` keys,
+/// lets a child process build the table `stock` and SIGKILLs it at a
+/// random point past 90% applied; then times a fresh table `rebuild`
+/// (the limit) and the restart of `stock`, on the same log, and checks
+/// both against the fold of the updates.
+fn table_pair(n: u64, keys: u64, rng: &mut u64) -> R<(Sample, Sample)> {
+    let dir = tmp()?;
+    let path = dir.path().join("updates");
+    let updates: Vec<Update> = (0..n).map(|i| (i % keys, (i % 7) as i64 - 3)).collect();
+    let mut expected = vec![0i64; keys as usize];
+    for &(key, delta) in &updates {
+        expected[key as usize] += delta;
+    }
+    let log = updates_log(&path)?;
+    for chunk in updates.chunks(STREAM_BATCH) {
+        log.append_batch(chunk)?;
+    }
+    log.close()?;
+
+    let target = n - n / 10 + xorshift(rng) % (n / 10).max(1);
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe()?)
+            .env(CHILD_ENV, "table")
+            .env(CHILD_DIR_ENV, &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().ok_or("no stdout")?).lines();
+    let mut seen = 0;
+    while seen < target {
+        let line = lines
+            .next()
+            .ok_or("the table's child process ended before it was killed")??;
+        if line != "end" {
+            seen = line.parse()?;
+        }
+    }
+    child.0.kill()?;
+    child.0.wait()?;
+    drop(child);
+
+    let source = updates_log(&path)?;
+    check(source.next_offset() == n, "updates kept")?;
+    let verify = |table: &Table<u64, i64>| {
+        let map = table.to_map();
+        check(
+            map.len() == keys as usize && map.iter().all(|(k, v)| expected[*k as usize] == *v),
+            "the table holds the fold of the updates",
+        )
+    };
+    let mut table = None;
+    let rebuild = timed(n, || {
+        let fresh = stock_table(&source, "rebuild")?;
+        fresh.wait_for(n)?;
+        table = Some(fresh);
+        Ok(())
+    })?;
+    let fresh = table.take().ok_or("no table")?;
+    verify(&fresh)?;
+    fresh.stop();
+    fresh.join()?;
+    drop(fresh);
+
+    let (mut resumed_at, mut loaded) = (0, Duration::ZERO);
+    let mut restart = timed(n, || {
+        let t = Instant::now();
+        let again = stock_table(&source, "stock")?;
+        loaded = t.elapsed();
+        resumed_at = again.position();
+        again.wait_for(n)?;
+        table = Some(again);
+        Ok(())
+    })?;
+    let again = table.take().ok_or("no table")?;
+    verify(&again)?;
+    again.stop();
+    again.join()?;
+    drop(again);
+    source.close()?;
+    restart.extra = Some(format!(
+        "killed once it reported {seen}{}, resumed at {resumed_at}: {:.0} ms ({:.0} ms in \
+         table(), then {} updates) against {:.0} ms",
+        if seen >= n {
+            " (the end: it had applied every update)"
+        } else {
+            ""
+        },
+        restart.secs * 1e3,
+        loaded.as_secs_f64() * 1e3,
+        n - resumed_at,
+        rebuild.secs * 1e3,
+    ));
+    Ok((rebuild, restart))
+}
+
+/// The table rows' child process: opens the table `stock` of the updates
+/// log in `$COMPARE_CHILD_DIR` and lets it catch up, printing its position
+/// whenever it moves and `end` (again every 100 ms) once it has applied
+/// every update, until it is killed or its parent stops reading.
+fn table_child() -> R<()> {
+    let dir = PathBuf::from(std::env::var_os(CHILD_DIR_ENV).ok_or("no COMPARE_CHILD_DIR")?);
+    let source = updates_log(&dir)?;
+    let end = source.next_offset();
+    let table = stock_table(&source, "stock")?;
+    let mut out = std::io::stdout().lock();
+    let mut last = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(600) {
+        let at = table.position();
+        if last != Some(at) {
+            writeln!(out, "{at}")?;
+            out.flush()?;
+            last = Some(at);
+        }
+        if at >= end {
+            writeln!(out, "end")?;
+            out.flush()?;
+            std::thread::sleep(Duration::from_millis(100));
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    Err("not killed within 10 minutes".into())
+}
+
 // ---- SQLite -----------------------------------------------------------------
 
 fn sqlite_open(path: &Path, synchronous: &str) -> R<rusqlite::Connection> {
@@ -2057,6 +2713,7 @@ fn markdown(rows: &[Row]) -> String {
     for r in rows {
         let ratio = match (r.ratio_to_limit, r.latency_us) {
             (Some(x), Some(_)) => format!("p99 {x:.2}×"),
+            (Some(x), None) if r.ratio_is_time => format!("time {:.1}%", x * 100.0),
             (Some(x), None) => format!("{:.0}%", x * 100.0),
             (None, _) => String::new(),
         };
@@ -2085,7 +2742,22 @@ fn markdown(rows: &[Row]) -> String {
 
 fn chart(rows: &[Row], path: &Path, title: &str) -> R<()> {
     use plotters::prelude::*;
-    let rows: Vec<&Row> = rows.iter().filter(|r| r.latency_us.is_none()).collect();
+    // Latency rows have no bar; the table rows count a table's updates, not
+    // checkouts, per second, and are left out with the rebuild they are
+    // compared with.
+    let timed_limits: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.ratio_is_time)
+        .filter_map(|r| r.limit.as_deref())
+        .collect();
+    let rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.latency_us.is_none()
+                && !r.ratio_is_time
+                && !timed_limits.contains(&format!("{} · {}", r.system, r.workload).as_str())
+        })
+        .collect();
     let n = rows.len();
     if n == 0 {
         return Ok(());
@@ -2189,6 +2861,12 @@ fn backbone_bytes_per_event(data: &Data) -> R<f64> {
 }
 
 fn main() -> R<()> {
+    if let Some(child) = std::env::var_os(CHILD_ENV) {
+        return match child.to_str() {
+            Some("table") => table_child(),
+            _ => Err(format!("{CHILD_ENV}={child:?} is not a child this program runs").into()),
+        };
+    }
     let config = parse_args()?;
     let command = std::iter::once("cargo run --release -p compare --".to_owned())
         .chain(std::env::args().skip(1))
@@ -2214,6 +2892,8 @@ fn main() -> R<()> {
     if config.runs("backbone") {
         eprintln!("backbone:");
         backbone(&mut bench, &data);
+        eprintln!("backbone stream jobs and tables:");
+        stream(&mut bench, &data);
         bb_bytes = backbone_bytes_per_event(&data).ok();
     }
     if config.runs("sqlite") {
