@@ -299,8 +299,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
                 ),
             });
         }
-        let times: Vec<u64> = source_times.iter().map(|t| t.as_micros()).collect();
-        self.append_with(values, Some(&times), checkpoint)
+        self.append_with(values, Some(source_times), checkpoint)
     }
 
     /// Appends `values` and stores `checkpoint` with them, in one batch
@@ -328,7 +327,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
     fn append_with(
         &self,
         values: &[T],
-        source_times: Option<&[u64]>,
+        source_times: Option<&[Timestamp]>,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Range<u64>> {
         let body = checkpoint.map(Checkpoint::encode_body).transpose()?;

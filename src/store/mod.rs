@@ -54,7 +54,7 @@ use self::writer::{Checkpoints, Failure, Host, Writer, WriterConfig};
 use crate::error::{Error, Result};
 use crate::format::{self, Frame, Meta};
 use crate::options::{Durability, Options};
-use crate::record::Start;
+use crate::record::{Start, Timestamp};
 use crate::storage::{DirLock, File, OpenMode};
 
 /// How often a read-only log is looked at again while readers wait for
@@ -293,7 +293,7 @@ impl Store {
         count: usize,
         expected: Option<u64>,
         checkpoint: Option<(&str, &[u8])>,
-        source_times: Option<&[u64]>,
+        source_times: Option<&[Timestamp]>,
         encode: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Range<u64>> {
         self.writer()?

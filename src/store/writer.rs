@@ -42,7 +42,7 @@ use crate::format::{
     SOURCE_TIME_LEN,
 };
 use crate::options::Durability;
-use crate::record::now_micros;
+use crate::record::{now_micros, Timestamp};
 use crate::sync::{self, AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 
 /// The watermark slot is rewritten at most this often: each rewrite dirties
@@ -320,7 +320,7 @@ impl<A: Active> Writer<A> {
         count: usize,
         expected: Option<u64>,
         checkpoint: Option<(&str, &[u8])>,
-        source_times: Option<&[u64]>,
+        source_times: Option<&[Timestamp]>,
         mut encode: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
     ) -> Result<Range<u64>> {
         debug_assert!(source_times.is_none_or(|times| times.len() == count));
@@ -985,12 +985,12 @@ fn seal_frames(
     first: u64,
     ts: u64,
     max: u32,
-    source_times: Option<&[u64]>,
+    source_times: Option<&[Timestamp]>,
     encode: &mut impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
 ) -> Result<()> {
     for i in 0..count {
         let frame = buf.len();
-        let source_time = source_times.map(|times| times[i]);
+        let source_time = source_times.map(|times| times[i].as_micros());
         let header = FRAME_OVERHEAD + source_time.map_or(0, |_| SOURCE_TIME_LEN);
         buf.resize(frame + header, 0);
         encode(i, buf)?;
