@@ -149,6 +149,33 @@ pub struct ReaderInfo {
     pub position: Option<u64>,
 }
 
+/// What kind of state an [`Attached`] log keeps for its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum AttachedKind {
+    /// A work group's own log, `{name}.group/` inside the source's
+    /// directory; its position is also a consumer of the same name.
+    Group,
+    /// A `for_each` job's checkpoint log, `<source>.jobs/{name}/`.
+    Job,
+    /// A table's changelog, `<source>.tables/{name}/changelog/`.
+    Table,
+}
+
+/// A log kept beside (or inside) this one for a work group, a `for_each`
+/// job or a table reading it, found by [`Inspector::attached`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Attached {
+    /// The group's, job's or table's name.
+    pub name: String,
+    /// What it is.
+    pub kind: AttachedKind,
+    /// The directory of the log that holds its state (for a table, its
+    /// changelog).
+    pub log: PathBuf,
+}
+
 /// One damaged place found by [`Inspector::verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -358,6 +385,94 @@ impl Inspector {
             .collect())
     }
 
+    /// The newest checkpoint named `name` stored in this log, if any (see
+    /// [`checkpoints`](Inspector::checkpoints)).
+    ///
+    /// # Errors
+    ///
+    /// As [`checkpoints`](Inspector::checkpoints).
+    pub fn checkpoint(&self, name: &str) -> Result<Option<CheckpointInfo>> {
+        Ok(self.checkpoints()?.into_iter().find(|c| c.name == name))
+    }
+
+    /// The true position of `reader`, a reader registered on this log
+    /// ([`readers`](Inspector::readers)): the next offset of this log that
+    /// its checkpoint, in the log at its
+    /// [`location`](ReaderInfo::location), records for this log's id.
+    /// `None` when that log, the checkpoint or a position for this log is
+    /// missing (the advisory [`position`](ReaderInfo::position) is then
+    /// all there is), or this log records no id (a version-1 `META`).
+    ///
+    /// # Errors
+    ///
+    /// What opening the reader's log and reading its checkpoints met,
+    /// other than its absence ([`Error::NotALog`]).
+    pub fn reader_position(&self, reader: &ReaderInfo) -> Result<Option<u64>> {
+        let Some(own) = self.meta().log_id else {
+            return Ok(None);
+        };
+        let holder = match Inspector::open(&reader.location) {
+            Ok(holder) => holder,
+            Err(Error::NotALog { .. }) => return Ok(None),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(checkpoint) = holder.checkpoint(&reader.name)? else {
+            return Ok(None);
+        };
+        Ok(checkpoint.positions.iter().find_map(|p| match p {
+            SourcePosition::Log { log_id, offset } if *log_id == own => Some(*offset),
+            _ => None,
+        }))
+    }
+
+    /// The logs that work groups, `for_each` jobs and tables reading this
+    /// log keep for themselves: `{name}.group/` inside its directory,
+    /// `<dir>.jobs/{name}/` and `<dir>.tables/{name}/changelog/` beside
+    /// it. Sorted by kind, then name. Jobs that write an output log keep
+    /// their checkpoints there, and are found among the
+    /// [`readers`](Inspector::readers) instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a directory that exists cannot be listed.
+    pub fn attached(&self) -> Result<Vec<Attached>> {
+        let dir = self.path();
+        let mut found = Vec::new();
+        for (name, path) in subdirectories(dir)? {
+            if let Some(group) = name.strip_suffix(".group") {
+                found.push(Attached {
+                    name: group.to_owned(),
+                    kind: AttachedKind::Group,
+                    log: path,
+                });
+            }
+        }
+        let sibling = |suffix: &str| {
+            let mut name = dir.file_name().unwrap_or_default().to_owned();
+            name.push(suffix);
+            dir.with_file_name(name)
+        };
+        for (name, path) in subdirectories(&sibling(".jobs"))? {
+            found.push(Attached {
+                name,
+                kind: AttachedKind::Job,
+                log: path,
+            });
+        }
+        for (name, path) in subdirectories(&sibling(".tables"))? {
+            found.push(Attached {
+                name,
+                kind: AttachedKind::Table,
+                log: path.join("changelog"),
+            });
+        }
+        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        Ok(found)
+    }
+
     /// Reads every record of every segment (lengths, offsets, checksums,
     /// and that each segment ends where the next begins) and checks every
     /// index entry against the record it points at. Damage in one segment
@@ -369,10 +484,25 @@ impl Inspector {
     /// that cannot be opened at all (its damaged header is reported as
     /// [`Error::Corrupt`]).
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(|_, _| {})
+    }
+
+    /// As [`verify`](Inspector::verify), calling `progress(checked, total)`
+    /// after each segment is checked: for a progress display.
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Inspector::verify).
+    pub fn verify_with(&self, mut progress: impl FnMut(usize, usize)) -> Result<VerifyReport> {
         self.store.readable_end()?;
         let pin = self.store.pin()?;
         let mut report = VerifyReport::default();
-        for base in self.store.segment_bases() {
+        let bases = self.store.segment_bases();
+        let total = bases.len();
+        for (done, base) in bases.into_iter().enumerate() {
+            if done > 0 {
+                progress(done, total);
+            }
             let segment = match self.store.segment_for(&pin, base) {
                 Ok(Some(segment)) => segment,
                 Ok(None) => continue,
@@ -400,8 +530,30 @@ impl Inspector {
                 });
             }
         }
+        progress(total, total);
         Ok(report)
     }
+}
+
+/// The subdirectories of `dir` by name, sorted; none if `dir` does not
+/// exist.
+fn subdirectories(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(name) = entry.file_name().to_str() {
+                found.push((name.to_owned(), entry.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// The records of a log as bytes, from [`Inspector::frames`].
@@ -496,6 +648,16 @@ mod tests {
         Store::open(options, dir, Some(&meta)).unwrap()
     }
 
+    /// A raw log of 300 records of 40 bytes: several segments.
+    fn raw_log_of_300(dir: &Path) -> Arc<Store> {
+        let log = raw_log(dir);
+        append(
+            &log,
+            &(0..300u32).map(|i| vec![i as u8; 40]).collect::<Vec<_>>(),
+        );
+        log
+    }
+
     fn append(log: &Store, payloads: &[Vec<u8>]) {
         log.append(payloads.len(), None, None, None, |i, out| {
             out.extend_from_slice(&payloads[i]);
@@ -563,11 +725,7 @@ mod tests {
     #[test]
     fn verify_reports_every_damaged_segment_and_index_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let log = raw_log(dir.path());
-        append(
-            &log,
-            &(0..300u32).map(|i| vec![i as u8; 40]).collect::<Vec<_>>(),
-        );
+        let log = raw_log_of_300(dir.path());
         log.close(drop).unwrap();
         let segments = Inspector::open(dir.path()).unwrap().segments().unwrap();
         assert!(segments.len() >= 3);
@@ -611,6 +769,21 @@ mod tests {
             crate::format::index_entry_at(entry),
             CorruptionKind::IndexEntry { entry }
         )));
+    }
+
+    #[test]
+    fn verify_with_reports_progress_per_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let _log = raw_log_of_300(dir.path());
+        let inspector = Inspector::open(dir.path()).unwrap();
+        let segments = inspector.segments().unwrap().len();
+        let mut seen = Vec::new();
+        let report = inspector
+            .verify_with(|done, total| seen.push((done, total)))
+            .unwrap();
+        assert!(report.is_clean());
+        let expected: Vec<(usize, usize)> = (1..=segments).map(|d| (d, segments)).collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]

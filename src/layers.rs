@@ -33,6 +33,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("log", 6),
     // L7: stream processing, built on the public API.
     ("stream", 7),
+    // The command-line tool: the library part and its binary.
+    ("cli", 8),
+    ("bin", 8),
     // This file: a test of the others.
     ("layers", 9),
 ];

@@ -82,6 +82,9 @@
 //! - `bincode`: the `Bincode` codec (bincode 2.0.1, serde API).
 //! - `json`: the `Json` codec.
 //! - `async`: [`Subscription`] is also a `futures_core::Stream`.
+//! - `cli`: the `backbone` command-line tool (`cargo install --path .
+//!   --features cli`) and `backbone::cli`, to build it with an
+//!   application's event types registered.
 //!
 //! The on-disk format is specified in `docs/FORMAT.md`.
 
@@ -100,7 +103,11 @@
 // - L4, the untyped log: `store`;
 // - L5, a read-only, codec-agnostic view of a log on disk: `inspect`;
 // - L6, the typed API: `log`;
-// - L7, stream processing built on the public API: `stream`.
+// - L7, stream processing built on the public API: `stream`;
+// - the command-line tool, on `inspect` and the public API: `cli` (behind
+//   the `cli` feature) and the binary in `src/bin/`.
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 mod error;
 mod format;
