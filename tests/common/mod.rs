@@ -325,3 +325,40 @@ pub fn retry_locked<T>(mut open: impl FnMut() -> backbone::Result<T>) -> backbon
         }
     }
 }
+
+/// The binary of `example`, built first by the cargo running this test
+/// when there is one.
+pub fn example_binary(example: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // .../target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lies in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{example}{}", std::env::consts::EXE_SUFFIX));
+    if let Some(cargo) = option_env!("CARGO") {
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "--example", example]);
+        build.current_dir(env!("CARGO_MANIFEST_DIR"));
+        if let Some(target_dir) = profile_dir.parent() {
+            build.arg("--target-dir").arg(target_dir);
+        }
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --example {example} failed");
+    }
+    assert!(
+        binary.exists(),
+        "the example binary {} is missing: build it with `cargo build --example {example}` \
+         (in the profile of this test), or run `cargo test` without selecting targets",
+        binary.display()
+    );
+    binary
+}
