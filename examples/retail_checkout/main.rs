@@ -132,6 +132,7 @@ fn main() -> Result<(), Error> {
         "shop: {} ({history} orders already in history)",
         dir.display()
     );
+    let first_order = next_order_id(&shop.checkouts)?;
 
     let jobs = Jobs::start(&shop)?;
     let stock: Table<String, i64> = shop.inventory.table(
@@ -148,8 +149,8 @@ fn main() -> Result<(), Error> {
     // The producers take order ids (the order's place in the shop's
     // history, which sets its event time) a batch at a time.
     let started = Instant::now();
-    let next_order = Arc::new(AtomicU64::new(history));
-    let end_order = history + args.orders;
+    let next_order = Arc::new(AtomicU64::new(first_order));
+    let end_order = first_order + args.orders;
     let web = produce(&shop.checkouts, &args, Channel::Web, &next_order, end_order);
     let mobile = produce(
         &shop.checkouts,
@@ -161,7 +162,7 @@ fn main() -> Result<(), Error> {
     let sensors = sense(&shop.telemetry, &args);
 
     // Plugged in mid-run: loyalty from the beginning, alerting from now.
-    while next_order.load(Ordering::Relaxed) < history + args.orders / 2 && !web.is_finished() {
+    while next_order.load(Ordering::Relaxed) < first_order + args.orders / 2 && !web.is_finished() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let loyalty = loyalty(&shop.checkouts, &stop)?;
@@ -212,6 +213,20 @@ fn main() -> Result<(), Error> {
     stock.join()?;
     drop(stock);
     shop.close()
+}
+
+/// The id after the highest in the log. The producers append their
+/// batches side by side, so the highest id is among the last few batches
+/// (not always the last record), and a run killed with a batch taken but
+/// not appended leaves a gap there, never a duplicate after it.
+fn next_order_id(log: &EventLog<Checkout>) -> backbone::Result<u64> {
+    let end = log.next_offset();
+    let tail = end.saturating_sub(1 << 15).max(log.first_offset());
+    let mut next = 0;
+    for record in log.read(Start::Offset(tail)) {
+        next = next.max(record?.value.order_id + 1);
+    }
+    Ok(next)
 }
 
 /// One producer: takes the next `batch` order ids below `end` until there
