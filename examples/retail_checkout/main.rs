@@ -271,6 +271,15 @@ fn sense(log: &EventLog<ShelfReading>, args: &Args) -> Worker<u64> {
     })
 }
 
+/// A job's line in the report.
+struct JobLine {
+    name: String,
+    position: u64,
+    lag: u64,
+    outputs: u64,
+    late: u64,
+}
+
 /// The stream jobs: named, so a second run resumes each where it stopped.
 struct Jobs {
     inventory: Job,
@@ -360,11 +369,17 @@ impl Jobs {
     }
 
     /// Stops every job (each writes its state), with each one's figures.
-    fn stop(self) -> backbone::Result<Vec<(String, u64, u64, u64)>> {
+    fn stop(self) -> backbone::Result<Vec<JobLine>> {
         let mut figures = Vec::new();
         for job in [self.inventory, self.reorder, self.sales, self.suspicious] {
             let f = job.figures();
-            figures.push((job.name().to_owned(), f.position, f.outputs, f.late));
+            figures.push(JobLine {
+                name: job.name().to_owned(),
+                position: f.position,
+                lag: f.lag,
+                outputs: f.outputs,
+                late: f.late,
+            });
             job.stop();
             job.join()?;
         }
@@ -541,7 +556,7 @@ struct Report<'a> {
     points: u64,
     large: (u64, u64),
     alerting_from: u64,
-    figures: Vec<(String, u64, u64, u64)>,
+    figures: Vec<JobLine>,
     stock: &'a Table<String, i64>,
     lake: (u64, u64),
 }
@@ -595,8 +610,11 @@ fn report(r: &Report<'_>) -> Result<(), Error> {
     for c in shop.checkouts.consumers()? {
         println!("consumer {}: at {} (lag {})", c.name, c.position, c.lag);
     }
-    for (name, position, outputs, late) in &r.figures {
-        println!("job {name}: at {position}, {outputs} outputs and {late} late records this run");
+    for job in &r.figures {
+        println!(
+            "job {}: at {}, {} outputs and {} late records this run, lag {}",
+            job.name, job.position, job.outputs, job.late, job.lag
+        );
     }
     let (sku, on_hand) = ("SKU-0042".to_owned(), r.stock.get("SKU-0042"));
     println!(

@@ -183,26 +183,44 @@ pub(super) fn ls(dir: &Path, as_json: bool, out: &mut Out) -> Result<u8, Failure
     Ok(status)
 }
 
-/// The append rate between evenly spaced records, in records a second,
-/// and the time they span.
+/// The append rate over the log's time span, in records a second: the span
+/// cut into equal spans of time, each counted by finding (timestamps never
+/// decrease along a log) the first record at or after its start. Empty
+/// when the records span no time.
 fn append_rate(log: &Inspector, first: u64, next: u64) -> Result<Vec<f64>, Failure> {
-    if next - first < 2 {
+    let time = |offset| -> Result<Option<u64>, Failure> {
+        Ok(record_at(log, offset)?.map(|r| r.timestamp.as_micros()))
+    };
+    let (Some(start), Some(end)) = (time(first)?, time(next.saturating_sub(1))?) else {
+        return Ok(Vec::new());
+    };
+    if next - first < 2 || end <= start {
         return Ok(Vec::new());
     }
-    let points = RATE_POINTS.min(next - first - 1);
-    let mut samples = Vec::new();
-    for i in 0..=points {
-        let offset = first + (next - 1 - first) * i / points;
-        if let Some(record) = record_at(log, offset)? {
-            samples.push((offset, record.timestamp.as_micros()));
+    let span = end - start;
+    // The first offset in `lo..next` with a timestamp at or after `at`.
+    let first_at = |mut lo: u64, at: u64| -> Result<u64, Failure> {
+        let mut hi = next;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match time(mid)? {
+                Some(t) if t < at => lo = mid + 1,
+                _ => hi = mid,
+            }
         }
+        Ok(lo)
+    };
+    let mut bounds = vec![first];
+    for i in 1..RATE_POINTS {
+        let at = start + span * i / RATE_POINTS;
+        let from = *bounds.last().expect("one at least");
+        bounds.push(first_at(from, at)?);
     }
-    Ok(samples
+    bounds.push(next);
+    let seconds = span as f64 / 1e6 / RATE_POINTS as f64;
+    Ok(bounds
         .windows(2)
-        .map(|w| {
-            let micros = w[1].1.saturating_sub(w[0].1).max(1) as f64;
-            (w[1].0 - w[0].0) as f64 * 1e6 / micros
-        })
+        .map(|w| (w[1] - w[0]) as f64 / seconds)
         .collect())
 }
 
