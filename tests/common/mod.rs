@@ -341,6 +341,20 @@ pub fn example_binary(example: &str) -> std::path::PathBuf {
     if let Some(cargo) = option_env!("CARGO") {
         let mut build = std::process::Command::new(cargo);
         build.args(["build", "--quiet", "--example", example]);
+        // The features this test was built with, so that the example is
+        // built against the same library build (no second compile).
+        let features: Vec<&str> = [
+            ("async", cfg!(feature = "async")),
+            ("bincode", cfg!(feature = "bincode")),
+            ("cli", cfg!(feature = "cli")),
+            ("json", cfg!(feature = "json")),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        if !features.is_empty() {
+            build.arg("--features").arg(features.join(","));
+        }
         build.current_dir(env!("CARGO_MANIFEST_DIR"));
         if let Some(target_dir) = profile_dir.parent() {
             build.arg("--target-dir").arg(target_dir);
