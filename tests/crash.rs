@@ -319,7 +319,9 @@ fn campaign(mode: Mode, kills: usize, seed: u64) -> Campaign {
 fn verify(dir: &Path, mode: Mode, kill: usize, c: &mut Campaign, tail: &str) {
     let ctx = || format!("kill {kill} ({mode:?}); child's last lines:\n{tail}");
     let t = Instant::now();
-    let opened = open_raw(dir, mode.options());
+    // (Retried while a child forked for the other campaign holds a copy
+    // of the lock: see retry_locked.)
+    let opened = retry_locked(|| open_raw(dir, mode.options()));
     c.open_times.push(t.elapsed());
     let log = match opened {
         Ok(log) => log,
