@@ -6,7 +6,8 @@
 //!   log; the loop reads 1024 records at a time and appends them with
 //!   `append_batch`.
 //! - `window_count/{job,fold}`: count checkouts per SKU in one-second
-//!   tumbling windows of their event time; the fold replays the source
+//!   tumbling windows of their event time (their timestamps stretched so
+//!   that the windows close during the run); the fold replays the source
 //!   into a `HashMap` keyed by (SKU, window).
 //!
 //! Each iteration starts from a fresh output (or an empty map) and ends
@@ -60,23 +61,18 @@ fn map_filter(c: &mut Criterion) {
     ] {
         group.bench_function(format!("job_{name}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (_out_dir, out) = output(durability);
-                    let started = Instant::now();
-                    let job = source
-                        .stream("deltas", Start::Beginning)
-                        .filter(|c| c.qty > 1)
-                        .map(delta)
-                        .batch_size(BATCH)
-                        .to(&out)
-                        .unwrap();
-                    job.wait_for(N).unwrap();
-                    total += started.elapsed();
-                    job.stop();
-                    job.join().unwrap();
-                }
-                total
+                time_job(
+                    iters,
+                    || output(durability),
+                    |out| {
+                        source
+                            .stream("deltas", Start::Beginning)
+                            .filter(|c| c.qty > 1)
+                            .map(delta)
+                            .batch_size(BATCH)
+                            .to(out)
+                    },
+                )
             })
         });
         group.bench_function(format!("loop_{name}"), |b| {
@@ -106,8 +102,39 @@ fn map_filter(c: &mut Criterion) {
     group.finish();
 }
 
+/// The windowed bench's event time: the checkout's timestamp stretched a
+/// hundredfold (the checkouts are 1 µs apart, so 100,000 of them span ten
+/// one-second windows per SKU, and windows close as the job runs).
+fn window_time(c: &Checkout) -> u64 {
+    c.ts_micros * 100
+}
+
 fn window_of(c: &Checkout) -> u64 {
-    c.ts_micros / 1_000_000
+    window_time(c) / 1_000_000
+}
+
+/// `iters` runs of a job started by `start` on a fresh output from
+/// `output`, each timed from its start until it has handled the whole
+/// source.
+fn time_job<T, D>(
+    iters: u64,
+    output: impl Fn() -> (D, EventLog<T>),
+    start: impl Fn(&EventLog<T>) -> backbone::Result<backbone::stream::Job>,
+) -> Duration
+where
+    backbone::Postcard: backbone::Codec<T>,
+{
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let (_dir, out) = output();
+        let started = Instant::now();
+        let job = start(&out).unwrap();
+        job.wait_for(N).unwrap();
+        total += started.elapsed();
+        job.stop();
+        job.join().unwrap();
+    }
+    total
 }
 
 fn window_count(c: &mut Criterion) {
@@ -116,33 +143,31 @@ fn window_count(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N));
     group.bench_function("job", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().unwrap();
-                let out: EventLog<Windowed<String, u64>> = Options::new()
-                    .durability(Durability::Buffered)
-                    .open(dir.path())
-                    .unwrap();
-                let started = Instant::now();
-                let job = source
-                    .stream("per-sku", Start::Beginning)
-                    .event_time(
-                        |c| Timestamp::from_micros(c.ts_micros),
-                        backbone::stream::Lateness::none(),
-                    )
-                    .key_by(|c| c.sku.clone())
-                    .window(Window::tumbling(Duration::from_secs(1)))
-                    .count()
-                    .stream()
-                    .batch_size(BATCH)
-                    .to(&out)
-                    .unwrap();
-                job.wait_for(N).unwrap();
-                total += started.elapsed();
-                job.stop();
-                job.join().unwrap();
-            }
-            total
+            time_job(
+                iters,
+                || {
+                    let dir = tempfile::tempdir().unwrap();
+                    let out: EventLog<Windowed<String, u64>> = Options::new()
+                        .durability(Durability::Buffered)
+                        .open(dir.path())
+                        .unwrap();
+                    (dir, out)
+                },
+                |out| {
+                    source
+                        .stream("per-sku", Start::Beginning)
+                        .event_time(
+                            |c| Timestamp::from_micros(window_time(c)),
+                            backbone::stream::Lateness::none(),
+                        )
+                        .key_by(|c| c.sku.clone())
+                        .window(Window::tumbling(Duration::from_secs(1)))
+                        .count()
+                        .stream()
+                        .batch_size(BATCH)
+                        .to(out)
+                },
+            )
         })
     });
     group.bench_function("fold", |b| {

@@ -136,15 +136,22 @@ fn run(
             .to(&output)
             .unwrap();
         job.wait_for(until).unwrap();
-        if life % 2 == 1 {
-            drop(runtime);
-            assert!(job.join().is_err(), "ended by its runtime's drop");
-        } else {
-            job.stop();
-            job.join().unwrap();
-        }
+        end_life(life, runtime, job);
     }
     output.read(Start::Beginning).map(|r| r.unwrap()).collect()
+}
+
+/// Ends a life of a job: every other one abruptly, its runtime dropped
+/// under it, so it writes nothing more (no state at a clean stop), as a
+/// kill; the others with a clean stop.
+fn end_life(life: usize, runtime: backbone::stream::Runtime, job: backbone::stream::Job) {
+    if life % 2 == 1 {
+        drop(runtime);
+        assert!(job.join().is_err(), "ended by its runtime's drop");
+    } else {
+        job.stop();
+        job.join().unwrap();
+    }
 }
 
 fn inputs() -> impl Strategy<Value = Vec<Input>> {
@@ -244,13 +251,7 @@ fn run_merge(
             .unwrap();
         job.wait_for(a).unwrap();
         job.wait_for_in(&sources[1], b).unwrap();
-        if life % 2 == 1 {
-            drop(runtime);
-            assert!(job.join().is_err(), "ended by its runtime's drop");
-        } else {
-            job.stop();
-            job.join().unwrap();
-        }
+        end_life(life, runtime, job);
     }
     output
         .read(Start::Beginning)

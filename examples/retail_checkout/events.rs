@@ -1,6 +1,7 @@
 //! The shop's events (immutable facts) and the deterministic traffic that
 //! stands in for its customers and shelves.
 
+use backbone::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Stock each SKU starts with, and where a restock is raised.
@@ -37,6 +38,11 @@ pub struct Checkout {
 }
 
 impl Checkout {
+    /// When the order was placed, for the windows.
+    pub fn event_time(&self) -> Timestamp {
+        Timestamp::from_micros(self.ts_micros)
+    }
+
     pub fn total_cents(&self) -> u64 {
         self.price_cents * u64::from(self.qty)
     }

@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backbone::stream::{Job, Lateness, Table, Window, Windowed};
-use backbone::{Durability, EventLog, Options, Start, Timestamp};
+use backbone::{Durability, EventLog, Options, Start};
 use clap::Parser;
 
 use events::{
@@ -327,10 +327,7 @@ impl Jobs {
         let sales = shop
             .checkouts
             .stream("sales-per-minute", Start::Beginning)
-            .event_time(
-                |c| Timestamp::from_micros(c.ts_micros),
-                Lateness::bounded(minute),
-            )
+            .event_time(Checkout::event_time, Lateness::bounded(minute))
             .key_by(|c| c.sku.clone())
             .window(Window::tumbling(minute))
             .aggregate(|| 0u64, |units, c| *units += u64::from(c.qty))
@@ -338,10 +335,7 @@ impl Jobs {
         let suspicious = shop
             .checkouts
             .stream("suspicious-orders", Start::Beginning)
-            .event_time(
-                |c| Timestamp::from_micros(c.ts_micros),
-                Lateness::bounded(minute),
-            )
+            .event_time(Checkout::event_time, Lateness::bounded(minute))
             .key_by(|c| c.customer_id)
             .window(Window::tumbling(minute))
             .count()
