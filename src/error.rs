@@ -320,6 +320,30 @@ pub enum Error {
         max: usize,
     },
 
+    /// A NATS server or JetStream refused or failed a bridge's operation
+    /// for good (a bridge retries what a retry can mend, and reports only
+    /// this on its handle's `join`): authentication, a stream's settings,
+    /// a message from elsewhere that breaks the bridge's rules.
+    #[error("NATS {op}: {reason}")]
+    Nats {
+        /// What the bridge was doing.
+        op: &'static str,
+        /// What went wrong, as the server or client said it.
+        reason: String,
+    },
+
+    /// A JetStream subject that carries one log's records holds another
+    /// log's: a position found there is never a resume point.
+    #[error("subject {subject} holds records of log {found}, not of log {expected}")]
+    LogIdMismatch {
+        /// The subject.
+        subject: String,
+        /// The local log's id.
+        expected: String,
+        /// The id found in the message.
+        found: String,
+    },
+
     /// A name that becomes a file name (a consumer's) is not allowed.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{decode_checkpoint_body, FORMAT_VERSION};
 use crate::options::Options;
-use crate::record::{LogId, SourcePosition, Start, Timestamp};
+use crate::record::{LogId, ReaderKind, SourcePosition, Start, Timestamp};
 use crate::store::{RawCursor, Store};
 
 /// Frames read per pin of the log's maps, at most: the first batch holds
@@ -142,7 +142,10 @@ pub struct CheckpointInfo {
 pub struct ReaderInfo {
     /// Its name.
     pub name: String,
-    /// Where its true position lives (the log holding its checkpoint).
+    /// What kind of reader it is, which says what `location` names.
+    pub kind: ReaderKind,
+    /// Where its true position lives: the log holding its checkpoint, or
+    /// for a mirror `nats://<servers>/<stream>/<subject>`.
     pub location: PathBuf,
     /// The advisory copy of its position; `None` if the file could not be
     /// read.
@@ -379,6 +382,7 @@ impl Inspector {
             .into_iter()
             .map(|entry| ReaderInfo {
                 name: entry.name,
+                kind: crate::format::reader_kind(entry.kind),
                 location: entry.location.into(),
                 position: entry.position,
             })

@@ -33,6 +33,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("log", 6),
     // L7: stream processing, built on the public API.
     ("stream", 7),
+    // L7: the bridge to NATS JetStream, beside stream processing.
+    ("bridge", 7),
     // The command-line tool: the library part and its binary.
     ("cli", 8),
     ("bin", 8),

@@ -106,6 +106,8 @@
 // - L7, stream processing built on the public API: `stream`;
 // - the command-line tool, on `inspect` and the public API: `cli` (behind
 //   the `cli` feature) and the binary in `src/bin/`.
+#[cfg(feature = "nats")]
+mod bridge;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod codec;
@@ -138,8 +140,20 @@ pub use log::{
     Iter, ReaderStatus, Stopper, SubscribeOptions, Subscription, Task, Undecodable, WorkGroup,
 };
 pub use options::{Durability, Event, Options, RecoveryMode};
-pub use record::{LogId, Record, SourcePosition, Start, Timestamp};
+pub use record::{LogId, ReaderKind, Record, SourcePosition, Start, Timestamp};
 pub use store::{RecoveryReport, Stats};
+
+/// The bridge to NATS JetStream (feature `nats`): [`Mirror`](nats::Mirror)
+/// publishes a log's durable records to a subject exactly once and in
+/// order; [`Source`](nats::Source) feeds a log from the subjects mirrors
+/// publish to, exactly once. The async client runs on one shared thread
+/// of its own; the API is synchronous.
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use crate::bridge::{
+        BridgeStatus, Connect, Mirror, MirrorHandle, Retention, Source, SourceHandle,
+    };
+}
 
 /// The crash-simulating, fault-injecting storage this crate's tests run
 /// on. Test-only: it exists in the crate's own test build, in cargo-fuzz

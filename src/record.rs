@@ -95,6 +95,18 @@ pub enum SourcePosition {
     },
 }
 
+/// What a registered reader is, by where its true position lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReaderKind {
+    /// A hand-off, stream job or table: a checkpoint in another log.
+    Checkpoint,
+    /// A NATS JetStream mirror: the last message on its subject.
+    Mirror,
+    /// A kind this build does not know (a newer build wrote it).
+    Unknown(u8),
+}
+
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -104,6 +104,7 @@ mod tests {
         assert_eq!(INDEX_HEADER_LEN, 32);
         assert_eq!(INDEX_ENTRY_LEN, 16);
         assert_eq!(CONSUMER_FILE_LEN, 64);
+        assert_eq!((READER_CHECKPOINT, READER_MIRROR), (1, 2));
         let spec = include_str!("../../docs/FORMAT.md");
         for fact in [
             "segment header: 64 bytes",
@@ -114,6 +115,7 @@ mod tests {
             "consumer file: 64 bytes",
             "format version: 2",
             "META version: 2",
+            "1 = its position is a checkpoint in a log; 2 = it is a NATS JetStream mirror",
         ] {
             assert!(
                 spec.contains(fact),

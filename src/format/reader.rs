@@ -10,6 +10,8 @@
 //! files, then where the true position lives: a `u16` length and UTF-8.
 
 use super::{consumer_slot_at, decode_slots, encode_consumer_slot, read_u16, read_u32};
+use crate::record::ReaderKind;
+
 use super::{ConsumerError, ConsumerSlot, CONSUMER_FILE_LEN, CONSUMER_HEADER_LEN};
 
 pub(crate) const READER_MAGIC: &[u8; 8] = b"BBONERDR";
@@ -18,6 +20,19 @@ pub(crate) const READER_EXT: &str = "reader";
 /// A reader whose true position is a checkpoint in a log: the location is
 /// that log's directory (and the checkpoint has the reader's name).
 pub(crate) const READER_CHECKPOINT: u8 = 1;
+/// A reader whose true position is the last message it published to a
+/// NATS JetStream subject (a mirror): the location is
+/// `nats://<servers>/<stream>/<subject>`.
+pub(crate) const READER_MIRROR: u8 = 2;
+
+/// The kind byte as the public [`ReaderKind`].
+pub(crate) fn reader_kind(kind: u8) -> ReaderKind {
+    match kind {
+        READER_CHECKPOINT => ReaderKind::Checkpoint,
+        READER_MIRROR => ReaderKind::Mirror,
+        other => ReaderKind::Unknown(other),
+    }
+}
 
 /// A whole reader file, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::{decode_checkpoint_body, encode_checkpoint_body};
 use crate::log::EventLog;
-use crate::record::{LogId, SourcePosition};
+use crate::record::{LogId, ReaderKind, SourcePosition};
 use crate::store::Store;
 
 /// Where a reader stands in its sources, stored with the records it wrote.
@@ -79,8 +79,11 @@ impl std::fmt::Debug for Checkpoint {
 pub struct ReaderStatus {
     /// Its name (its checkpoint's).
     pub name: String,
-    /// Where its true position lives: the directory of the log holding its
-    /// checkpoint.
+    /// What kind of reader it is, which says what `location` names.
+    pub kind: ReaderKind,
+    /// Where its true position lives: for a [`ReaderKind::Checkpoint`],
+    /// the directory of the log holding its checkpoint; for a
+    /// [`ReaderKind::Mirror`], `nats://<servers>/<stream>/<subject>`.
     pub location: std::path::PathBuf,
     /// The advisory copy of its position (the next offset it reads), which
     /// may lag the true one; `None` if its file cannot be read.

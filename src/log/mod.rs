@@ -14,6 +14,8 @@ mod consumer;
 mod cursor;
 mod dead_letter;
 mod drain;
+#[cfg(feature = "nats")]
+pub(crate) mod encoded;
 mod group;
 mod subscribe;
 
@@ -641,6 +643,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
             .reader_entries()?
             .into_iter()
             .map(|entry| ReaderStatus {
+                kind: crate::format::reader_kind(entry.kind),
                 lag: entry.position.map(|p| next.saturating_sub(p)),
                 name: entry.name,
                 location: entry.location.into(),

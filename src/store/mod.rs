@@ -337,6 +337,12 @@ impl Store {
 
     /// A ticket for the appends placed so far, and whether a ticket's
     /// appends are all durable (frames that take no offset included).
+    /// Whether this handle writes the log (a follower only reads).
+    #[cfg(feature = "nats")]
+    pub(crate) fn is_writer(&self) -> bool {
+        self.writer.is_some()
+    }
+
     pub(crate) fn append_ticket(&self) -> u64 {
         self.writer.as_ref().map_or(0, Writer::appends)
     }

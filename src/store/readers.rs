@@ -39,6 +39,18 @@ impl Store {
     /// `location`, has committed `position` on this log: creates its file
     /// the first time (durably), then rewrites the next slot in place.
     pub(crate) fn note_reader(&self, name: &str, location: &str, position: u64) -> Result<()> {
+        self.note_reader_of_kind(format::READER_CHECKPOINT, name, location, position)
+    }
+
+    /// [`note_reader`](Store::note_reader) for a reader of `kind` (a
+    /// `format::READER_*`).
+    pub(crate) fn note_reader_of_kind(
+        &self,
+        kind: u8,
+        name: &str,
+        location: &str,
+        position: u64,
+    ) -> Result<()> {
         name::validate(name)?;
         let mut files = self.readers.lock();
         // The same location: only the next slot changes. Another (a job
@@ -70,7 +82,7 @@ impl Store {
             generation,
             position,
         };
-        let bytes = format::encode_reader_file(format::READER_CHECKPOINT, location, &slot);
+        let bytes = format::encode_reader_file(kind, location, &slot);
         let tmp = path.with_extension(format!("{READER_EXT}.{}", format::TMP_EXT));
         write_atomically(
             storage,
@@ -84,6 +96,19 @@ impl Store {
             .open(&path, OpenMode::Existing, self.options.file_mode)
             .map_err(|e| Error::io("open", &path, e))?;
         files.insert(name.to_owned(), (file, location.to_owned(), generation));
+        Ok(())
+    }
+
+    /// Makes the newest position noted for reader `name` by this handle
+    /// durable (reader files are otherwise never synced); nothing if this
+    /// handle noted none.
+    #[cfg(feature = "nats")]
+    pub(crate) fn sync_reader(&self, name: &str) -> Result<()> {
+        let files = self.readers.lock();
+        if let Some((file, _, _)) = files.get(name) {
+            file.sync_data()
+                .map_err(|e| Error::io("fsync", self.reader_path(name), e))?;
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use super::Stream;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::log::{Checkpoint, DeadLetter, EventLog, SubscribeOptions, Subscription};
-use crate::record::{LogId, Record, SourcePosition, Start, Timestamp};
+use crate::record::{LogId, ReaderKind, Record, SourcePosition, Start, Timestamp};
 
 /// The first byte of a job's checkpoint state: the operators' states
 /// follow it.
@@ -273,7 +273,7 @@ pub(super) fn registered_from<S, C: Codec<S>>(
         // came from (its next commit rewrites it); one from a log that is
         // gone (an output deleted to start over) is retired.
         let unknown = reader.position.is_none();
-        let gone = !reader.location.is_dir();
+        let gone = reader.kind == ReaderKind::Checkpoint && !reader.location.is_dir();
         if !ours || unknown || gone || same_dir(&reader.location, location) {
             continue;
         }

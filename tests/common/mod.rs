@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+/// A real nats-server (or cluster) for the tests of the `nats` feature.
+pub mod nats;
+
 use std::path::Path;
 
 use backbone::{EventLog, Options, Raw, Start};
