@@ -496,3 +496,125 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_source_refuses_a_recreated_stream_and_another_codec() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let local = open(&dir.path().join("checkouts"));
+    let copy = open(&dir.path().join("copy"));
+    append(&local, 100);
+    let mirror = Mirror::new(&local, &url, "shop.again")
+        .unwrap()
+        .start()
+        .unwrap();
+    mirror_until(&mirror, 100);
+    mirror.stop();
+    mirror.join().unwrap();
+    let source = Source::new(&url, "shop.again", &copy)
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(source.wait_for(100, WAIT).unwrap());
+    source.stop();
+    source.join().unwrap();
+    // The stream deleted and made again: its sequences start over.
+    runtime().block_on(async {
+        let js = jetstream::new(async_nats::connect(url.clone()).await.unwrap());
+        js.delete_stream("shop_again").await.unwrap();
+    });
+    append(&local, 10);
+    let mirror = Mirror::new(&local, &url, "shop.again")
+        .unwrap()
+        .start()
+        .unwrap();
+    mirror_until(&mirror, 110);
+    mirror.stop();
+    mirror.join().unwrap();
+    assert_eq!(stored(&url, "shop_again", "shop.again.>").len(), 10);
+    let source = Source::new(&url, "shop.again", &copy)
+        .unwrap()
+        .start()
+        .unwrap();
+    match source.join() {
+        Err(backbone::Error::Nats {
+            op: "resume",
+            reason,
+        }) => {
+            assert!(reason.contains("created again"), "{reason}")
+        }
+        other => panic!("expected a refusal to resume, got {other:?}"),
+    }
+    assert_eq!(copy.next_offset(), 100, "nothing appended");
+    // A log of another codec: refused before anything is appended.
+    let json: EventLog<Checkout, backbone::Json> = Options::new()
+        .open_with_codec(dir.path().join("json"), backbone::Json)
+        .unwrap();
+    json.append(&checkout(1)).unwrap();
+    let mirror = Mirror::new(&json, &url, "shop.mixed")
+        .unwrap()
+        .start()
+        .unwrap();
+    mirror_until(&mirror, 1);
+    let other = open(&dir.path().join("other"));
+    let source = Source::new(&url, "shop.mixed", &other)
+        .unwrap()
+        .start()
+        .unwrap();
+    match source.join() {
+        Err(backbone::Error::Nats {
+            op: "source",
+            reason,
+        }) => {
+            assert!(reason.contains("json"), "{reason}")
+        }
+        other => panic!("expected a codec refusal, got {other:?}"),
+    }
+    assert_eq!(other.next_offset(), 0);
+}
+
+#[test]
+fn credentials_pass_through_and_a_refusal_ends_the_bridge() {
+    let Some(server) = NatsServer::start_with("authorization { user: alice, password: s3cret }")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = open(&dir.path().join("checkouts"));
+    append(&local, 100);
+    let mirror = Mirror::new(&local, &server.url(), "shop.auth")
+        .unwrap()
+        .connect(backbone::nats::Connect::new().user_password("alice", "s3cret"))
+        .start()
+        .unwrap();
+    mirror_until(&mirror, 100);
+    mirror.stop();
+    mirror.join().unwrap();
+    let copy = open(&dir.path().join("copy"));
+    let source = Source::new(&server.url(), "shop.auth", &copy)
+        .unwrap()
+        .connect(backbone::nats::Connect::new().user_password("alice", "wrong"))
+        .start()
+        .unwrap();
+    match source.join() {
+        Err(backbone::Error::Nats {
+            op: "connect",
+            reason,
+        }) => {
+            assert!(reason.contains("authorization"), "{reason}")
+        }
+        other => panic!("expected the credentials refused, got {other:?}"),
+    }
+    // The password never reaches the reader file or a Debug print.
+    let debug = format!(
+        "{:?}",
+        backbone::nats::Connect::new().user_password("alice", "s3cret")
+    );
+    assert!(
+        debug.contains("alice") && !debug.contains("s3cret"),
+        "{debug}"
+    );
+}

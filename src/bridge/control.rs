@@ -43,6 +43,8 @@ pub(crate) struct Control {
 #[derive(Debug, Default)]
 struct State {
     last_error: Option<String>,
+    /// Why the server refused the client for good (its credentials).
+    refusal: Option<String>,
     retries: u64,
     finished: bool,
     /// How the task ended, until `join` takes it.
@@ -82,6 +84,23 @@ impl Control {
         let mut state = self.state.lock();
         state.last_error = Some(error.to_owned());
         state.retries += 1;
+    }
+
+    /// The client met `error` (it reconnects by itself).
+    pub(crate) fn note_error(&self, error: &str) {
+        self.state.lock().last_error = Some(error.to_owned());
+    }
+
+    /// The server refused the client's credentials: no retry mends it.
+    pub(crate) fn refuse(&self, error: &str) {
+        let mut state = self.state.lock();
+        state.last_error = Some(error.to_owned());
+        state.refusal = Some(error.to_owned());
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.state.lock().refusal.clone()
     }
 
     pub(crate) fn request_stop(&self) {

@@ -27,9 +27,9 @@ use parking_lot::Mutex;
 use super::batch::{BatchPublisher, Refused, MAX_BATCH};
 use super::control::{BridgeStatus, Control};
 use super::{
-    check_stream_name, check_subject, default_stream_name, nats_error, stream_not_found, Backoff,
-    Connect, Retention, CODEC_HEADER, EVENT_HEADER, LOG_ID_HEADER, OFFSET_HEADER,
-    SOURCE_TIME_HEADER, TIMESTAMP_HEADER,
+    check_stream_name, check_subject, default_stream_name, nats_error, stream_not_found,
+    wait_connected, Backoff, Connect, Fault, Retention, CODEC_HEADER, EVENT_HEADER, LOG_ID_HEADER,
+    OFFSET_HEADER, SOURCE_TIME_HEADER, TIMESTAMP_HEADER,
 };
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
@@ -432,14 +432,6 @@ impl std::fmt::Debug for MirrorHandle {
     }
 }
 
-/// Why a session of the mirror ended.
-enum Fault {
-    /// Retry after the back-off: the message goes to the status.
-    Transient(String),
-    /// End the mirror with this error.
-    Permanent(Error),
-}
-
 impl From<Refused> for Fault {
     fn from(refused: Refused) -> Fault {
         match refused {
@@ -489,25 +481,12 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
     }
 
     async fn run_sessions(&mut self) -> Result<()> {
-        let control = self.control.clone();
-        let options = self
+        let name = format!("backbone mirror {}", self.name);
+        let client = self
             .config
             .connect
-            .options(&format!("backbone mirror {}", self.name))
-            .await?
-            .event_callback(move |event| {
-                let control = control.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => control.set_connected(true),
-                        async_nats::Event::Disconnected => control.set_connected(false),
-                        _ => {}
-                    }
-                }
-            });
-        let client = async_nats::connect_with_options(self.config.url.as_str(), options)
-            .await
-            .map_err(|e| nats_error("connect", e))?;
+            .client(&self.config.url, &name, &self.control)
+            .await?;
         let mut publisher: Option<BatchPublisher> = None;
         loop {
             if self.control.stop_requested() {
@@ -535,11 +514,8 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
         client: &Client,
         publisher: &mut Option<BatchPublisher>,
     ) -> std::result::Result<(), Fault> {
-        if client.connection_state() != async_nats::connection::State::Connected {
-            wait_connected(client, &self.control).await?;
-            if self.control.stop_requested() {
-                return Ok(());
-            }
+        if !wait_connected(client, &self.control).await? {
+            return Ok(());
         }
         let js = jetstream::new(client.clone());
         let stream = self.ensure_stream(&js).await?;
@@ -724,7 +700,7 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
                     updated.allow_atomic_publish = true;
                     js.update_stream(&updated)
                         .await
-                        .map_err(|e| permanent_or_transient("allow atomic batches", e))?;
+                        .map_err(|e| stream_fault("allow atomic batches", e))?;
                 }
                 Ok(stream)
             }
@@ -744,7 +720,7 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| permanent_or_transient("create the stream", e))
+                .map_err(|e| stream_fault("create the stream", e))
             }
             Err(e) => Err(Fault::Transient(format!(
                 "find stream {}: {e}",
@@ -826,34 +802,28 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
     }
 }
 
-/// Waits until the client is connected, or the back-off's first delay
-/// passes (then retried as a fault) or a stop.
-async fn wait_connected(client: &Client, control: &Control) -> std::result::Result<(), Fault> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while client.connection_state() != async_nats::connection::State::Connected {
-        if control.stop_requested() {
-            return Ok(());
+/// A refused stream creation or update as a fault: the stream's settings
+/// (a name taken with other settings, overlapping subjects, replicas a
+/// single server cannot have) are permanent; anything else (a timeout, no
+/// leader yet, a node down) is retried.
+fn stream_fault(op: &'static str, e: async_nats::jetstream::context::CreateStreamError) -> Fault {
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    let settings = [
+        ErrorCode::STREAM_NAME_EXIST,
+        ErrorCode::STREAM_SUBJECT_OVERLAP,
+        ErrorCode::STREAM_INVALID_CONFIG,
+        ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+        ErrorCode::BAD_REQUEST,
+    ];
+    match e.kind() {
+        Kind::JetStream(error) if settings.contains(&error.error_code()) => {
+            Fault::Permanent(nats_error(op, e))
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Fault::Transient("not connected to a NATS server".into()));
+        Kind::EmptyStreamName | Kind::InvalidStreamName | Kind::DomainAndExternalSet => {
+            Fault::Permanent(nats_error(op, e))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    control.set_connected(true);
-    Ok(())
-}
-
-/// A JetStream API error as a fault: an answer of the server (it refused)
-/// is permanent, anything else (a timeout) transient.
-fn permanent_or_transient<K>(op: &'static str, e: async_nats::error::Error<K>) -> Fault
-where
-    K: Clone + std::fmt::Debug + std::fmt::Display + PartialEq,
-{
-    let text = e.to_string();
-    if text.contains("timed out") || text.contains("timeout") || text.contains("no responders") {
-        Fault::Transient(format!("{op}: {text}"))
-    } else {
-        Fault::Permanent(nats_error(op, text))
+        _ => Fault::Transient(format!("{op}: {e}")),
     }
 }
 

@@ -15,13 +15,16 @@ mod runtime;
 mod source;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::ConnectOptions;
+use async_nats::connection::State;
+use async_nats::{Client, ClientError, ConnectErrorKind, ConnectOptions, Event, ServerError};
 
 use crate::error::{Error, Result};
 
 pub use self::control::BridgeStatus;
+use self::control::Control;
 pub use self::mirror::{Mirror, MirrorHandle};
 pub use self::source::{Source, SourceHandle};
 
@@ -189,6 +192,76 @@ impl Connect {
                 Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
             }))
     }
+}
+
+impl Connect {
+    /// A client for `url`, whose connection events reach `control`: the
+    /// handle's status shows the connection and the client's last error,
+    /// and a refusal of the credentials ends the bridge.
+    async fn client(&self, url: &str, name: &str, control: &Arc<Control>) -> Result<Client> {
+        let events = control.clone();
+        let options = self.options(name).await?.event_callback(move |event| {
+            let control = events.clone();
+            async move {
+                match event {
+                    Event::Connected => control.set_connected(true),
+                    Event::Disconnected => control.set_connected(false),
+                    Event::ClientError(ClientError::Other(error)) => {
+                        let refused = [
+                            ConnectErrorKind::AuthorizationViolation.to_string(),
+                            ConnectErrorKind::Authentication.to_string(),
+                        ];
+                        if refused.contains(&error) {
+                            control.refuse(&error);
+                        } else {
+                            control.note_error(&error);
+                        }
+                    }
+                    Event::ServerError(ServerError::AuthorizationViolation) => {
+                        control.refuse("authorization violation")
+                    }
+                    other => control.note_error(&other.to_string()),
+                }
+            }
+        });
+        async_nats::connect_with_options(url, options)
+            .await
+            .map_err(|e| nats_error("connect", e))
+    }
+}
+
+/// Waits until `client` is connected: `Ok(true)`; `Ok(false)` on a stop;
+/// an error if the server refused the credentials (for good) or after 2 s
+/// without a connection (to be retried).
+async fn wait_connected(client: &Client, control: &Control) -> std::result::Result<bool, Fault> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(refusal) = control.refusal() {
+            return Err(Fault::Permanent(Error::Nats {
+                op: "connect",
+                reason: refusal,
+            }));
+        }
+        if client.connection_state() == State::Connected {
+            control.set_connected(true);
+            return Ok(true);
+        }
+        if control.stop_requested() {
+            return Ok(false);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Fault::Transient("not connected to a NATS server".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Why a session of a bridge ended.
+enum Fault {
+    /// Retry after the back-off: the message goes to the status.
+    Transient(String),
+    /// End the bridge with this error.
+    Permanent(Error),
 }
 
 /// How a JetStream stream keeps messages (the stream's `retention`).

@@ -24,9 +24,9 @@ use futures_util::StreamExt;
 
 use super::control::{BridgeStatus, Control};
 use super::{
-    check_stream_name, check_subject, default_stream_name, nats_error, stream_not_found, Backoff,
-    Connect, CODEC_HEADER, EVENT_HEADER, LOG_ID_HEADER, OFFSET_HEADER, SOURCE_TIME_HEADER,
-    TIMESTAMP_HEADER,
+    check_stream_name, check_subject, default_stream_name, nats_error, stream_not_found,
+    wait_connected, Backoff, Connect, Fault, CODEC_HEADER, EVENT_HEADER, LOG_ID_HEADER,
+    OFFSET_HEADER, SOURCE_TIME_HEADER, TIMESTAMP_HEADER,
 };
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
@@ -345,12 +345,6 @@ fn decode_state(bytes: &[u8]) -> Option<BTreeMap<u128, u64>> {
     )
 }
 
-/// Why a session of the source ended.
-enum Fault {
-    Transient(String),
-    Permanent(Error),
-}
-
 /// One message's part of a batch.
 struct Incoming {
     sequence: u64,
@@ -382,31 +376,18 @@ impl<T: 'static, C: Codec<T>> SourceTask<T, C> {
     }
 
     async fn run_sessions(&mut self) -> Result<()> {
-        let control = self.control.clone();
-        let options = self
+        let name = format!("backbone source {}", self.name);
+        let client = self
             .config
             .connect
-            .options(&format!("backbone source {}", self.name))
-            .await?
-            .event_callback(move |event| {
-                let control = control.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => control.set_connected(true),
-                        async_nats::Event::Disconnected => control.set_connected(false),
-                        _ => {}
-                    }
-                }
-            });
-        let client = async_nats::connect_with_options(self.config.url.as_str(), options)
-            .await
-            .map_err(|e| nats_error("connect", e))?;
-        let js = jetstream::new(client);
+            .client(&self.config.url, &name, &self.control)
+            .await?;
+        let js = jetstream::new(client.clone());
         loop {
             if self.control.stop_requested() {
                 return Ok(());
             }
-            match self.session(&js).await {
+            match self.session(&client, &js).await {
                 Ok(()) => return Ok(()),
                 Err(Fault::Permanent(e)) => return Err(e),
                 Err(Fault::Transient(reason)) => {
@@ -423,8 +404,15 @@ impl<T: 'static, C: Codec<T>> SourceTask<T, C> {
 
     /// Reads from the stream after the position, appending batch after
     /// batch, until stopped (`Ok`) or a failure.
-    async fn session(&mut self, js: &jetstream::Context) -> std::result::Result<(), Fault> {
-        let stream = match js.get_stream(&self.stream).await {
+    async fn session(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+    ) -> std::result::Result<(), Fault> {
+        if !wait_connected(client, &self.control).await? {
+            return Ok(());
+        }
+        let mut stream = match js.get_stream(&self.stream).await {
             Ok(stream) => stream,
             Err(e) if stream_not_found(&e) => {
                 return Err(Fault::Transient(format!(
@@ -439,6 +427,38 @@ impl<T: 'static, C: Codec<T>> SourceTask<T, C> {
                 )))
             }
         };
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| Fault::Transient(format!("stream info: {e}")))?
+            .state
+            .clone();
+        if state.last_sequence < self.at.sequence {
+            return Err(Fault::Permanent(Error::Nats {
+                op: "resume",
+                reason: format!(
+                    "stream {} ends at sequence {}, but {} already holds its messages up to {}: \
+                     the stream was deleted and created again; start a source under a new name",
+                    self.stream,
+                    state.last_sequence,
+                    self.config.log.path().display(),
+                    self.at.sequence
+                ),
+            }));
+        }
+        if self.at.sequence > 0 && state.first_sequence > self.at.sequence + 1 {
+            return Err(Fault::Permanent(Error::Nats {
+                op: "resume",
+                reason: format!(
+                    "stream {} now starts at sequence {}: messages {} to {} were removed before \
+                     this source read them",
+                    self.stream,
+                    state.first_sequence,
+                    self.at.sequence + 1,
+                    state.first_sequence - 1
+                ),
+            }));
+        }
         let deliver_policy = DeliverPolicy::ByStartSequence {
             start_sequence: self.at.sequence + 1,
         };
