@@ -234,7 +234,9 @@ fn campaign(pipeline: Pipeline, buffered: bool, seed: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let grow = |from: u64, to: u64| {
-        let source: EventLog<u64> = EventLog::open(dir.join("source")).unwrap();
+        // A child another test forks can hold a copy of the lock until it
+        // execs: retry (as open_output does).
+        let source: EventLog<u64> = retry_locked(|| EventLog::open(dir.join("source"))).unwrap();
         let values: Vec<u64> = (from..to).collect();
         for chunk in values.chunks(5_000) {
             source.append_batch(chunk).unwrap();
@@ -335,12 +337,13 @@ fn check_windows(dir: &Path, buffered: bool, total: u64, killed: usize, lives: u
     let mode = if buffered { "buffered" } else { "every-append" };
     let once = tempfile::tempdir().unwrap();
     let expected: Vec<Record<Windowed<u64, u64>>> = {
-        let source: EventLog<u64> = EventLog::open(once.path().join("source")).unwrap();
+        let source: EventLog<u64> =
+            retry_locked(|| EventLog::open(once.path().join("source"))).unwrap();
         let values: Vec<u64> = (0..total).collect();
         source.append_batch(&values).unwrap();
         // No retention here: every result is compared.
         let output: EventLog<Windowed<u64, u64>> =
-            EventLog::open(once.path().join("output")).unwrap();
+            retry_locked(|| EventLog::open(once.path().join("output"))).unwrap();
         let job = start_windows(&source, &output, false);
         job.wait_for(total).unwrap();
         job.stop();
@@ -383,7 +386,8 @@ fn check_windows(dir: &Path, buffered: bool, total: u64, killed: usize, lives: u
 /// The table after the kills: every source value folded in exactly once.
 fn check_table(dir: &Path, buffered: bool, total: u64, killed: usize, lives: usize) {
     let mode = if buffered { "buffered" } else { "every-append" };
-    let source: EventLog<u64> = Options::new().read_only().open(dir.join("source")).unwrap();
+    let source: EventLog<u64> =
+        retry_locked(|| Options::new().read_only().open(dir.join("source"))).unwrap();
     let (table, position) = Table::<u64, u64>::load(&source, JOB).expect("load the table");
     assert_eq!(position, total, "{mode}: the table caught up");
     let mut expected = std::collections::HashMap::new();

@@ -250,7 +250,7 @@ impl<T: 'static, C: Codec<T>> Mirror<T, C> {
             subject: subject.clone(),
             stream: stream.clone(),
             name: name.clone(),
-            end: Box::new(move || log.durable_offset()),
+            end: Box::new(move || log.next_offset()),
         };
         let task = MirrorTask {
             backoff: Backoff::new(self.backoff.0, self.backoff.1),
@@ -360,7 +360,8 @@ impl MirrorHandle {
         self.control.position()
     }
 
-    /// Durable records of the log not yet acknowledged by JetStream.
+    /// Records of the log not yet acknowledged by JetStream (those not
+    /// yet durable included: they leave once they are).
     pub fn lag(&self) -> u64 {
         (self.end)().saturating_sub(self.position())
     }
