@@ -13,106 +13,14 @@ use std::time::Duration;
 use async_nats::jetstream;
 use backbone::nats::{Mirror, Source};
 use backbone::{EventLog, Options, Start};
+use common::jetstream::{assert_log_on_subject, runtime, stored};
 use common::nats::NatsServer;
 use common::{checkout, Checkout};
-use futures_util::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A message on the subject tree as the tests check it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stored {
-    subject: String,
-    sequence: u64,
-    log_id: String,
-    offset: u64,
-    payload: Vec<u8>,
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Every message of `stream` under `filter`, in stream order.
-fn stored(url: &str, stream: &str, filter: &str) -> Vec<Stored> {
-    runtime().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = jetstream::new(client);
-        let mut stream = js.get_stream(stream).await.unwrap();
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        if last == 0 {
-            return out;
-        }
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-            let Ok(Some(message)) = next else { break };
-            let message = message.unwrap();
-            let info = message.info().unwrap();
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            let headers = message.headers.clone().unwrap();
-            out.push(Stored {
-                subject: message.subject.to_string(),
-                sequence,
-                log_id: headers.get("Backbone-Log-Id").unwrap().to_string(),
-                offset: headers
-                    .get("Backbone-Offset")
-                    .unwrap()
-                    .as_str()
-                    .parse()
-                    .unwrap(),
-                payload: message.payload.to_vec(),
-            });
-            if pending == 0 && sequence >= last {
-                break;
-            }
-        }
-        out
-    })
-}
-
 fn open(dir: &Path) -> EventLog<Checkout> {
     Options::new().open(dir).unwrap()
-}
-
-/// Asserts that the messages of one log on its subject are its offsets
-/// `from..to`, once each, in order, with the log's bytes.
-fn assert_subject_holds(messages: &[Stored], log: &EventLog<Checkout>, from: u64, to: u64) {
-    let id = log.log_id().unwrap().to_string();
-    let ours: Vec<&Stored> = messages.iter().filter(|m| m.log_id == id).collect();
-    let offsets: Vec<u64> = ours.iter().map(|m| m.offset).collect();
-    assert_eq!(offsets.len() as u64, to - from, "messages of {id}");
-    assert!(
-        offsets.iter().copied().eq(from..to),
-        "offsets out of order, repeated or missing: first differences {:?}",
-        offsets
-            .iter()
-            .zip(from..)
-            .filter(|(a, b)| **a != *b)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
-    // Payloads are the log's own bytes (postcard encodes one way).
-    for (message, record) in ours.iter().zip(log.read(Start::Offset(from))) {
-        let record = record.unwrap();
-        let bytes = postcard::to_allocvec(&record.value).unwrap();
-        assert_eq!(
-            message.payload, bytes,
-            "payload of offset {}",
-            record.offset
-        );
-    }
 }
 
 #[test]
@@ -159,7 +67,7 @@ fn a_mirror_and_a_source_carry_100k_records_exactly_once() {
         "the source's log differs from the mirrored one"
     );
     let messages = stored(&server.url(), "shop_checkouts", "shop.checkouts.>");
-    assert_subject_holds(&messages, &local, 0, 100_000);
+    assert_log_on_subject(&messages, &local, 0, 100_000);
     assert_eq!(
         messages[0].subject,
         format!("shop.checkouts.{}", local.log_id().unwrap())
@@ -231,7 +139,7 @@ fn a_restart_after_the_duplicate_window_publishes_nothing_twice() {
     mirror.stop();
     mirror.join().unwrap();
     let messages = stored(&server.url(), "shop_late", "shop.late.>");
-    assert_subject_holds(&messages, &local, 0, 4_000);
+    assert_log_on_subject(&messages, &local, 0, 4_000);
 }
 
 #[test]
@@ -270,7 +178,7 @@ fn messages_removed_by_max_age_are_not_published_again() {
     mirror.stop();
     mirror.join().unwrap();
     let messages = stored(&server.url(), "shop_aged", "shop.aged.>");
-    assert_subject_holds(&messages, &local, 2_000, 2_500);
+    assert_log_on_subject(&messages, &local, 2_000, 2_500);
 }
 
 #[test]
@@ -306,8 +214,8 @@ fn two_logs_mirror_into_one_subject_tree_and_one_source_reads_both() {
     all.flush().unwrap();
     let messages = stored(&url, "shop_orders", "shop.orders.>");
     assert_eq!(messages.len(), 10_000);
-    assert_subject_holds(&messages, &east, 0, 7_000);
-    assert_subject_holds(&messages, &west, 0, 3_000);
+    assert_log_on_subject(&messages, &east, 0, 7_000);
+    assert_log_on_subject(&messages, &west, 0, 3_000);
     // The source's log holds each record once, each log's in its order.
     let copied: Vec<Checkout> = all
         .read(Start::Beginning)
@@ -436,7 +344,7 @@ fn a_log_behind_its_subject_is_refused_and_a_new_log_gets_a_new_subject() {
     mirror.join().unwrap();
     let messages = stored(&server.url(), "shop_restore", "shop.restore.>");
     assert_eq!(messages.len(), 250);
-    assert_subject_holds(&messages, &fresh, 0, 50);
+    assert_log_on_subject(&messages, &fresh, 0, 50);
     let old: Vec<u64> = messages
         .iter()
         .filter(|m| m.log_id == first_id.to_string())
@@ -498,7 +406,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
-fn a_source_refuses_a_recreated_stream_and_another_codec() {
+fn a_source_refuses_a_stream_created_again() {
     let Some(server) = NatsServer::start() else {
         return;
     };
@@ -549,6 +457,16 @@ fn a_source_refuses_a_recreated_stream_and_another_codec() {
         other => panic!("expected a refusal to resume, got {other:?}"),
     }
     assert_eq!(copy.next_offset(), 100, "nothing appended");
+}
+
+#[cfg(feature = "json")]
+#[test]
+fn a_source_refuses_records_of_another_codec() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
     // A log of another codec: refused before anything is appended.
     let json: EventLog<Checkout, backbone::Json> = Options::new()
         .open_with_codec(dir.path().join("json"), backbone::Json)

@@ -27,6 +27,9 @@ use crate::error::Error;
 /// The most messages JetStream takes in one atomic batch.
 pub(crate) const MAX_BATCH: usize = 1000;
 
+/// How often a wait for an acknowledgement looks for a lost connection.
+const LOSS_CHECK: Duration = Duration::from_millis(50);
+
 /// Why a batch was not stored.
 #[derive(Debug)]
 pub(crate) enum Refused {
@@ -82,6 +85,7 @@ impl BatchPublisher {
         messages: Vec<(HeaderMap, Bytes)>,
         expected_last: u64,
         timeout: Duration,
+        connection_lost: impl Fn() -> bool,
     ) -> Result<u64, Refused> {
         let n = messages.len();
         assert!(n > 0 && n <= MAX_BATCH, "a batch of {n} messages");
@@ -131,9 +135,18 @@ impl BatchPublisher {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let reply = match tokio::time::timeout_at(deadline, self.replies.next()).await {
+            // A connection lost with the batch in flight: its answer may
+            // never come, and the resync tells whether it landed.
+            if connection_lost() {
+                return Err(Refused::Transient(format!(
+                    "connection lost with batch {id} in flight"
+                )));
+            }
+            let wait = (tokio::time::Instant::now() + LOSS_CHECK).min(deadline);
+            let reply = match tokio::time::timeout_at(wait, self.replies.next()).await {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return Err(Refused::Transient("reply subscription ended".into())),
+                Err(_) if wait < deadline => continue,
                 Err(_) => {
                     return Err(Refused::Transient(format!(
                         "no acknowledgement of batch {id} within {timeout:?}"

@@ -33,6 +33,9 @@ pub(crate) struct Control {
     /// The position the task has committed (its meaning is the bridge's).
     position: AtomicU64,
     connected: AtomicBool,
+    /// Connections lost so far: a batch in flight across a loss is not
+    /// waited for.
+    disconnects: AtomicU64,
     stop: AtomicBool,
     /// Wakes the task out of an idle wait or a back-off when stopped.
     pub(crate) wake: Notify,
@@ -56,6 +59,7 @@ impl Control {
         Control {
             position: AtomicU64::new(position),
             connected: AtomicBool::new(false),
+            disconnects: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             wake: Notify::new(),
             state: Mutex::new(State::default()),
@@ -77,6 +81,17 @@ impl Control {
 
     pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// The client lost its connection (it reconnects by itself).
+    pub(crate) fn disconnected(&self) {
+        self.disconnects.fetch_add(1, Ordering::AcqRel);
+        self.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// How many connections were lost so far.
+    pub(crate) fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Acquire)
     }
 
     /// The task met `error` and will retry.

@@ -119,7 +119,7 @@ impl<T: 'static, C: Codec<T>> Mirror<T, C> {
             create_stream: true,
             batch_size: MAX_BATCH,
             max_batch_bytes: 8 << 20,
-            ack_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(2),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
         })
     }
@@ -193,7 +193,11 @@ impl<T: 'static, C: Codec<T>> Mirror<T, C> {
     }
 
     /// How long a batch may wait for its acknowledgement before the
-    /// mirror resyncs with the subject and sends again (default 10 s).
+    /// mirror resyncs with the subject and sends again (default 2 s). A
+    /// short wait is safe: a batch that lands after all is found by the
+    /// resync, and a resend of it is refused by the subject's sequence
+    /// check, never stored twice. It bounds the stall when a stream leader
+    /// steps down with a batch in flight.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
@@ -584,6 +588,8 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
                 }));
             };
             let messages = self.messages(&mut batch);
+            let disconnects = self.control.disconnects();
+            let control = &self.control;
             let published = tokio::time::timeout(
                 self.config.ack_timeout,
                 publisher.publish(
@@ -591,6 +597,7 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
                     messages,
                     at.last_sequence,
                     self.config.ack_timeout,
+                    || control.disconnects() != disconnects,
                 ),
             )
             .await

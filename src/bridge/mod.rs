@@ -205,7 +205,7 @@ impl Connect {
             async move {
                 match event {
                     Event::Connected => control.set_connected(true),
-                    Event::Disconnected => control.set_connected(false),
+                    Event::Disconnected => control.disconnected(),
                     Event::ClientError(ClientError::Other(error)) => {
                         let refused = [
                             ConnectErrorKind::AuthorizationViolation.to_string(),
@@ -224,7 +224,14 @@ impl Connect {
                 }
             }
         });
-        async_nats::connect_with_options(url, options)
+        // async-nats takes a list as a list, not as one comma-separated
+        // string.
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        async_nats::connect_with_options(servers, options)
             .await
             .map_err(|e| nats_error("connect", e))
     }

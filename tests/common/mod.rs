@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+/// Reading back what a bridge published.
+#[cfg(feature = "nats")]
+pub mod jetstream;
 /// A real nats-server (or cluster) for the tests of the `nats` feature.
 pub mod nats;
 

@@ -670,8 +670,8 @@ impl NatsCluster {
         }
     }
 
-    /// The client URLs of all nodes, comma-separated (as async-nats's
-    /// `connect` takes them): a client fails over between them.
+    /// The client URLs of all nodes, comma-separated (as a bridge's URL
+    /// takes them): a client fails over between them.
     pub fn urls(&self) -> String {
         let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
         urls.join(",")
