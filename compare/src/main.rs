@@ -135,10 +135,15 @@ USAGE: cargo run --release -p compare -- [OPTIONS]
   --paced-events N    events of each 50k/s latency run (default min(events, 100000))
   --gets N            random point reads (default min(events, 200000))
   --only LIST         comma-separated systems: limits,backbone,sqlite,commitlog,nats,redis
-                      (backbone brings its stream rows' limits along)
+                      (backbone brings its stream rows' limits along; nats brings the
+                      rows of backbone::nats::Mirror against direct publishes)
   --workloads TEXT    only the workloads whose name contains TEXT (e.g. '4 threads',
-                      'stream', 'table'); a row measured in alternation with its
-                      limit brings that limit along
+                      'stream', 'table', 'mirror'); a row measured in alternation with
+                      its limit brings that limit along
+
+  The NATS rows start a nats-server: $BACKBONE_NATS_SERVER, else the one scripts/test
+  installs (target/nats-venv/bin/nats-server), else one on the PATH that is 2.12 or
+  newer (an older one runs all but the mirror rows).
 ";
 
 fn parse_args() -> R<Config> {
@@ -2211,11 +2216,83 @@ fn commitlog(b: &mut Bench<'_>, data: &Data) {
 // ---- servers: NATS JetStream and Redis Streams ----------------------------------
 
 fn find_binary(name: &str) -> Option<PathBuf> {
+    binaries(name).next()
+}
+
+/// Every file called `name` on the PATH, then in the sbin directories.
+fn binaries(name: &str) -> impl Iterator<Item = PathBuf> + '_ {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .collect::<Vec<_>>()
+        .into_iter()
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+        .map(move |d| d.join(name))
+        .filter(|p| p.is_file())
+}
+
+/// The oldest nats-server with atomic batches (ADR-50), which the mirror
+/// rows need.
+const NATS_ATOMIC_BATCHES: (u32, u32) = (2, 12);
+
+/// The nats-server to start and its version: `$BACKBONE_NATS_SERVER`, else
+/// `nats-venv/bin/nats-server` in the cargo target directory (where
+/// `scripts/test` installs one), else the first `nats-server` on the PATH
+/// (then in the sbin directories) that is 2.12 or newer. Without any of
+/// these, an older one (Debian's is 2.9) still runs the publish and replay
+/// rows; the mirror rows are then skipped.
+fn find_nats_server() -> Option<(PathBuf, (u32, u32, u32))> {
+    if let Some(named) = std::env::var_os("BACKBONE_NATS_SERVER").filter(|v| !v.is_empty()) {
+        let named = PathBuf::from(named);
+        let version = nats_version(&named);
+        if version.is_none() {
+            eprintln!(
+                "NOTE: BACKBONE_NATS_SERVER={} does not run as `nats-server --version`",
+                named.display()
+            );
+        }
+        return version.map(|v| (named, v));
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
+    let venv = target.join("nats-venv").join("bin").join("nats-server");
+    let mut older = None;
+    for binary in std::iter::once(venv).chain(binaries("nats-server")) {
+        match nats_version(&binary) {
+            Some(v) if (v.0, v.1) >= NATS_ATOMIC_BATCHES => return Some((binary, v)),
+            Some(v) => {
+                older.get_or_insert((binary, v));
+            }
+            None => {}
+        }
+    }
+    older
+}
+
+/// The version `binary --version` reports (`nats-server: v2.15.1`).
+fn nats_version(binary: &Path) -> Option<(u32, u32, u32)> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('v'))?;
+    let mut parts = v.split('.').map(|part| {
+        let digits = part.len() - part.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        part[..digits].parse::<u32>().ok()
+    });
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 fn free_port() -> R<u16> {
@@ -2267,17 +2344,18 @@ fn start_server(
     Err(format!("{} did not start on 127.0.0.1:{port}", binary.display()).into())
 }
 
-fn nats(b: &mut Bench<'_>, data: &Data) {
-    let Some(binary) = find_binary("nats-server") else {
-        eprintln!(
-            "NOTE: nats-server not found; NATS JetStream skipped (apt-get install nats-server)"
-        );
-        return;
-    };
-    let server = match start_server(
-        &binary,
+/// A nats-server with JetStream on loopback, its store in its temporary
+/// directory; with `sync_always`, `sync_interval: always` (an fsync before
+/// each acknowledgement) from a config file there, else the server's
+/// default (a sync every 2 minutes).
+fn start_nats(binary: &Path, sync_always: bool) -> R<Server> {
+    let conf = tmp()?;
+    let conf_file = conf.path().join("nats.conf");
+    std::fs::write(&conf_file, "jetstream {\n  sync_interval: always\n}\n")?;
+    let server = start_server(
+        binary,
         |port, dir| {
-            vec![
+            let mut args = vec![
                 "-a".into(),
                 "127.0.0.1".into(),
                 "-p".into(),
@@ -2285,10 +2363,28 @@ fn nats(b: &mut Bench<'_>, data: &Data) {
                 "-js".into(),
                 "-sd".into(),
                 dir.display().to_string(),
-            ]
+            ];
+            if sync_always {
+                args.extend(["-c".into(), conf_file.display().to_string()]);
+            }
+            args
         },
         |_| true,
-    ) {
+    )?;
+    // The server reads its config file at start only.
+    drop(conf);
+    Ok(server)
+}
+
+fn nats(b: &mut Bench<'_>, data: &Data) {
+    let Some((binary, binary_version)) = find_nats_server() else {
+        eprintln!(
+            "NOTE: nats-server not found; NATS JetStream skipped (set BACKBONE_NATS_SERVER, \
+             run scripts/test once to install one, or apt-get install nats-server)"
+        );
+        return;
+    };
+    let server = match start_nats(&binary, false) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("NOTE: NATS JetStream skipped: {e}");
@@ -2439,9 +2535,366 @@ fn nats(b: &mut Bench<'_>, data: &Data) {
             })
         },
     );
+    mirror_rows(b, data, &rt, &binary, binary_version, &server);
     drop(js);
     drop(rt);
     drop(server);
+}
+
+// ---- the NATS bridge: backbone::nats::Mirror against direct publishes ---------
+
+const W_MIRROR: &str = "mirror to JetStream (backbone::nats::Mirror), server default sync";
+const W_MIRROR_ALWAYS: &str = "mirror to JetStream (backbone::nats::Mirror), sync_interval always";
+const L_DIRECT: (&str, &str) = (
+    "NATS JetStream",
+    "async-nats direct, pipelined acks (window 256), server default sync",
+);
+const L_DIRECT_ALWAYS: (&str, &str) = (
+    "NATS JetStream",
+    "async-nats direct, pipelined acks (window 256), sync_interval always",
+);
+/// Acknowledgements the direct publisher keeps in flight.
+const DIRECT_WINDOW: usize = 256;
+/// Records per atomic batch of the mirror (JetStream's most, the default).
+const MIRROR_BATCH: usize = 1000;
+/// The event type the mirrored log records (its Backbone-Event header).
+const MIRROR_EVENT: (&str, u32) = ("compare.Checkout", 1);
+
+/// The mirror pairs, on the server started with its default sync and on a
+/// second one with `sync_interval: always`: each repetition mirrors one
+/// synced log of checkouts to a fresh stream, and publishes the same
+/// records with the same headers directly to another fresh stream, the two
+/// in alternating order.
+fn mirror_rows(
+    b: &mut Bench<'_>,
+    data: &Data,
+    rt: &tokio::runtime::Runtime,
+    binary: &Path,
+    version: (u32, u32, u32),
+    default_server: &Server,
+) {
+    let settings = [
+        (
+            W_MIRROR,
+            L_DIRECT,
+            false,
+            "server default sync (sync_interval 2 min: acknowledged before fsync)",
+        ),
+        (
+            W_MIRROR_ALWAYS,
+            L_DIRECT_ALWAYS,
+            true,
+            "sync_interval always (fsynced before each acknowledgement)",
+        ),
+    ];
+    if !settings.iter().any(|(w, ..)| b.selected(w)) {
+        return;
+    }
+    let (major, minor, patch) = version;
+    if (major, minor) < NATS_ATOMIC_BATCHES {
+        eprintln!(
+            "NOTE: mirror rows skipped: {} is nats-server {major}.{minor}.{patch}, without \
+             atomic batches (2.12 or newer: set BACKBONE_NATS_SERVER or run scripts/test)",
+            binary.display()
+        );
+        return;
+    }
+    let n = (b.config.broker_events as usize).min(data.bytes.len());
+    let mut setup = match MirrorSetup::new(data, n) {
+        Ok(setup) => setup,
+        Err(e) => {
+            eprintln!("  mirror rows: FAILED to prepare the log: {e}");
+            return;
+        }
+    };
+    let mut always = None;
+    for (workload, limit, sync_always, sync) in settings {
+        if !b.selected(workload) {
+            continue;
+        }
+        let port = if sync_always {
+            match start_nats(binary, true) {
+                Ok(server) => always.insert(server).port,
+                Err(e) => {
+                    eprintln!("NOTE: {workload} skipped: {e}");
+                    continue;
+                }
+            }
+        } else {
+            default_server.port
+        };
+        let url = format!("nats://127.0.0.1:{port}");
+        if let Err(e) = rt.block_on(jetstream_ready(&url)) {
+            eprintln!("NOTE: {workload} skipped: {e}");
+            continue;
+        }
+        let common = format!(
+            "nats-server {major}.{minor}.{patch}, {sync}; {n} checkouts (postcard) with headers \
+             Nats-Msg-Id, Backbone-Log-Id, -Offset, -Timestamp, -Event, -Codec (the same values \
+             on both sides, checked); each repetition a fresh stream (file storage, 1 replica, \
+             limits retention, 2 min duplicate window, atomic publish allowed) and a new \
+             connection, both timed; the two alternate, first one then the other"
+        );
+        b.run_pair(
+            "backbone",
+            workload,
+            &format!(
+                "Mirror::new(..).batch_size({MIRROR_BATCH}).start() until wait_for({n}) returns, \
+                 on a Buffered log holding the {n} records, synced: atomic batches of \
+                 {MIRROR_BATCH}, one in flight; vs limit: its rate over the direct publishes'; \
+                 {common}"
+            ),
+            (
+                limit,
+                &format!(
+                    "jetstream::Context::publish_with_headers, at most {DIRECT_WINDOW} \
+                     acknowledgements in flight (the oldest awaited when full); payloads \
+                     prepared as Bytes beforehand, headers built per message; {common}"
+                ),
+            ),
+            || setup.pair(rt, &url),
+        );
+    }
+    drop(always);
+    setup.close();
+}
+
+/// Waits until the server at `url` answers JetStream requests.
+async fn jetstream_ready(url: &str) -> R<()> {
+    let client = async_nats::connect(url).await.map_err(err)?;
+    let js = async_nats::jetstream::new(client);
+    let mut last = None;
+    for _ in 0..100 {
+        match js.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("JetStream not ready at {url}: {last:?}").into())
+}
+
+/// The stream a mirror creates for `subject` (as `Mirror`'s defaults make
+/// it); the direct publishes go to one made the same way.
+fn mirror_stream_config(name: &str, subject: &str) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream;
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{subject}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        num_replicas: 1,
+        max_age: Duration::ZERO,
+        duplicate_window: Duration::from_secs(120),
+        allow_atomic_publish: true,
+        ..Default::default()
+    }
+}
+
+/// The log the mirror rows mirror, and its records as the direct
+/// publisher sends them.
+struct MirrorSetup {
+    log: EventLog<Checkout>,
+    _dir: tempfile::TempDir,
+    log_id: String,
+    event: String,
+    codec: &'static str,
+    /// Each record's payload as stored (postcard) and its append time (µs).
+    records: Vec<(bytes::Bytes, u64)>,
+    /// Repetitions so far: names the streams and picks which side goes
+    /// first.
+    reps: usize,
+}
+
+impl MirrorSetup {
+    fn new(data: &Data, n: usize) -> R<MirrorSetup> {
+        let dir = tmp()?;
+        let log: EventLog<Checkout> = Options::new()
+            .durability(Durability::Buffered)
+            .event_type(MIRROR_EVENT.0, MIRROR_EVENT.1)
+            .open(dir.path())?;
+        for chunk in data.values[..n].chunks(BATCH) {
+            log.append_batch(chunk)?;
+        }
+        log.sync()?;
+        check(
+            log.durable_offset() == n as u64,
+            "the mirrored log is synced",
+        )?;
+        let log_id = log.log_id().ok_or("the log has no id")?.to_string();
+        let mut records = Vec::with_capacity(n);
+        for (record, bytes) in log.read(Start::Beginning).zip(&data.bytes[..n]) {
+            let record = record?;
+            check(
+                record.offset == records.len() as u64,
+                "the log's offsets start at 0",
+            )?;
+            check(
+                postcard::to_stdvec(&record.value)? == *bytes,
+                "the log's payloads are the workload's bytes",
+            )?;
+            records.push((
+                bytes::Bytes::from(bytes.clone()),
+                record.timestamp.as_micros(),
+            ));
+        }
+        check(records.len() == n, "every record read back")?;
+        Ok(MirrorSetup {
+            log,
+            _dir: dir,
+            log_id,
+            event: format!("{}/{}", MIRROR_EVENT.0, MIRROR_EVENT.1),
+            codec: <backbone::Postcard as backbone::Codec<Checkout>>::name(&backbone::Postcard),
+            records,
+            reps: 0,
+        })
+    }
+
+    /// One repetition: the direct publishes (the limit) and the mirror,
+    /// each to a fresh stream, in alternating order; then checks that both
+    /// streams hold every record and end with the same message, and
+    /// deletes them.
+    fn pair(&mut self, rt: &tokio::runtime::Runtime, url: &str) -> R<(Sample, Sample)> {
+        let rep = self.reps;
+        self.reps += 1;
+        let n = self.records.len() as u64;
+        let direct = (format!("DIRECT_{rep}"), format!("direct.r{rep}"));
+        let mirrored = (format!("MIRROR_{rep}"), format!("mirror.r{rep}"));
+        let direct_first = rep.is_multiple_of(2);
+        let (direct_sample, mirror_sample) = if direct_first {
+            let d = self.direct(rt, url, &direct.0, &direct.1)?;
+            (d, self.mirror(url, &mirrored.0, &mirrored.1)?)
+        } else {
+            let m = self.mirror(url, &mirrored.0, &mirrored.1)?;
+            (self.direct(rt, url, &direct.0, &direct.1)?, m)
+        };
+        let mut mirror_sample = mirror_sample;
+        mirror_sample.extra = Some(format!(
+            "{:.0}%{}",
+            100.0 * mirror_sample.rate() / direct_sample.rate(),
+            if direct_first { " (direct first)" } else { "" }
+        ));
+        rt.block_on(async {
+            let client = async_nats::connect(url).await.map_err(err)?;
+            let js = async_nats::jetstream::new(client);
+            let mut last = Vec::new();
+            for (stream, subject) in [&direct, &mirrored] {
+                let subject = format!("{subject}.{}", self.log_id);
+                let mut s = js.get_stream(stream).await.map_err(err)?;
+                let state = s.info().await.map_err(err)?.state.clone();
+                check(state.messages == n, "the stream holds every record")?;
+                let message = s
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(err)?;
+                let mut headers: Vec<(String, String)> = message
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| {
+                        let name = name.to_string();
+                        !name.starts_with("Nats-Batch") && !name.starts_with("Nats-Expected")
+                    })
+                    .flat_map(|(name, values)| {
+                        values
+                            .iter()
+                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                    })
+                    .collect();
+                headers.sort();
+                last.push((headers, message.payload));
+                js.delete_stream(stream).await.map_err(err)?;
+            }
+            check(
+                last[0] == last[1],
+                "the direct and mirrored streams end with the same headers and payload",
+            )?;
+            check(
+                last[0].0.len() == 6,
+                "six headers (Nats-Msg-Id and five Backbone-*)",
+            )?;
+            R::Ok(())
+        })?;
+        Ok((direct_sample, mirror_sample))
+    }
+
+    /// The mirror of the log to `<subject>.<log-id>` in a new `stream`:
+    /// timed from `Mirror::new` until every record is acknowledged.
+    fn mirror(&self, url: &str, stream: &str, subject: &str) -> R<Sample> {
+        let n = self.records.len() as u64;
+        let t = Instant::now();
+        let mirror = backbone::nats::Mirror::new(&self.log, url, subject)?
+            .stream(stream)
+            .batch_size(MIRROR_BATCH)
+            .start()?;
+        let done = mirror.wait_for(n, Duration::from_secs(600))?;
+        let secs = t.elapsed().as_secs_f64();
+        if !done {
+            return Err(format!("the mirror did not catch up: {mirror:?}").into());
+        }
+        mirror.stop();
+        mirror.join()?;
+        Ok(Sample {
+            events: n,
+            secs,
+            ..Sample::default()
+        })
+    }
+
+    /// The records with the mirror's headers, published directly to
+    /// `<subject>.<log-id>` in a new `stream` with at most
+    /// [`DIRECT_WINDOW`] acknowledgements in flight: timed from the
+    /// connect until the last acknowledgement.
+    fn direct(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        url: &str,
+        stream: &str,
+        subject: &str,
+    ) -> R<Sample> {
+        use async_nats::header::NATS_MESSAGE_ID;
+        let n = self.records.len() as u64;
+        rt.block_on(async {
+            let t = Instant::now();
+            let client = async_nats::connect(url).await.map_err(err)?;
+            let js = async_nats::jetstream::new(client);
+            js.create_stream(mirror_stream_config(stream, subject))
+                .await
+                .map_err(err)?;
+            let subject = async_nats::Subject::from(format!("{subject}.{}", self.log_id));
+            let mut acks = std::collections::VecDeque::with_capacity(DIRECT_WINDOW);
+            for (offset, (payload, micros)) in self.records.iter().enumerate() {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(NATS_MESSAGE_ID, format!("{}:{offset}", self.log_id));
+                headers.insert("Backbone-Log-Id", self.log_id.as_str());
+                headers.insert("Backbone-Offset", offset.to_string());
+                headers.insert("Backbone-Timestamp", micros.to_string());
+                headers.insert("Backbone-Event", self.event.as_str());
+                headers.insert("Backbone-Codec", self.codec);
+                if acks.len() == DIRECT_WINDOW {
+                    let ack: async_nats::jetstream::context::PublishAckFuture =
+                        acks.pop_front().ok_or("no ack")?;
+                    ack.await.map_err(err)?;
+                }
+                acks.push_back(
+                    js.publish_with_headers(subject.clone(), headers, payload.clone())
+                        .await
+                        .map_err(err)?,
+                );
+            }
+            for ack in acks {
+                ack.await.map_err(err)?;
+            }
+            Ok(Sample {
+                events: n,
+                secs: t.elapsed().as_secs_f64(),
+                ..Sample::default()
+            })
+        })
+    }
+
+    fn close(self) {
+        let _ = self.log.close();
+    }
 }
 
 fn redis_bench(b: &mut Bench<'_>, data: &Data) {
