@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::inspect::{AttachedKind, Inspector, RawRecord, SegmentInfo};
-use crate::{Start, Timestamp};
+use crate::{ReaderKind, Start, Timestamp};
 
 use super::output::{open_failed, parse_time, size, sparkline, Failure, Out, Printer};
 use super::registry::Registry;
@@ -396,7 +396,9 @@ pub(super) fn readers(log: &Inspector) -> Result<Vec<Reader>, Failure> {
             .iter()
             .find(|a| same_path(&a.log, &reader.location))
             .map_or(
-                if reader.name.ends_with(".state") {
+                if reader.kind == ReaderKind::Mirror {
+                    "mirror"
+                } else if reader.name.ends_with(".state") {
                     "job state"
                 } else {
                     "reader"
@@ -404,8 +406,11 @@ pub(super) fn readers(log: &Inspector) -> Result<Vec<Reader>, Failure> {
                 |a| kind_name(a.kind),
             );
         // A reader whose log cannot be read still shows, by its advisory
-        // copy.
-        let true_position = log.reader_position(&reader).unwrap_or(None);
+        // copy; a mirror's true position is on its JetStream subject.
+        let true_position = match reader.kind {
+            ReaderKind::Mirror => None,
+            _ => log.reader_position(&reader).unwrap_or(None),
+        };
         found.push(Reader {
             name: reader.name,
             kind,
