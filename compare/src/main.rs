@@ -137,9 +137,12 @@ USAGE: cargo run --release -p compare -- [OPTIONS]
   --only LIST         comma-separated systems: limits,backbone,sqlite,commitlog,nats,redis
                       (backbone brings its stream rows' limits along; nats brings the
                       rows of backbone::nats::Mirror against direct publishes)
-  --workloads TEXT    only the workloads whose name contains TEXT (e.g. '4 threads',
-                      'stream', 'table', 'mirror'); a row measured in alternation with
-                      its limit brings that limit along
+  --workloads TEXT    only the workloads whose name contains TEXT (e.g. 'fresh',
+                      'replay', 'stream', 'table', 'mirror'); a row measured in
+                      alternation with its limit brings that limit along; 'group commit'
+                      (or any of its rows' names, e.g. '4 threads') runs the 1-, 4- and
+                      8-thread EveryAppend rows and their fdatasync-per-record limits
+                      together, in max(R, 5) runs
 
   The NATS rows start a nats-server: $BACKBONE_NATS_SERVER, else the one scripts/test
   installs (target/nats-venv/bin/nats-server), else one on the PATH that is 2.12 or
@@ -417,22 +420,6 @@ impl Bench<'_> {
     }
 
     fn finish(&mut self) {
-        // Group commit: 4 appending threads against 1, both EveryAppend.
-        let rate = |w: &str| {
-            self.rows
-                .iter()
-                .find(|r| r.system == "backbone" && r.workload == w)
-                .map(|r| r.events_per_sec)
-        };
-        if let (Some(one), Some(four)) = (rate(W_DURABLE_1), rate(W_DURABLE_4)) {
-            if let Some(row) = self
-                .rows
-                .iter_mut()
-                .find(|r| r.system == "backbone" && r.workload == W_DURABLE_4)
-            {
-                row.note = format!("{}; {:.2}× the 1-thread rate", row.note, four / one);
-            }
-        }
         let by_label: BTreeMap<String, (f64, Option<Latency>)> = self
             .rows
             .iter()
@@ -445,7 +432,11 @@ impl Bench<'_> {
             .collect();
         for row in &mut self.rows {
             if row.ratio_to_limit.is_some() {
-                // Paired with its limit, repetition by repetition.
+                // Paired with its limit, repetition by repetition (rate
+                // rows that set their ratio say how in their own note).
+                if row.latency_us.is_none() {
+                    continue;
+                }
                 row.note = format!(
                     "{}; p99 ratio: median over the repetitions of each against a limit run just before it",
                     row.note
@@ -523,6 +514,12 @@ const W_BATCH: &str = "append batch 256";
 const W_DURABLE: &str = "durable append batch 256";
 const W_DURABLE_1: &str = "durable append single, 1 thread";
 const W_DURABLE_4: &str = "durable append single, 4 threads";
+const W_DURABLE_8: &str = "durable append single, 8 threads";
+/// What `--workloads` also knows the 1-, 4- and 8-thread rows and their
+/// limits by: they run together, back to back within each run.
+const W_GROUP_COMMIT: &str = "group commit";
+const W_DURABLE_FRESH: &str = "durable append batch 256, fresh log";
+const W_REPLAY_BINCODE: &str = "replay from 0, bincode codec";
 const W_REPLAY: &str = "replay from 0";
 const W_GET: &str = "random get";
 const W_FANOUT: &str = "fan-out 4 subs, throughput";
@@ -539,6 +536,13 @@ const L_FILE_SINGLE: (&str, &str) = ("limit", "BufWriter, one write per record")
 const L_FILE_BATCH: (&str, &str) = ("limit", "BufWriter, one write per 256");
 const L_ENCODE: (&str, &str) = ("limit", "postcard encode + BufWriter, one write per record");
 const L_FSYNC: (&str, &str) = ("limit", "write + fdatasync per 256");
+/// [`L_FSYNC`] measured again, alternated with the fresh-log row.
+const L_FSYNC_FRESH: (&str, &str) = (
+    "limit",
+    "write + fdatasync per 256, alternated with the fresh log",
+);
+const L_FSYNC_SINGLE: (&str, &str) = ("limit", "write + fdatasync per record");
+const L_FSYNC_SINGLE_PRE: (&str, &str) = ("limit", "write + fdatasync per record, preallocated");
 const L_REPLAY: (&str, &str) = ("limit", "BufReader replay of the bytes");
 const L_REPLAY_DECODE: (&str, &str) = ("limit", "BufReader replay + decode");
 const L_GET: (&str, &str) = ("limit", "in-memory index + pread + decode");
@@ -571,12 +575,19 @@ fn write_file(path: &Path, data: &Data, batched: bool) -> R<()> {
 }
 
 fn fsync_limit(data: &Data, prealloc: bool) -> R<Sample> {
+    fsync_limit_with(&data.bytes, prealloc, BATCH)
+}
+
+/// Writes `records` as (u32 length, bytes), `per` records per write, each
+/// write followed by an `fdatasync`; into a growing file, or with
+/// `prealloc` over a file of zeros written and synced beforehand.
+fn fsync_limit_with(records: &[Vec<u8>], prealloc: bool, per: usize) -> R<Sample> {
     let dir = tmp()?;
     let path = dir.path().join("fsync.bin");
     let file = File::create(&path)?;
     if prealloc {
         // Written and synced once, so the timed writes change no file size.
-        let total = data.payload_bytes() + 4 * data.bytes.len() as u64;
+        let total: u64 = records.iter().map(|b| 4 + b.len() as u64).sum();
         let zeros = vec![0u8; 1 << 20];
         let mut left = total;
         while left > 0 {
@@ -586,11 +597,11 @@ fn fsync_limit(data: &Data, prealloc: bool) -> R<Sample> {
         }
         file.sync_all()?;
     }
-    let mut buf = Vec::with_capacity(BATCH * 64);
+    let mut buf = Vec::with_capacity(per * 64);
     let mut pos = 0u64;
     let mut fsyncs = 0;
-    let mut s = timed(data.bytes.len() as u64, || {
-        for chunk in data.bytes.chunks(BATCH) {
+    let mut s = timed(records.len() as u64, || {
+        for chunk in records.chunks(per) {
             buf.clear();
             for b in chunk {
                 buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
@@ -922,60 +933,8 @@ fn backbone(b: &mut Bench<'_>, data: &Data) {
             Ok(s)
         },
     );
-    let slow = (b.config.slow_events as usize).min(data.values.len());
-    for threads in [1usize, 4] {
-        let workload = if threads == 1 {
-            W_DURABLE_1
-        } else {
-            W_DURABLE_4
-        };
-        b.run(
-            sys,
-            workload,
-            None,
-            &format!("EveryAppend; {slow} events per thread; 8 MiB segments, after warm-up"),
-            || {
-                let dir = tmp()?;
-                let (log, base) = bb_durable(dir.path(), data)?;
-                let syncs = log.stats().syncs;
-                let barrier = Arc::new(Barrier::new(threads + 1));
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let log = log.clone();
-                        let barrier = barrier.clone();
-                        let values: Vec<Checkout> = data.values[..slow]
-                            .iter()
-                            .map(|v| Checkout {
-                                order_id: v.order_id + (t * slow) as u64,
-                                ..v.clone()
-                            })
-                            .collect();
-                        std::thread::spawn(move || -> R<()> {
-                            barrier.wait();
-                            for v in &values {
-                                log.append(v)?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                let mut s = timed((threads * slow) as u64, || {
-                    barrier.wait();
-                    for h in handles {
-                        h.join().map_err(err)??;
-                    }
-                    Ok(())
-                })?;
-                s.fsyncs = Some(log.stats().syncs - syncs);
-                check(
-                    log.next_offset() == base + (threads * slow) as u64,
-                    "offsets",
-                )?;
-                log.close()?;
-                Ok(s)
-            },
-        );
-    }
+    fresh_durable(b, data);
+    group_commit(b, data);
     b.run(
         sys,
         W_REPLAY,
@@ -1095,6 +1054,227 @@ fn backbone(b: &mut Bench<'_>, data: &Data) {
         "10 appends/s per log for 5 s; latency is (record durable - append returned)",
         || many_logs(1000, Duration::from_millis(50), 10, Duration::from_secs(5)),
     );
+}
+
+/// Durable batch-256 appends on a fresh log, as a user's first run meets
+/// them: default options (64 MiB segments), no warm-up, the `open` that
+/// creates the log timed with the appends; alternated with write +
+/// fdatasync per 256 records on a growing file.
+fn fresh_durable(b: &mut Bench<'_>, data: &Data) {
+    let n = data.values.len() as u64;
+    b.run_pair(
+        "backbone",
+        W_DURABLE_FRESH,
+        "EveryAppend, default Options (64 MiB segments, spare segments prepared as by \
+         default); timed: the open that creates the log, then append_batch per 256 \
+         (close untimed); vs limit: ratio of the medians",
+        (
+            L_FSYNC_FRESH,
+            "appending to a growing file (as the 'write + fdatasync per 256' row), run just before each \
+             fresh-log repetition",
+        ),
+        || {
+            let limit = fsync_limit(data, false)?;
+            let dir = tmp()?;
+            let mut opened = None;
+            let mut open_secs = 0.0;
+            let mut s = timed(n, || {
+                let t = Instant::now();
+                let log: EventLog<Checkout> = Options::new()
+                    .durability(Durability::EveryAppend)
+                    .open(dir.path())?;
+                open_secs = t.elapsed().as_secs_f64();
+                for chunk in data.values.chunks(BATCH) {
+                    log.append_batch(chunk)?;
+                }
+                opened = Some(log);
+                Ok(())
+            })?;
+            let log = opened.ok_or("no log")?;
+            let stats = log.stats();
+            check(stats.next_offset == n, "offsets")?;
+            s.fsyncs = Some(stats.syncs);
+            s.extra = Some(format!(
+                "{:.2}× (open {:.1} ms, {} segment{}, {} prepared)",
+                s.rate() / limit.rate(),
+                open_secs * 1e3,
+                stats.segments,
+                if stats.segments == 1 { "" } else { "s" },
+                stats.preallocated_segments,
+            ));
+            log.close()?;
+            Ok((limit, s))
+        },
+    );
+}
+
+/// Runs of the group-commit rows: the ratios are medians over them.
+const GROUP_RUNS: usize = 5;
+
+/// Group commit: `EveryAppend` single appends from 1, 4 and 8 threads,
+/// measured back to back within each run (each on its own warmed-up log)
+/// after write + fdatasync per record on a growing and on a preallocated
+/// file. The 4- and 8-thread rows' ratios are medians of the per-run
+/// ratios to that run's 1-thread rate; the 1-thread row's, of its per-run
+/// ratios to the growing file's limit.
+fn group_commit(b: &mut Bench<'_>, data: &Data) {
+    let names = [
+        W_GROUP_COMMIT,
+        W_DURABLE_1,
+        W_DURABLE_4,
+        W_DURABLE_8,
+        L_FSYNC_SINGLE.1,
+        L_FSYNC_SINGLE_PRE.1,
+    ];
+    if !names.iter().any(|w| b.selected(w)) {
+        return;
+    }
+    let slow = (b.config.slow_events as usize).min(data.values.len());
+    let runs = b.config.reps.max(GROUP_RUNS);
+    let threads = [1usize, 4, 8];
+    let mut limit = Vec::new();
+    let mut limit_pre = Vec::new();
+    let mut rows: Vec<Vec<Sample>> = vec![Vec::new(); threads.len()];
+    for _ in 0..runs {
+        let run = || -> R<(Sample, Sample, Vec<Sample>)> {
+            let l = fsync_limit_with(&data.bytes[..slow], false, 1)?;
+            let p = fsync_limit_with(&data.bytes[..slow], true, 1)?;
+            let t = threads
+                .iter()
+                .map(|&t| bb_threads(data, t, slow))
+                .collect::<R<Vec<_>>>()?;
+            Ok((l, p, t))
+        };
+        match run() {
+            Ok((l, p, t)) => {
+                limit.push(l);
+                limit_pre.push(p);
+                for (row, s) in rows.iter_mut().zip(t) {
+                    row.push(s);
+                }
+            }
+            Err(e) => {
+                eprintln!("  backbone / {W_GROUP_COMMIT}: FAILED: {e}");
+                return;
+            }
+        }
+    }
+    let per_sync = |s: &Sample| s.events as f64 / s.fsyncs.unwrap_or(0).max(1) as f64;
+    // Per-run ratios: the 1-thread rate to the limit, 4 and 8 threads to 1.
+    let one: Vec<f64> = rows[0].iter().map(Sample::rate).collect();
+    let mut ratios: Vec<Vec<f64>> = Vec::new();
+    for (k, row) in rows.iter_mut().enumerate() {
+        let mut r = Vec::new();
+        for (i, s) in row.iter_mut().enumerate() {
+            let (ratio, of) = if k == 0 {
+                (s.rate() / limit[i].rate(), "limit")
+            } else {
+                (s.rate() / one[i], "1 thread")
+            };
+            let pre = if k == 0 {
+                format!(", {:.2}× preallocated", s.rate() / limit_pre[i].rate())
+            } else {
+                String::new()
+            };
+            s.extra = Some(format!(
+                "{ratio:.2}× {of}{pre}, {:.2} records/sync",
+                per_sync(s)
+            ));
+            r.push(ratio);
+        }
+        ratios.push(r);
+    }
+    let common = format!(
+        "EveryAppend, single appends; {slow} events per thread; 8 MiB segments, after \
+         warm-up; 1, 4 and 8 threads back to back in each of {runs} runs"
+    );
+    b.record(
+        L_FSYNC_SINGLE.0,
+        L_FSYNC_SINGLE.1,
+        None,
+        &format!("appending to a growing file; {slow} records, before each group-commit run"),
+        limit,
+    );
+    b.record(
+        L_FSYNC_SINGLE_PRE.0,
+        L_FSYNC_SINGLE_PRE.1,
+        None,
+        &format!(
+            "overwriting a preallocated, synced file; {slow} records, before each group-commit run"
+        ),
+        limit_pre,
+    );
+    for (k, (samples, r)) in rows.into_iter().zip(ratios).enumerate() {
+        let (workload, limit) = match threads[k] {
+            1 => (W_DURABLE_1, L_FSYNC_SINGLE),
+            4 => (W_DURABLE_4, ("backbone", W_DURABLE_1)),
+            _ => (W_DURABLE_8, ("backbone", W_DURABLE_1)),
+        };
+        let syncs: Vec<f64> = samples.iter().map(per_sync).collect();
+        let what = if k == 0 {
+            "the limit's rate in the same run".to_owned()
+        } else {
+            "the 1-thread rate in the same run".to_owned()
+        };
+        let note = format!(
+            "{common}; vs limit: median over the runs of each run's rate over {what} \
+             (the first figure of each run below); records per sync: median {:.2}",
+            median(syncs),
+        );
+        b.record("backbone", workload, Some(limit), &note, samples);
+        if let Some(row) = b.rows.last_mut() {
+            row.ratio_to_limit = Some(median(r.clone()));
+            eprintln!(
+                "    vs {} · {}: {:.2}× (median of the per-run ratios)",
+                limit.0,
+                limit.1,
+                median(r.clone()),
+            );
+        }
+    }
+}
+
+/// `EveryAppend` single appends of `slow` events from each of `threads`
+/// threads on a warmed-up log; `fsyncs` counts the log's syncs.
+fn bb_threads(data: &Data, threads: usize, slow: usize) -> R<Sample> {
+    let dir = tmp()?;
+    let (log, base) = bb_durable(dir.path(), data)?;
+    let syncs = log.stats().syncs;
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            let barrier = barrier.clone();
+            let values: Vec<Checkout> = data.values[..slow]
+                .iter()
+                .map(|v| Checkout {
+                    order_id: v.order_id + (t * slow) as u64,
+                    ..v.clone()
+                })
+                .collect();
+            std::thread::spawn(move || -> R<()> {
+                barrier.wait();
+                for v in &values {
+                    log.append(v)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut s = timed((threads * slow) as u64, || {
+        barrier.wait();
+        for h in handles {
+            h.join().map_err(err)??;
+        }
+        Ok(())
+    })?;
+    s.fsyncs = Some(log.stats().syncs - syncs);
+    check(
+        log.next_offset() == base + (threads * slow) as u64,
+        "offsets",
+    )?;
+    log.close()?;
+    Ok(s)
 }
 
 /// One fan-out run of backbone.
@@ -2211,6 +2391,144 @@ fn commitlog(b: &mut Bench<'_>, data: &Data) {
             Ok(s)
         },
     );
+}
+
+// ---- typed replay with bincode: backbone against commitlog ------------------------
+
+/// The crate's `Bincode` codec's encoding: bincode 2 with its standard
+/// configuration, through its serde API.
+fn bincode_encode(v: &Checkout) -> R<Vec<u8>> {
+    Ok(bincode::serde::encode_to_vec(
+        v,
+        bincode::config::standard(),
+    )?)
+}
+
+/// Decodes as `backbone::Bincode` does, trailing bytes refused.
+fn bincode_decode(bytes: &[u8]) -> R<Checkout> {
+    let (v, used): (Checkout, usize) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    check(used == bytes.len(), "bincode: trailing bytes")?;
+    Ok(v)
+}
+
+/// Typed replay of the whole workload with bincode on both sides: a
+/// backbone log opened with `backbone::Bincode`, and commitlog holding the
+/// same events encoded as that codec does, read as the postcard commitlog
+/// row reads. With both systems selected the two run in alternating
+/// repetitions (commitlog first) and the backbone row's ratio is to
+/// commitlog's; otherwise whichever is selected runs alone.
+fn bincode_replay(b: &mut Bench<'_>, data: &Data) {
+    let (bb, cl) = (b.config.runs("backbone"), b.config.runs("commitlog"));
+    if !(bb || cl) || !b.selected(W_REPLAY_BINCODE) {
+        return;
+    }
+    let encoded: Vec<Vec<u8>> = match data.values.iter().map(bincode_encode).collect() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("  {W_REPLAY_BINCODE}: FAILED to encode: {e}");
+            return;
+        }
+    };
+    let bytes = encoded.iter().map(|e| e.len() as u64).sum::<u64>() as f64 / encoded.len() as f64;
+    let bb_note = format!(
+        "typed: Options::new().open_with_codec(dir, backbone::Bincode), read(Start::Beginning), \
+         decodes each Checkout ({bytes:.1} bytes on average with bincode)"
+    );
+    let cl_note = format!(
+        "read(offset, 1 MiB) loop, decode with bincode::serde standard() (backbone::Bincode's \
+         encoding, {bytes:.1} bytes on average)"
+    );
+    let cl_replay = || commitlog_replay(&encoded, bincode_decode);
+    let bb_replay = || bb_bincode_replay(data);
+    if bb && cl {
+        b.run_pair(
+            "backbone",
+            W_REPLAY_BINCODE,
+            &format!("{bb_note}; vs limit: ratio of the medians; alternated with commitlog"),
+            (("commitlog", W_REPLAY_BINCODE), &cl_note),
+            || {
+                let c = cl_replay()?;
+                let mut s = bb_replay()?;
+                s.extra = Some(format!("{:.2}×", s.rate() / c.rate()));
+                Ok((c, s))
+            },
+        );
+    } else if bb {
+        b.run(
+            "backbone",
+            W_REPLAY_BINCODE,
+            Some(("commitlog", W_REPLAY_BINCODE)),
+            &bb_note,
+            bb_replay,
+        );
+    } else {
+        b.run("commitlog", W_REPLAY_BINCODE, None, &cl_note, cl_replay);
+    }
+}
+
+fn bb_bincode_replay(data: &Data) -> R<Sample> {
+    let n = data.values.len() as u64;
+    let dir = tmp()?;
+    let open = || -> R<EventLog<Checkout, backbone::Bincode>> {
+        Ok(Options::new()
+            .durability(Durability::Buffered)
+            .open_with_codec(dir.path(), backbone::Bincode)?)
+    };
+    let log = open()?;
+    for chunk in data.values.chunks(BATCH) {
+        log.append_batch(chunk)?;
+    }
+    log.close()?;
+    let log = open()?;
+    let mut count = 0;
+    let s = timed(n, || {
+        for rec in log.read(Start::Beginning) {
+            count += u64::from(rec?.value.qty > 0);
+        }
+        Ok(())
+    })?;
+    check(count == n, "replay count")?;
+    log.close()?;
+    Ok(s)
+}
+
+/// commitlog replay of `payloads` written in batches of 256, each decoded
+/// with `decode`: the loop of the postcard `replay from 0` row.
+fn commitlog_replay(payloads: &[Vec<u8>], decode: fn(&[u8]) -> R<Checkout>) -> R<Sample> {
+    use commitlog::message::{MessageBuf, MessageSet};
+    use commitlog::{CommitLog, LogOptions, ReadLimit};
+    let n = payloads.len() as u64;
+    let dir = tmp()?;
+    let open = || -> R<CommitLog> { CommitLog::new(LogOptions::new(dir.path())).map_err(err) };
+    let mut log = open()?;
+    let mut buf = MessageBuf::default();
+    for chunk in payloads.chunks(BATCH) {
+        buf.clear();
+        for bytes in chunk {
+            buf.push(bytes).map_err(err)?;
+        }
+        log.append(&mut buf).map_err(err)?;
+    }
+    log.flush()?;
+    drop(log);
+    let log = open()?;
+    let mut count = 0u64;
+    let s = timed(n, || {
+        let mut next = 0;
+        while next < n {
+            let msgs = log.read(next, ReadLimit::max_bytes(1 << 20)).map_err(err)?;
+            let before = count;
+            for m in msgs.iter() {
+                count += u64::from(decode(m.payload())?.qty > 0);
+                next = m.offset() + 1;
+            }
+            check(count > before, "commitlog read progress")?;
+        }
+        Ok(())
+    })?;
+    check(count == n, "replay count")?;
+    Ok(s)
 }
 
 // ---- servers: NATS JetStream and Redis Streams ----------------------------------
@@ -3356,6 +3674,10 @@ fn main() -> R<()> {
     if config.runs("commitlog") {
         eprintln!("commitlog:");
         commitlog(&mut bench, &data);
+    }
+    if config.runs("backbone") || config.runs("commitlog") {
+        eprintln!("typed replay with bincode:");
+        bincode_replay(&mut bench, &data);
     }
     if config.runs("nats") {
         eprintln!("NATS JetStream:");
