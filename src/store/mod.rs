@@ -15,6 +15,7 @@
 //! map, and release the directory lock. No map of a log's files outlives the
 //! lock: a reopen's recovery may cut the files under it.
 
+mod ahead;
 mod background;
 mod cursor;
 mod follower;
@@ -46,6 +47,7 @@ pub use self::open::RecoveryReport;
 pub(crate) use self::register::Register;
 pub(crate) use self::segment::Segment;
 
+use self::ahead::ZeroAhead;
 use self::background::Jobs;
 use self::segment::SegmentConfig;
 use self::segments::SegmentSet;
@@ -89,6 +91,8 @@ pub(crate) struct Store {
     /// for the reads in flight and no later read starts.
     gate: RwLock<bool>,
     spares: Option<Arc<Spares>>,
+    /// Zeros kept ahead of the writer in a sparse active segment.
+    ahead: Option<Arc<ZeroAhead>>,
     /// The gate between this log and the shared background threads.
     jobs: Arc<Jobs>,
     this: Weak<Store>,
@@ -157,6 +161,9 @@ impl Store {
             tail.next = opened.active.cap_to(durable);
         }
         let active = Arc::new(opened.active);
+        let (active_base, active_path, active_capacity) =
+            (active.base, active.path.clone(), active.capacity());
+        let active_alloc = active.file.allocated_len();
         let segments = SegmentSet::new(
             &options.storage,
             dir,
@@ -179,6 +186,14 @@ impl Store {
             let (bytes, mode) = (options.segment_bytes, options.file_mode);
             Arc::new(Spares::new(&options.storage, dir, bytes, mode))
         });
+        let ahead = options.preallocates().then(|| {
+            let ahead = ZeroAhead::new(&options.storage, options.file_mode);
+            // A segment whose blocks are all allocated (made from a spare)
+            // needs no zeros; the file system says (`None`: it cannot).
+            let zeroed = active_alloc.is_some_and(|allocated| allocated >= active_capacity);
+            ahead.retarget(active_base, active_path, active_capacity, tail.pos, zeroed);
+            Arc::new(ahead)
+        });
         let store = Arc::new_cyclic(|this| Store {
             dir: dir.to_path_buf(),
             notice,
@@ -193,6 +208,7 @@ impl Store {
             maintenance: Mutex::new(()),
             gate: RwLock::new(true),
             spares,
+            ahead,
             jobs: Arc::new(Jobs::default()),
             this: this.clone(),
             sync_scheduled: AtomicBool::new(false),
@@ -413,6 +429,9 @@ impl Store {
         self.jobs.close();
         if let Some(spares) = &self.spares {
             spares.shutdown();
+        }
+        if let Some(ahead) = &self.ahead {
+            ahead.shutdown();
         }
         if let Some(writer) = &self.writer {
             writer.release();
@@ -720,6 +739,10 @@ impl Host<Segment> for Store {
         if from_spare {
             self.preallocated.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(ahead) = &self.ahead {
+            let end = format::RECORDS_START + initial.len() as u64;
+            ahead.retarget(base, new.path.clone(), capacity, end, from_spare);
+        }
         let new = Arc::new(new);
         self.segments.push(new.clone());
         Ok(new)
@@ -742,6 +765,12 @@ impl Host<Segment> for Store {
 
     fn rolled(&self) {
         let _ = self.apply_retention(None);
+    }
+
+    fn writing(&self, base: u64, end: u64) {
+        if let Some(ahead) = &self.ahead {
+            ahead.writing(base, end);
+        }
     }
 
     fn half_full(&self) {

@@ -107,6 +107,9 @@ pub(crate) trait Host<A> {
     /// Offsets below `next` are durable now: a notice for followers in
     /// other processes (best effort; it is not a durability record).
     fn durable(&self, next: u64);
+    /// Frames are about to be written to the segment at `base` up to byte
+    /// `end` (the space after them may be being prepared).
+    fn writing(&self, _base: u64, _end: u64) {}
 }
 
 /// The newest checkpoint body of each name.
@@ -618,6 +621,7 @@ impl<A: Active> Writer<A> {
         let (result, mut data, mut index) = MutexGuard::unlocked(w, || {
             let result = (|| {
                 if !data.is_empty() {
+                    host.writing(segment.base(), end_pos);
                     segment.write(&data, pos).map_err(|e| ("write", e))?;
                 }
                 if !index.is_empty() {
@@ -806,6 +810,7 @@ impl<A: Active> Writer<A> {
         };
         let end_pos = w.buf_pos + w.buf.len() as u64;
         if !w.buf.is_empty() {
+            host.writing(old.base(), end_pos);
             old.write(&w.buf, w.buf_pos)
                 .map_err(fail("write", old.path()))?;
         }
