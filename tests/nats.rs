@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use backbone::nats::{Mirror, Source};
-use backbone::{EventLog, Options, Start};
-use common::jetstream::{assert_log_on_subject, runtime, stored};
+use backbone::{EventLog, Options};
+use common::jetstream::{assert_log_on_subject, runtime, stored, values};
 use common::nats::NatsServer;
 use common::{checkout, Checkout};
 
@@ -31,8 +31,8 @@ fn a_mirror_and_a_source_carry_100k_records_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let local = open(&dir.path().join("checkouts"));
     let remote = open(&dir.path().join("remote"));
-    let values: Vec<Checkout> = (0..100_000).map(checkout).collect();
-    for chunk in values[..50_000].chunks(1000) {
+    let appended: Vec<Checkout> = (0..100_000).map(checkout).collect();
+    for chunk in appended[..50_000].chunks(1000) {
         local.append_batch(chunk).unwrap();
     }
     let mirror = Mirror::new(&local, &server.url(), "shop.checkouts")
@@ -44,7 +44,7 @@ fn a_mirror_and_a_source_carry_100k_records_exactly_once() {
         .start()
         .unwrap();
     // Appends go on while both run.
-    for chunk in values[50_000..].chunks(1000) {
+    for chunk in appended[50_000..].chunks(1000) {
         local.append_batch(chunk).unwrap();
     }
     assert!(mirror.wait_for(100_000, WAIT).unwrap(), "{mirror:?}");
@@ -52,18 +52,15 @@ fn a_mirror_and_a_source_carry_100k_records_exactly_once() {
     // One message per record on this stream: sequences 1..=100,000.
     assert!(source.wait_for(100_000, WAIT).unwrap(), "{source:?}");
     remote.flush().unwrap();
-    let copied: Vec<Checkout> = remote
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
+    let copied: Vec<Checkout> = values(&remote);
     assert_eq!(
         copied.len(),
-        values.len(),
+        appended.len(),
         "{source:?} next {}",
         remote.next_offset()
     );
     assert!(
-        copied == values,
+        copied == appended,
         "the source's log differs from the mirrored one"
     );
     let messages = stored(&server.url(), "shop_checkouts", "shop.checkouts.>");
@@ -217,10 +214,7 @@ fn two_logs_mirror_into_one_subject_tree_and_one_source_reads_both() {
     assert_log_on_subject(&messages, &east, 0, 7_000);
     assert_log_on_subject(&messages, &west, 0, 3_000);
     // The source's log holds each record once, each log's in its order.
-    let copied: Vec<Checkout> = all
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
+    let copied: Vec<Checkout> = values(&all);
     assert_eq!(copied.len(), 10_000);
     let mut east_seen = Vec::new();
     let mut west_seen = Vec::new();
@@ -232,12 +226,7 @@ fn two_logs_mirror_into_one_subject_tree_and_one_source_reads_both() {
             west_seen.push(value.clone());
         }
     }
-    let read = |log: &EventLog<Checkout>| -> Vec<Checkout> {
-        log.read(Start::Beginning)
-            .map(|r| r.unwrap().value)
-            .collect()
-    };
-    assert!(east_seen == read(&east) && west_seen == read(&west));
+    assert!(east_seen == values(&east) && west_seen == values(&west));
     for handle in [east_mirror, west_mirror] {
         handle.stop();
         handle.join().unwrap();

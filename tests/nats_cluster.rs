@@ -11,22 +11,13 @@ use std::time::{Duration, Instant};
 
 use backbone::nats::Mirror;
 use backbone::{EventLog, Options};
-use common::jetstream::{assert_subject_holds, stored, stream_info};
+use common::jetstream::{assert_subject_holds, keep_appending, stored, stream_info, SetOnDrop};
 use common::nats::NatsCluster;
-use common::{checkout, say, Checkout, Rng};
+use common::{say, Checkout};
 
 const WAIT: Duration = Duration::from_secs(60);
 const SUBJECT: &str = "cluster.checkouts";
 const STREAM: &str = "cluster_checkouts";
-
-/// Sets its flag when dropped.
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// What node `i` says of the stream in its `/jsz`: the leader it knows of
 /// and whether every replica is current.
@@ -99,16 +90,7 @@ fn a_mirror_keeps_publishing_through_a_node_restart_in_a_three_node_cluster() {
         // Stops the appender however this scope ends, a failed assertion
         // included (the scope joins it before the panic goes on).
         let _stop = SetOnDrop(&stop);
-        let appender = scope.spawn(|| {
-            let mut rng = Rng::new(0xc105);
-            while !stop.load(Ordering::Relaxed) {
-                let next = local.next_offset();
-                let n = rng.range(1, 20);
-                let values: Vec<Checkout> = (next..next + n).map(checkout).collect();
-                local.append_batch(&values).unwrap();
-                std::thread::sleep(Duration::from_micros(rng.range(1_000, 5_000)));
-            }
-        });
+        let appender = scope.spawn(|| keep_appending(&local, &stop, 0xc105));
         for round in 0..ROUNDS {
             // The mirror publishes before the stop.
             let target = mirror.position() + 500;

@@ -33,8 +33,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backbone::nats::{Mirror, Source};
-use backbone::{Durability, EventLog, Options, SourcePosition, Start};
-use common::jetstream::{assert_subject_holds, stored, stream_info};
+use backbone::{Durability, EventLog, Options, SourcePosition};
+use common::jetstream::{
+    assert_subject_holds, keep_appending, stored, stream_info, values, SetOnDrop,
+};
 use common::nats::NatsServer;
 use common::{checkout, retry_locked, say, Checkout, ChildProcess, Rng};
 
@@ -143,15 +145,6 @@ fn kill_life(
             .map(|l| numbers(l));
     }
     start
-}
-
-/// Sets its flag when dropped.
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Lets a final life run to its end: its DONE line (`None` if it never
@@ -300,12 +293,9 @@ fn a_mirror_killed_over_and_over_publishes_each_record_once() {
     let log: EventLog<Checkout> = retry_locked(|| Options::new().open(dir.join("log"))).unwrap();
     let end = log.next_offset();
     assert_eq!(done[0], end, "the final life's end is the log's");
-    let values: Vec<Checkout> = log
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
-    assert_eq!(values.len() as u64, end);
-    assert_values_are_offsets(&values, "the mirrored log");
+    let kept = values(&log);
+    assert_eq!(kept.len() as u64, end);
+    assert_values_are_offsets(&kept, "the mirrored log");
     let messages = stored(&server.url(), "kills_mirror", "kills.mirror.>");
     assert_subject_holds(&messages, &log);
     let reader = log
@@ -464,14 +454,8 @@ fn a_source_killed_over_and_over_appends_each_message_once() {
     let remote: EventLog<Checkout> =
         retry_locked(|| Options::new().open(dir.join("remote"))).unwrap();
     assert_eq!(remote.next_offset(), done[0]);
-    let copied: Vec<Checkout> = remote
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
-    let expected: Vec<Checkout> = local
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
+    let copied: Vec<Checkout> = values(&remote);
+    let expected: Vec<Checkout> = values(&local);
     assert_eq!(expected.len() as u64, total);
     assert_values_are_offsets(&copied, "the source's log");
     assert_eq!(
@@ -535,16 +519,7 @@ fn the_server_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
         // included (the scope joins it before the panic goes on).
         let _stop = SetOnDrop(&stop);
         // The application keeps appending throughout.
-        let appender = scope.spawn(|| {
-            let mut rng = Rng::new(0x0a75_0003);
-            while !stop.load(Ordering::Relaxed) {
-                let next = local.next_offset();
-                let n = rng.range(1, 20);
-                let values: Vec<Checkout> = (next..next + n).map(checkout).collect();
-                local.append_batch(&values).unwrap();
-                std::thread::sleep(Duration::from_micros(rng.range(1_000, 5_000)));
-            }
-        });
+        let appender = scope.spawn(|| keep_appending(&local, &stop, 0x0a75_0003));
         for round in 0..ROUNDS {
             // Traffic flows before the crash.
             std::thread::sleep(Duration::from_millis(700));
@@ -605,16 +580,10 @@ fn the_server_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
 
     let messages = stored(&url, "outage_checkouts", "outage.checkouts.>");
     assert_subject_holds(&messages, &local);
-    let expected: Vec<Checkout> = local
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
+    let expected: Vec<Checkout> = values(&local);
     assert_values_are_offsets(&expected, "the mirrored log");
     remote.flush().unwrap();
-    let copied: Vec<Checkout> = remote
-        .read(Start::Beginning)
-        .map(|r| r.unwrap().value)
-        .collect();
+    let copied: Vec<Checkout> = values(&remote);
     assert_eq!(
         copied.len(),
         expected.len(),

@@ -325,6 +325,18 @@ impl Backoff {
         delay * permille as u32 / 1000
     }
 
+    /// After a failure a retry can mend: shows `reason` on the handle and
+    /// waits the next delay, or less if a stop (or a refusal) wakes the
+    /// bridge.
+    async fn pause(&mut self, control: &Control, reason: &str) {
+        control.retrying(reason);
+        let delay = self.delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = control.wake.notified() => {}
+        }
+    }
+
     /// After a success: the next failure waits `min` again.
     fn reset(&mut self) {
         self.next = self.min;

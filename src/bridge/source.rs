@@ -391,12 +391,7 @@ impl<T: 'static, C: Codec<T>> SourceTask<T, C> {
                 Ok(()) => return Ok(()),
                 Err(Fault::Permanent(e)) => return Err(e),
                 Err(Fault::Transient(reason)) => {
-                    self.control.retrying(&reason);
-                    let delay = self.backoff.delay();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.control.wake.notified() => {}
-                    }
+                    self.backoff.pause(&self.control, &reason).await;
                 }
             }
         }

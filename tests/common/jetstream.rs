@@ -3,6 +3,7 @@
 //! sets, and the check that one log's messages are its offsets once each,
 //! in order, with its bytes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -136,4 +137,34 @@ pub fn assert_subject_holds(messages: &[Stored], log: &EventLog<Checkout>) {
     let others = messages.iter().filter(|m| m.log_id != id).count();
     assert_eq!(others, 0, "messages of another log on the subject tree");
     assert_log_on_subject(messages, log, 0, log.next_offset());
+}
+
+/// Every value of `log`, in order.
+pub fn values(log: &EventLog<Checkout>) -> Vec<Checkout> {
+    log.read(Start::Beginning)
+        .map(|r| r.unwrap().value)
+        .collect()
+}
+
+/// Sets its flag when dropped: stops a thread however a scope ends, a
+/// failed assertion included.
+pub struct SetOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An application appending to `log` until `stop`: 1 to 19 checkouts
+/// numbered by offset, every 1 to 5 ms.
+pub fn keep_appending(log: &EventLog<Checkout>, stop: &AtomicBool, seed: u64) {
+    let mut rng = super::Rng::new(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let next = log.next_offset();
+        let n = rng.range(1, 20);
+        let batch: Vec<Checkout> = (next..next + n).map(super::checkout).collect();
+        log.append_batch(&batch).unwrap();
+        std::thread::sleep(Duration::from_micros(rng.range(1_000, 5_000)));
+    }
 }
