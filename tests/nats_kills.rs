@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use backbone::nats::{Mirror, Source};
 use backbone::{Durability, EventLog, Options, SourcePosition};
 use common::jetstream::{
-    assert_subject_holds, keep_appending, stored, stream_info, values, SetOnDrop,
+    assert_same_records, assert_subject_holds, keep_appending, stored, stream_info, values,
+    SetOnDrop,
 };
 use common::nats::NatsServer;
 use common::{checkout, retry_locked, say, Checkout, ChildProcess, Rng};
@@ -458,17 +459,7 @@ fn a_source_killed_over_and_over_appends_each_message_once() {
     let expected: Vec<Checkout> = values(&local);
     assert_eq!(expected.len() as u64, total);
     assert_values_are_offsets(&copied, "the source's log");
-    assert_eq!(
-        copied.len(),
-        expected.len(),
-        "the source's log holds {} records, the mirrored log {}",
-        copied.len(),
-        expected.len()
-    );
-    assert!(
-        copied == expected,
-        "the source's log differs from the mirrored one"
-    );
+    assert_same_records(&copied, &expected);
     let checkpoint = remote
         .last_checkpoint("nats-source.kills_source")
         .unwrap()
@@ -584,17 +575,7 @@ fn the_server_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
     assert_values_are_offsets(&expected, "the mirrored log");
     remote.flush().unwrap();
     let copied: Vec<Checkout> = values(&remote);
-    assert_eq!(
-        copied.len(),
-        expected.len(),
-        "the source's log holds {} records, the mirrored log {}",
-        copied.len(),
-        expected.len()
-    );
-    assert!(
-        copied == expected,
-        "the source's log differs from the mirrored one"
-    );
+    assert_same_records(&copied, &expected);
     for (i, (at_kill, down, status, recovered)) in rounds.iter().enumerate() {
         say(format_args!(
             "outage {i}: lag {at_kill} at the kill, {down} after 1.5 s down \

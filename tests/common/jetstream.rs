@@ -168,3 +168,18 @@ pub fn keep_appending(log: &EventLog<Checkout>, stop: &AtomicBool, seed: u64) {
         std::thread::sleep(Duration::from_micros(rng.range(1_000, 5_000)));
     }
 }
+
+/// Asserts that a source's log holds exactly the mirrored log's records.
+pub fn assert_same_records(copied: &[Checkout], expected: &[Checkout]) {
+    assert_eq!(
+        copied.len(),
+        expected.len(),
+        "the source's log holds {} records, the mirrored log {}",
+        copied.len(),
+        expected.len()
+    );
+    assert!(
+        copied == expected,
+        "the source's log differs from the mirrored one"
+    );
+}
