@@ -33,7 +33,7 @@ use super::{
 };
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
-use crate::log::encoded::EncodedBatch;
+use crate::log::encoded::FrameBatch;
 use crate::log::EventLog;
 use crate::record::{LogId, ReaderKind};
 
@@ -530,7 +530,7 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
             );
         }
         let publisher = publisher.as_mut().expect("just made");
-        let mut batch = EncodedBatch::default();
+        let mut batch = FrameBatch::default();
         let mut idle = Duration::from_millis(1);
         let mut last_sync = tokio::time::Instant::now();
         let mut unsynced = false;
@@ -620,7 +620,7 @@ impl<T: 'static, C: Codec<T>> MirrorTask<T, C> {
 
     /// The batch's records as messages: payloads as stored (one buffer,
     /// sliced), and the headers that say where each came from.
-    fn messages(&self, batch: &mut EncodedBatch) -> Vec<(HeaderMap, Bytes)> {
+    fn messages(&self, batch: &mut FrameBatch) -> Vec<(HeaderMap, Bytes)> {
         let log = &self.config.log;
         let event = log
             .event_type()

@@ -1,26 +1,30 @@
 //! Replay from any start: [`Cursor`], the iterator that
 //! [`EventLog::read`](super::EventLog::read) returns.
 //!
-//! A cursor reads and decodes records in batches, each under one pin of the
-//! store's maps ([`Store::pin`](crate::store::Store::pin)), and holds no map
-//! between batches: closing the log (from any handle) ends it with
-//! [`Error::Closed`] rather than leaving it reading files whose lock is
-//! gone.
+//! A cursor copies records out of the store's maps in batches, each under
+//! one pin ([`Store::pin`](crate::store::Store::pin)) and verified as it is
+//! copied, then decodes them one at a time as they are asked for, straight
+//! into the value `next` returns. It holds no map between batches: closing
+//! the log (from any handle) ends it with [`Error::Closed`] rather than
+//! leaving it reading files whose lock is gone. A slow consumer's decode
+//! never holds the pin either.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use super::decode;
+use super::decode_copied;
 use crate::codec::{Codec, Postcard};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::record::{Record, Start};
-use crate::store::{RawCursor, Store};
+use crate::store::{FrameBatch, RawCursor, Store};
 
-/// Records a cursor decodes per batch, at most. The first batch holds one
+/// Records a cursor copies per batch, at most. The first batch holds one
 /// record and each next one twice as many, so that reading one record
-/// (`read(Start::Offset(o)).next()`) decodes one.
+/// (`read(Start::Offset(o)).next()`) copies one.
 const BATCH: usize = 64;
+/// Payload bytes a batch copies, at most (a record bigger than this is
+/// copied alone), so that a cursor over large records holds little.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// An iterator over a log's records from a [`Start`] up to the end the log
 /// had when the cursor was made, from [`EventLog::read`](super::EventLog::read).
@@ -35,11 +39,16 @@ pub struct Cursor<T, C = Postcard> {
     store: Arc<Store>,
     codec: Arc<C>,
     raw: RawCursor,
-    /// Decoded records not yet yielded, with their offsets.
-    batch: VecDeque<(u64, Result<Record<T>>)>,
-    /// How many records the next batch reads.
+    /// Records copied and verified, not yet decoded.
+    batch: FrameBatch,
+    /// The next record of `batch` to decode.
+    at: usize,
+    /// What ended the last copy, reported after its records.
+    error: Option<Error>,
+    /// How many records the next batch copies.
     batch_len: usize,
     ended: bool,
+    _value: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T, C> fmt::Debug for Cursor<T, C> {
@@ -55,8 +64,9 @@ impl<T, C> Cursor<T, C> {
     /// The offset of the record the next call to `next` yields.
     pub fn position(&self) -> u64 {
         self.batch
-            .front()
-            .map_or(self.raw.next, |(offset, _)| *offset)
+            .records
+            .get(self.at)
+            .map_or(self.raw.next, |record| record.offset)
     }
 
     /// The offset where this cursor stops.
@@ -72,43 +82,37 @@ impl<T, C: Codec<T>> Cursor<T, C> {
             store,
             codec,
             raw,
-            batch: VecDeque::new(),
+            batch: FrameBatch::default(),
+            at: 0,
+            error: None,
             batch_len: 1,
             ended: false,
+            _value: std::marker::PhantomData,
         }
     }
 
-    /// Reads and decodes the next batch under one pin.
+    /// Copies the next batch under one pin.
     fn fill(&mut self) {
-        let store = &self.store;
+        self.batch.clear();
+        self.at = 0;
+        let store = &*self.store;
         let pin = match store.pin() {
             Ok(pin) => pin,
             Err(e) => {
-                self.ended = true;
-                self.batch.push_back((self.raw.next, Err(e)));
+                self.error = Some(e);
                 return;
             }
         };
-        let codec = &*self.codec;
-        let event = &store.meta().event;
         let len = self.batch_len;
         self.batch_len = (len * 2).min(BATCH);
-        for _ in 0..len {
-            let offset = self.raw.next;
-            match self
-                .raw
-                .next_frame(store, &pin, |frame| decode(codec, frame, event))
-            {
-                Some(Ok(decoded)) => self.batch.push_back((offset, decoded)),
-                Some(Err(e)) => {
-                    self.batch.push_back((offset, Err(e)));
-                    break;
-                }
-                None => break,
-            }
-        }
+        let copied = self
+            .raw
+            .copy_frames(store, &pin, len, BATCH_BYTES, &mut self.batch);
         self.raw.unpin();
-        if self.raw.is_done() || self.batch.is_empty() {
+        drop(pin);
+        if let Err(e) = copied {
+            self.error = Some(e);
+        } else if self.raw.is_done() || self.batch.records.is_empty() {
             self.ended = true;
         }
     }
@@ -117,15 +121,28 @@ impl<T, C: Codec<T>> Cursor<T, C> {
 impl<T, C: Codec<T>> Iterator for Cursor<T, C> {
     type Item = Result<Record<T>>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.batch.is_empty() && !self.ended {
+        loop {
+            if let Some(record) = self.batch.records.get(self.at) {
+                self.at += 1;
+                let event = &self.store.meta().event;
+                return Some(decode_copied(&*self.codec, &self.batch, record, event));
+            }
+            if let Some(e) = self.error.take() {
+                self.ended = true;
+                return Some(Err(e));
+            }
+            if self.ended {
+                return None;
+            }
             self.fill();
         }
-        self.batch.pop_front().map(|(_, item)| item)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.raw.end.saturating_sub(self.raw.next) as usize + self.batch.len();
+        let copied = self.batch.records.len() - self.at;
+        let left = self.raw.end.saturating_sub(self.raw.next) as usize + copied;
         (0, Some(left))
     }
 }

@@ -12,33 +12,8 @@ use crate::error::{Error, Result};
 use crate::format::READER_MIRROR;
 use crate::log::{Checkpoint, EventLog};
 use crate::record::{Start, Timestamp};
+pub(crate) use crate::store::FrameBatch;
 use crate::store::RawCursor;
-
-/// Records read as stored: one buffer for every payload (so a batch
-/// costs two allocations, reused batch after batch) and each record's
-/// place in it.
-#[derive(Debug, Default)]
-pub(crate) struct EncodedBatch {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) records: Vec<EncodedRecord>,
-}
-
-/// One record of an [`EncodedBatch`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct EncodedRecord {
-    pub(crate) offset: u64,
-    pub(crate) timestamp: Timestamp,
-    pub(crate) source_time: Option<Timestamp>,
-    /// Where its payload lies in [`EncodedBatch::bytes`].
-    pub(crate) payload: Range<usize>,
-}
-
-impl EncodedBatch {
-    pub(crate) fn clear(&mut self) {
-        self.bytes.clear();
-        self.records.clear();
-    }
-}
 
 impl<T, C: Codec<T>> EventLog<T, C> {
     /// Reads records from `from` into `batch` (after clearing it), as
@@ -52,7 +27,7 @@ impl<T, C: Codec<T>> EventLog<T, C> {
         end: u64,
         max_records: usize,
         max_bytes: usize,
-        batch: &mut EncodedBatch,
+        batch: &mut FrameBatch,
     ) -> Result<()> {
         batch.clear();
         if from >= end {
@@ -62,26 +37,9 @@ impl<T, C: Codec<T>> EventLog<T, C> {
         let pin = store.pin()?;
         let mut cursor = RawCursor::new(store, Start::Offset(from));
         cursor.end = cursor.end.min(end);
-        while batch.records.len() < max_records && batch.bytes.len() < max_bytes {
-            let bytes = &mut batch.bytes;
-            let read = cursor.next_frame(store, &pin, |frame| {
-                let at = bytes.len();
-                bytes.extend_from_slice(frame.payload);
-                EncodedRecord {
-                    offset: frame.offset,
-                    timestamp: Timestamp::from_micros(frame.timestamp),
-                    source_time: frame.source_time.map(Timestamp::from_micros),
-                    payload: at..bytes.len(),
-                }
-            });
-            match read {
-                Some(Ok(record)) => batch.records.push(record),
-                Some(Err(e)) => return Err(e),
-                None => break,
-            }
-        }
+        let copied = cursor.copy_frames(store, &pin, max_records, max_bytes, batch);
         cursor.unpin();
-        Ok(())
+        copied
     }
 
     /// Appends `payloads` as they are, each with its source time, and

@@ -39,12 +39,12 @@ pub use self::subscribe::{
     Subscription,
 };
 
-use crate::codec::{Codec, Postcard};
+use crate::codec::{Codec, CodecError, Postcard};
 use crate::error::{Error, Result};
 use crate::format::{short_type_name, EventType, Frame, Meta, CHECKSUM_CRC32, META_VERSION};
 use crate::options::{EventDecl, Options};
 use crate::record::{LogId, Record, Start, Timestamp};
-use crate::store::{RecoveryReport, Stats, Store};
+use crate::store::{CopiedFrame, FrameBatch, RecoveryReport, Stats, Store};
 
 use self::consumer::Registry;
 use self::drain::Subscribers;
@@ -760,23 +760,64 @@ fn encode<T, C: Codec<T>>(codec: &C, value: &T, out: &mut Vec<u8>) -> Result<()>
 
 /// Decodes the record in `frame`, naming the codec, the offset and the
 /// log's recorded event type in the error.
+#[inline]
 pub(crate) fn decode<T, C: Codec<T>>(
     codec: &C,
     frame: &Frame<'_>,
     event: &EventType,
 ) -> Result<Record<T>> {
-    match codec.decode(frame.payload) {
+    let timestamp = Timestamp::from_micros(frame.timestamp);
+    let source_time = frame.source_time.map(Timestamp::from_micros);
+    decode_record(
+        codec,
+        frame.payload,
+        frame.offset,
+        timestamp,
+        source_time,
+        event,
+    )
+}
+
+/// Decodes a record copied out of the maps (see [`decode`]).
+#[inline]
+pub(crate) fn decode_copied<T, C: Codec<T>>(
+    codec: &C,
+    batch: &FrameBatch,
+    record: &CopiedFrame,
+    event: &EventType,
+) -> Result<Record<T>> {
+    let payload = batch.payload(record);
+    let (offset, timestamp, source_time) = (record.offset, record.timestamp, record.source_time);
+    decode_record(codec, payload, offset, timestamp, source_time, event)
+}
+
+#[inline]
+fn decode_record<T, C: Codec<T>>(
+    codec: &C,
+    payload: &[u8],
+    offset: u64,
+    timestamp: Timestamp,
+    source_time: Option<Timestamp>,
+    event: &EventType,
+) -> Result<Record<T>> {
+    match codec.decode(payload) {
         Ok(value) => Ok(Record {
-            offset: frame.offset,
-            timestamp: Timestamp::from_micros(frame.timestamp),
-            source_time: frame.source_time.map(Timestamp::from_micros),
+            offset,
+            timestamp,
+            source_time,
             value,
         }),
-        Err(source) => Err(Error::Codec {
-            codec: codec.name(),
-            offset: Some(frame.offset),
-            event_type: (!event.is_none()).then(|| event.to_string()),
-            source,
-        }),
+        Err(source) => Err(codec_error(codec.name(), offset, event, source)),
+    }
+}
+
+/// Kept out of line: the decode loop's hot path has no error to build.
+#[cold]
+fn codec_error(codec: &'static str, offset: u64, event: &EventType, source: CodecError) -> Error {
+    Error::Codec {
+        codec,
+        offset: Some(offset),
+        event_type: (!event.is_none()).then(|| event.to_string()),
+        source,
     }
 }

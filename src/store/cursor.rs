@@ -6,13 +6,59 @@
 //! remembering where it was: no map of a log's files outlives the log's
 //! lock, however long a cursor lives.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::segment::{ReadFrame, Segment};
 use super::{Pin, Store};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{Frame, RECORDS_START};
-use crate::record::Start;
+use crate::record::{Start, Timestamp};
+
+/// Records copied out of the maps by [`RawCursor::copy_frames`], verified:
+/// one buffer for every payload (so a batch costs two allocations, reused
+/// batch after batch) and each record's place in it. A typed cursor
+/// decodes from it after letting go of its pin; a bridge sends it as it is.
+#[derive(Debug, Default)]
+pub(crate) struct FrameBatch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) records: Vec<CopiedFrame>,
+}
+
+/// One record of a [`FrameBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CopiedFrame {
+    pub(crate) offset: u64,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) source_time: Option<Timestamp>,
+    /// Where its payload lies in [`FrameBatch::bytes`].
+    pub(crate) payload: Range<usize>,
+}
+
+impl FrameBatch {
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+
+    /// The payload of `record`, one of this batch's.
+    #[inline]
+    pub(crate) fn payload(&self, record: &CopiedFrame) -> &[u8] {
+        &self.bytes[record.payload.clone()]
+    }
+
+    #[inline]
+    fn push(&mut self, frame: &Frame<'_>) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(frame.payload);
+        self.records.push(CopiedFrame {
+            offset: frame.offset,
+            timestamp: Timestamp::from_micros(frame.timestamp),
+            source_time: frame.source_time.map(Timestamp::from_micros),
+            payload: at..self.bytes.len(),
+        });
+    }
+}
 
 /// Walks frames from one offset to an end.
 #[derive(Debug)]
@@ -166,6 +212,50 @@ impl RawCursor {
             Err(e) => {
                 self.done = true;
                 Some(Err(e))
+            }
+        }
+    }
+
+    /// Copies the next records into `batch` (added to what it holds): at
+    /// most `max_records`, stopping once the bytes copied (frame headers
+    /// included) reach `max_bytes` (at least one record whatever its size)
+    /// or at the end.
+    /// Each frame is verified as [`next_frame`](RawCursor::next_frame)
+    /// verifies it; an error comes after the records before it, which stay
+    /// in `batch`.
+    pub(crate) fn copy_frames(
+        &mut self,
+        store: &Store,
+        pin: &Pin<'_>,
+        max_records: usize,
+        max_bytes: usize,
+        batch: &mut FrameBatch,
+    ) -> Result<()> {
+        let (start_records, start_bytes) = (batch.records.len(), batch.bytes.len());
+        loop {
+            let copied = batch.records.len() - start_records;
+            if copied >= max_records || batch.bytes.len() - start_bytes >= max_bytes {
+                return Ok(());
+            }
+            // Within the segment being read, one walk copies the run.
+            if let (Some((segment, pos)), false) = (&mut self.at, self.done) {
+                let stop = self.end.min(self.next + (max_records - copied) as u64);
+                if self.next < stop && self.next < segment.next() {
+                    let room = max_bytes - (batch.bytes.len() - start_bytes);
+                    let run = segment.copy_run(pos, &mut self.next, stop, room, batch);
+                    if let Err(e) = run {
+                        self.done = true;
+                        return Err(e);
+                    }
+                    continue;
+                }
+            }
+            // Everything else (a start to report, the next segment, the
+            // end) takes the step at a time.
+            match self.next_frame(store, pin, |frame| batch.push(frame)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
             }
         }
     }

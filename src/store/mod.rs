@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-pub(crate) use self::cursor::RawCursor;
+pub(crate) use self::cursor::{CopiedFrame, FrameBatch, RawCursor};
 pub(crate) use self::notifier::{Notifier, Waiter};
 pub use self::open::RecoveryReport;
 pub(crate) use self::register::Register;

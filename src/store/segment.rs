@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::cursor::{CopiedFrame, FrameBatch};
 use super::index::{self, Index, IndexBuilder};
 use super::writer::{Active, Checkpoints};
 use crate::error::{CorruptionKind, Error, Result};
@@ -24,6 +25,7 @@ use crate::format::{
     SegmentHeader, Watermark, FORMAT_VERSION, INDEX_HEADER_LEN, RECORDS_START,
 };
 use crate::options::Options;
+use crate::record::Timestamp;
 use crate::storage::{File, Map, OpenMode, Storage};
 
 /// One segment: `{base:020}.seg` and its index `{base:020}.idx`.
@@ -402,50 +404,107 @@ impl Segment {
     /// control frames there, and hands its frame to `f`.
     pub(crate) fn read<R>(
         &self,
-        mut pos: u64,
+        pos: u64,
         offset: u64,
         f: impl FnOnce(&Frame<'_>) -> R,
     ) -> Result<ReadFrame<R>> {
-        let limit = self.limit();
         let bytes = self.map.bytes();
-        let mut region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
-        let mut scan = decode_frame(region, self.max_payload, self.layout);
-        while let Scan::Frame(frame) = &scan {
-            if frame.offset != offset || frame.is_record() {
-                break;
-            }
-            pos += frame.len as u64;
-            region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
-            scan = decode_frame(region, self.max_payload, self.layout);
+        let (frame, next_pos) = self.record_at(&bytes, self.limit(), pos, offset)?;
+        Ok(ReadFrame {
+            value: f(&frame),
+            next_pos,
+        })
+    }
+
+    /// Copies the records from `*offset`, which starts at `*pos`, up to
+    /// `stop` (and this segment's end) into `batch` in one walk, each
+    /// verified first, until the bytes copied reach `max_bytes` (at least
+    /// one record). The run's bytes go over in one copy, headers and any
+    /// control frames between the records included, and each record notes
+    /// where its payload lies in them. `*pos` and `*offset` move past each
+    /// record copied, so they say where the walk stopped, error or not.
+    #[inline]
+    pub(crate) fn copy_run(
+        &self,
+        pos: &mut u64,
+        offset: &mut u64,
+        stop: u64,
+        max_bytes: usize,
+        batch: &mut FrameBatch,
+    ) -> Result<()> {
+        let (bytes, limit) = (self.map.bytes(), self.limit());
+        let stop = stop.min(self.next());
+        let run_start = *pos;
+        // Where the run's first byte lands in the batch's buffer.
+        let base = batch.bytes.len();
+        let mut walked = Ok(());
+        while *offset < stop && ((*pos - run_start) as usize) < max_bytes {
+            let (frame, next_pos) = match self.record_at(&bytes, limit, *pos, *offset) {
+                Ok(found) => found,
+                Err(e) => {
+                    walked = Err(e);
+                    break;
+                }
+            };
+            let payload_end = base + (next_pos - run_start) as usize;
+            batch.records.push(CopiedFrame {
+                offset: frame.offset,
+                timestamp: Timestamp::from_micros(frame.timestamp),
+                source_time: frame.source_time.map(Timestamp::from_micros),
+                payload: payload_end - frame.payload.len()..payload_end,
+            });
+            *pos = next_pos;
+            *offset += 1;
         }
-        match scan {
-            Scan::Frame(frame) if frame.offset == offset => Ok(ReadFrame {
-                value: f(&frame),
-                next_pos: pos + frame.len as u64,
-            }),
-            Scan::Frame(frame) => Err(self.corrupt(
-                pos,
-                offset,
-                CorruptionKind::OffsetMismatch {
-                    expected: offset,
-                    found: frame.offset,
-                },
-            )),
-            Scan::End => {
-                // Records are expected here (offset < next): either zeros
-                // hide them or the file ends early.
-                let kind = if region.iter().any(|&b| b != 0) {
-                    CorruptionKind::Zeroed
-                } else {
-                    CorruptionKind::SegmentTruncated {
-                        expected_end: self.next(),
-                        found_end: offset,
-                    }
-                };
-                Err(self.corrupt(pos, offset, kind))
+        batch
+            .bytes
+            .extend_from_slice(&bytes[run_start as usize..*pos as usize]);
+        walked
+    }
+
+    /// The record at `offset` in `bytes[..limit]`, which starts at `pos` or
+    /// after the control frames there, and the position after it.
+    #[inline]
+    fn record_at<'a>(
+        &self,
+        bytes: &'a [u8],
+        limit: u64,
+        mut pos: u64,
+        offset: u64,
+    ) -> Result<(Frame<'a>, u64)> {
+        // Matched by value, not through a reference: the frame stays in
+        // registers (a `Scan` spilled and reloaded stalls each record).
+        loop {
+            let region = bytes.get(pos as usize..limit as usize).unwrap_or(&[]);
+            match decode_frame(region, self.max_payload, self.layout) {
+                Scan::Frame(frame) if frame.offset == offset && frame.is_record() => {
+                    return Ok((frame, pos + frame.len as u64));
+                }
+                // The control frames before the record.
+                Scan::Frame(frame) if frame.offset == offset => pos += frame.len as u64,
+                scan => return Err(self.not_a_record(scan, region, pos, offset)),
             }
-            Scan::Damaged(kind) => Err(self.corrupt(pos, offset, kind)),
         }
+    }
+
+    /// Why the frame at `pos` is not the record at `offset`.
+    #[cold]
+    fn not_a_record(&self, scan: Scan<'_>, region: &[u8], pos: u64, offset: u64) -> Error {
+        let kind = match scan {
+            Scan::Frame(frame) => CorruptionKind::OffsetMismatch {
+                expected: offset,
+                found: frame.offset,
+            },
+            // Records are expected here (offset < next): either zeros hide
+            // them or the file ends early.
+            Scan::End if region.iter().any(|&b| b != 0) => CorruptionKind::Zeroed,
+            Scan::End => CorruptionKind::SegmentTruncated {
+                expected_end: self.next(),
+                found_end: offset,
+            },
+            Scan::Damaged(kind) => kind,
+        };
+        self.corrupt(pos, offset, kind)
     }
 
     fn corrupt(&self, pos: u64, offset: u64, kind: CorruptionKind) -> Error {
