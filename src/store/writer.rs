@@ -49,8 +49,13 @@ use crate::sync::{self, AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 /// one more page for the next sync, and a stale watermark only means a
 /// longer scan after a crash.
 const WATERMARK_EVERY: Duration = Duration::from_millis(100);
-/// How many times a sync round's leader yields to let woken appenders
-/// join it, as long as each yield brought new records.
+/// How many times, at most, a sync round's leader yields to let the
+/// appenders the last round let go place their next records first. (The
+/// loom models explore every interleaving of each yield: a smaller bound
+/// keeps them to minutes and checks the same code.)
+#[cfg(not(loom))]
+const GATHER_YIELDS: usize = 16;
+#[cfg(loom)]
 const GATHER_YIELDS: usize = 4;
 
 /// The segment the writer appends to.
@@ -186,6 +191,12 @@ struct State<A> {
     io_busy: bool,
     sync_busy: bool,
     rolling: bool,
+    /// Appenders waiting for a sync whose records are in `buf`, not yet
+    /// handed to a write round.
+    gathered: usize,
+    /// How many appenders the last sync round carried: it let them go, and
+    /// they come back with their next records.
+    riders: usize,
     /// The next segment was asked for, for the roll after the active one.
     spare_requested: bool,
     last_watermark: Instant,
@@ -247,6 +258,8 @@ impl<A: Active> Writer<A> {
             io_busy: false,
             sync_busy: false,
             rolling: false,
+            gathered: 0,
+            riders: 0,
             spare_requested: false,
             last_watermark: Instant::now(),
             poisoned: None,
@@ -535,6 +548,9 @@ impl<A: Active> Writer<A> {
         durable: bool,
     ) -> Result<()> {
         let every_append = self.config.durability == Durability::EveryAppend;
+        if durable || every_append {
+            w.gathered += 1;
+        }
         let mut yielded = false;
         loop {
             if let Some(poison) = &w.poisoned {
@@ -561,15 +577,27 @@ impl<A: Active> Writer<A> {
                 } else if syncing {
                     if !yielded {
                         // Before paying for a sync, let the appenders the
-                        // last round just woke place their next records, so
+                        // last round let go place their next records, so
                         // this round carries them too (group commit): yield
-                        // while records keep arriving, a few times at most.
-                        // A yield costs microseconds; the sync, milliseconds.
+                        // to them until as many have placed records as that
+                        // round carried, a bounded number of times (one
+                        // that does not come back costs this round its
+                        // yields, and the next round expects fewer). A lone
+                        // appender, or a group that formed while the last
+                        // sync ran, does not yield at all. A yield costs a microsecond; the
+                        // sync, a hundred or more.
                         yielded = true;
-                        for _ in 0..GATHER_YIELDS {
+                        let mut yields = 0;
+                        loop {
                             let placed = w.placed;
+                            if yields == GATHER_YIELDS || w.io_busy {
+                                break;
+                            }
                             MutexGuard::unlocked(w, sync::yield_now);
-                            if w.placed == placed || w.io_busy {
+                            yields += 1;
+                            // Records still arriving, or fewer appenders
+                            // back than the last round carried: go on.
+                            if w.placed == placed && w.gathered >= w.riders {
                                 break;
                             }
                         }
@@ -592,6 +620,10 @@ impl<A: Active> Writer<A> {
     /// with the mutex released during the I/O.
     fn write_round(&self, host: &impl Host<A>, w: &mut MutexGuard<'_, State<A>>, sync: bool) {
         w.io_busy = true;
+        let carried = mem::take(&mut w.gathered);
+        if sync {
+            w.riders = carried;
+        }
         let spare = mem::take(&mut w.spare);
         let data = mem::replace(&mut w.buf, spare);
         let spare = mem::take(&mut w.index_spare);
