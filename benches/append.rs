@@ -1,8 +1,11 @@
 //! Append throughput of the typed log: single events and batches of 256,
-//! each durability mode, from 1 and from 4 appending threads. With
-//! `EveryAppend` and 4 threads the figure shows group commit: concurrent
-//! appenders share one `fdatasync`. The comparison with other engines and
-//! the machine's limits is the `compare` workspace member.
+//! each durability mode, from 1 and from 4 appending threads, and
+//! `EveryAppend` single events from 8. With `EveryAppend` and 4 or 8
+//! threads the figure shows group commit: concurrent appenders share one
+//! `fdatasync`. `append/fresh` measures durable batches on new logs, the
+//! `open` that creates each one included: a log's first segment, which
+//! did not come from a prepared spare. The comparison with other engines
+//! and the machine's limits is the `compare` workspace member.
 
 mod common;
 
@@ -61,9 +64,13 @@ fn concurrent(log: &EventLog<Checkout>, threads: usize, iters: u64, batch: bool)
 
 fn append(c: &mut Criterion) {
     let events: Vec<Checkout> = (0..BATCH as u64).map(checkout).collect();
-    for threads in [1usize, 4] {
+    for threads in [1usize, 4, 8] {
         let mut group = c.benchmark_group(format!("append/{threads}t"));
         for (mode, durability) in modes() {
+            // Eight threads only for group commit.
+            if threads == 8 && durability != Durability::EveryAppend {
+                continue;
+            }
             let dir = tempfile::tempdir().unwrap();
             let log = open(dir.path(), durability);
             group.throughput(Throughput::Elements(1));
@@ -78,6 +85,10 @@ fn append(c: &mut Criterion) {
                     b.iter_custom(|iters| concurrent(&log, threads, iters, false))
                 }
             });
+            if threads == 8 {
+                log.close().unwrap();
+                continue;
+            }
             group.throughput(Throughput::Elements(BATCH as u64));
             group.bench_function(format!("batch256/{mode}"), |b| {
                 if threads == 1 {
@@ -90,6 +101,31 @@ fn append(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    let mut group = c.benchmark_group("append/fresh");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("batch256/every_append", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                // At most 1,000 batches (about 15 MiB) per log: all of them
+                // in its first segment.
+                let batches = left.min(1_000);
+                left -= batches;
+                let dir = tempfile::tempdir().unwrap();
+                let start = Instant::now();
+                let log = open(dir.path(), Durability::EveryAppend);
+                for _ in 0..batches {
+                    log.append_batch(&events).unwrap();
+                }
+                elapsed += start.elapsed();
+                log.close().unwrap();
+            }
+            elapsed
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {

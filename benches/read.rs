@@ -1,6 +1,7 @@
 //! Reading: replay from offset 0, typed (`EventLog<Checkout>`, decoding
-//! every record) and raw (`EventLog<Vec<u8>, Raw>` over the same postcard
-//! bytes, no decoding), and random point reads with `get`.
+//! every record; also with the `Bincode` codec, under feature `bincode`)
+//! and raw (`EventLog<Vec<u8>, Raw>` over the same postcard bytes, no
+//! decoding), and random point reads with `get`.
 
 mod common;
 
@@ -45,6 +46,28 @@ fn read(c: &mut Criterion) {
             qty
         })
     });
+    #[cfg(feature = "bincode")]
+    let bincode_dir = tempfile::tempdir().unwrap();
+    #[cfg(feature = "bincode")]
+    {
+        let typed: EventLog<Checkout, backbone::Bincode> = Options::new()
+            .durability(Durability::Buffered)
+            .open_with_codec(bincode_dir.path(), backbone::Bincode)
+            .unwrap();
+        for chunk in events.chunks(1024) {
+            typed.append_batch(chunk).unwrap();
+        }
+        typed.sync().unwrap();
+        group.bench_function("typed_from_0_bincode", |b| {
+            b.iter(|| {
+                let mut qty = 0u64;
+                for rec in typed.read(Start::Beginning) {
+                    qty += u64::from(rec.unwrap().value.qty);
+                }
+                qty
+            })
+        });
+    }
     group.bench_function("raw_from_0", |b| {
         b.iter(|| {
             let mut len = 0usize;

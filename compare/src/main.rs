@@ -535,6 +535,7 @@ const W_MANY_LOGS: &str = "1,000 logs, Interval(50 ms), 1 subscription each";
 const L_FILE_SINGLE: (&str, &str) = ("limit", "BufWriter, one write per record");
 const L_FILE_BATCH: (&str, &str) = ("limit", "BufWriter, one write per 256");
 const L_ENCODE: (&str, &str) = ("limit", "postcard encode + BufWriter, one write per record");
+const L_ENCODE_BATCH: (&str, &str) = ("limit", "postcard encode + BufWriter, one write per 256");
 const L_FSYNC: (&str, &str) = ("limit", "write + fdatasync per 256");
 /// [`L_FSYNC`] measured again, alternated with the fresh-log row.
 const L_FSYNC_FRESH: (&str, &str) = (
@@ -628,7 +629,7 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
         L_ENCODE.0,
         L_ENCODE.1,
         None,
-        "encodes each Checkout into a reused buffer (not a target's limit)",
+        "encodes each Checkout into a reused buffer: the limit of backbone's Buffered single appends",
         || {
             let dir = tmp()?;
             let path = dir.path().join("f");
@@ -641,6 +642,33 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
                     postcard::to_io(v, &mut buf)?;
                     let len = (buf.len() - 4) as u32;
                     buf[..4].copy_from_slice(&len.to_le_bytes());
+                    w.write_all(&buf)?;
+                }
+                w.into_inner().map_err(|e| e.into_error())?;
+                Ok(())
+            })
+        },
+    );
+    b.run(
+        L_ENCODE_BATCH.0,
+        L_ENCODE_BATCH.1,
+        None,
+        "encodes 256 Checkouts into a reused buffer, one write: the limit of backbone's Buffered batches",
+        || {
+            let dir = tmp()?;
+            let path = dir.path().join("f");
+            timed(n, || {
+                let mut w = BufWriter::with_capacity(256 << 10, File::create(&path)?);
+                let mut buf = Vec::with_capacity(BATCH * 64);
+                for chunk in data.values.chunks(BATCH) {
+                    buf.clear();
+                    for v in chunk {
+                        let at = buf.len();
+                        buf.extend_from_slice(&[0; 4]);
+                        postcard::to_io(v, &mut buf)?;
+                        let len = (buf.len() - at - 4) as u32;
+                        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                    }
                     w.write_all(&buf)?;
                 }
                 w.into_inner().map_err(|e| e.into_error())?;
@@ -887,7 +915,7 @@ fn bb_durable(dir: &Path, data: &Data) -> R<(EventLog<Checkout>, u64)> {
 fn backbone(b: &mut Bench<'_>, data: &Data) {
     let n = data.values.len() as u64;
     let sys = "backbone";
-    b.run(sys, W_SINGLE, Some(L_FILE_SINGLE), "Buffered", || {
+    b.run(sys, W_SINGLE, Some(L_ENCODE), "Buffered", || {
         let dir = tmp()?;
         let log = bb_open(dir.path(), Durability::Buffered)?;
         let s = timed(n, || {
@@ -900,7 +928,7 @@ fn backbone(b: &mut Bench<'_>, data: &Data) {
         log.close()?;
         Ok(s)
     });
-    b.run(sys, W_BATCH, Some(L_FILE_BATCH), "Buffered", || {
+    b.run(sys, W_BATCH, Some(L_ENCODE_BATCH), "Buffered", || {
         let dir = tmp()?;
         let log = bb_open(dir.path(), Durability::Buffered)?;
         let s = timed(n, || {
