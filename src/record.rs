@@ -209,8 +209,18 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// The wall clock in microseconds since the epoch (the epoch for a clock
+/// set before it), read once per append: in whole seconds and microseconds,
+/// without the 128-bit arithmetic of `Duration::as_micros`.
+#[inline]
 pub(crate) fn now_micros() -> u64 {
-    Timestamp::from(SystemTime::now()).0
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| {
+            d.as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(d.subsec_micros()))
+        })
 }
 
 #[cfg(test)]

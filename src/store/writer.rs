@@ -419,8 +419,10 @@ impl<A: Active> Writer<A> {
             known.insert(name.to_owned(), body.to_vec());
         }
         // (Under the lock: a write round that takes the buffer after this
-        // point sees this append's count.)
-        let ticket = self.appends.fetch_add(1, Ordering::AcqRel) + 1;
+        // point sees this append's count. Only appends change the count,
+        // all of them under the lock, so it needs no read-modify-write.)
+        let ticket = self.appends.load(Ordering::Relaxed) + 1;
+        self.appends.store(ticket, Ordering::Release);
         let end = first + count as u64;
         debug_assert_eq!(w.placed, end);
         self.assigned.store(end, Ordering::Release);
@@ -430,7 +432,7 @@ impl<A: Active> Writer<A> {
             Durability::Buffered => {
                 if w.buf.len() >= self.config.buffer_bytes {
                     self.commit(host, &mut w, end, ticket, false)
-                } else if host.notifier().take_waiting() {
+                } else if host.notifier().is_waited_on() && host.notifier().take_waiting() {
                     // A reader has caught up and waits: write the buffer out
                     // now, so the record reaches it as an `Interval` append
                     // would. (Readers that fall behind leave appends to
