@@ -214,13 +214,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// without the 128-bit arithmetic of `Duration::as_micros`.
 #[inline]
 pub(crate) fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| {
-            d.as_secs()
-                .saturating_mul(1_000_000)
-                .saturating_add(u64::from(d.subsec_micros()))
-        })
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()))
+    })
 }
 
 #[cfg(test)]

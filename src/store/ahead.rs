@@ -6,10 +6,12 @@
 //! into before its spare was ready, and a sparse active segment found at
 //! open are not: every `fdatasync` there also persists the file system's
 //! allocation of the blocks the append touched, which halves the rate of
-//! durable appends. This module keeps a few MiB after the writer's
-//! position written with zeros, on the shared background threads (the
-//! long-job lane): the writer's next sync persists their allocation once,
-//! and the syncs after it persist data only, as in a spare.
+//! durable appends. Once the writer has written 1 MiB into such a segment
+//! (a log that appends little never gets there, and pays nothing), this
+//! module keeps a few MiB after the writer's position written with zeros,
+//! on the shared background threads (the long-job lane): the writer's next
+//! sync persists their allocation once, and the syncs after it persist
+//! data only, as in a spare.
 //!
 //! The zeros never land on a record. The writer tells this module how far
 //! each write reaches before making it ([`ZeroAhead::writing`]); zeros are
@@ -34,6 +36,18 @@ pub(crate) const AHEAD: u64 = 4 << 20;
 /// A refill starts when the writer comes this close to the end of the
 /// zeros.
 const LOW_WATER: u64 = 2 << 20;
+/// Zeros start only once the writer has written this much into the
+/// segment (or a sixteenth of a smaller segment): a log that appends a few
+/// records (one of a thousand quiet logs, say) would otherwise pay, in its
+/// next sync, for [`AHEAD`] bytes of zeros it may never reach, and a
+/// thousand of them for gigabytes.
+const START_AFTER: u64 = 1 << 20;
+
+/// How much the writer writes into a segment of `capacity` bytes before
+/// zeros are written ahead of it.
+fn start_after(capacity: u64) -> u64 {
+    START_AFTER.min(capacity / 16)
+}
 /// Zeros are written in pieces of this size, each under the lock.
 const CHUNK: usize = 256 << 10;
 
@@ -55,6 +69,8 @@ struct State {
     target: Option<Target>,
     /// The furthest position the writer has announced in the target.
     claim: u64,
+    /// Where the writer began in the target.
+    start: u64,
     /// A fill job is queued or writing.
     queued: bool,
     /// A fill job is writing (a shutdown waits for it).
@@ -97,6 +113,7 @@ impl ZeroAhead {
             capacity,
         });
         state.claim = end;
+        state.start = end;
         self.filled.store(end, Ordering::Release);
     }
 
@@ -120,6 +137,9 @@ impl ZeroAhead {
         };
         state.claim = state.claim.max(end);
         if state.queued || state.closed || end >= capacity {
+            return;
+        }
+        if end < state.start.saturating_add(start_after(capacity)) {
             return;
         }
         state.queued = true;
@@ -288,6 +308,30 @@ mod tests {
     }
 
     #[test]
+    fn a_log_that_writes_little_gets_no_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::os();
+        let path = dir.path().join("segment");
+        let file = storage.open(&path, OpenMode::CreateNew, 0o644).unwrap();
+        let capacity = 32 << 20;
+        file.set_len(capacity).unwrap();
+        let ahead = Arc::new(ZeroAhead::new(&storage, 0o644));
+        ahead.retarget(7, path, capacity, 4096, false);
+        ahead.writing(7, 4096 + start_after(capacity) - 1);
+        assert!(!ahead.state.lock().queued);
+        assert_eq!(file.allocated_len().unwrap_or(0), 0);
+        ahead.writing(7, 4096 + start_after(capacity));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ahead.state.lock().queued {
+            assert!(Instant::now() < deadline, "the fill never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let filled = ahead.filled.load(Ordering::Acquire);
+        assert_eq!(filled, 4096 + start_after(capacity) + AHEAD);
+        ahead.shutdown();
+    }
+
+    #[test]
     fn a_zeroed_segment_or_another_one_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::os();
@@ -296,11 +340,11 @@ mod tests {
         file.set_len(8 << 20).unwrap();
         let ahead = Arc::new(ZeroAhead::new(&storage, 0o644));
         ahead.retarget(7, path.clone(), 8 << 20, 4096, true);
-        ahead.writing(7, 8192);
+        ahead.writing(7, 4096 + start_after(8 << 20));
         assert!(!ahead.state.lock().queued);
         ahead.retarget(7, path, 8 << 20, 4096, false);
         // Writes to another segment (the one before a roll) start nothing.
-        ahead.writing(3, 8192);
+        ahead.writing(3, 4096 + start_after(8 << 20));
         assert!(!ahead.state.lock().queued);
         ahead.shutdown();
     }
