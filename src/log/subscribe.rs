@@ -42,12 +42,11 @@ use parking_lot::Mutex;
 
 use super::dead_letter::{DeadLetter, Undecodable};
 use super::drain::{Progress, Subscribers};
-use super::{decode, Consumer, EventLog};
+use super::{decode_copied, Consumer, EventLog};
 use crate::codec::{Codec, Postcard};
 use crate::error::{Error, Result};
-use crate::format::Frame;
 use crate::record::{Record, Start, Timestamp};
-use crate::store::{RawCursor, Register, Store, Waiter};
+use crate::store::{CopiedFrame, FrameBatch, RawCursor, Register, Store, Waiter};
 
 /// A filter on decoded values.
 type Filter<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
@@ -158,10 +157,18 @@ pub struct Subscription<T, C = Postcard> {
 }
 
 /// The read side of a subscription.
+/// Bytes a subscription copies out per read at most (a record bigger than
+/// this is copied alone): with `SubscribeOptions::capacity`, what bounds a
+/// subscriber's read-ahead.
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+
 struct Reader<T> {
     cursor: RawCursor,
     /// Records read and decoded but not yet handed over (nor filtered).
     batch: VecDeque<Result<Record<T>>>,
+    /// Where a batch is copied under the pin before it is decoded (kept
+    /// for its buffers).
+    copied: FrameBatch,
     /// The subscription has ended: the log went, or an error ended it.
     ended: bool,
 }
@@ -259,6 +266,7 @@ impl<T, C: Codec<T>> Subscription<T, C> {
             reader: Mutex::new(Reader {
                 cursor,
                 batch: VecDeque::new(),
+                copied: FrameBatch::default(),
                 ended: false,
             }),
             signal,
@@ -591,36 +599,47 @@ impl<T, C: Codec<T>> Subscription<T, C> {
                 return true;
             }
         };
-        let codec = &*self.codec;
-        let keep_bytes = matches!(self.undecodable, Undecodable::DeadLetter(_));
-        let event = &store.meta().event;
         let read_before = reader.cursor.next;
-        while reader.batch.len() < self.capacity {
-            match reader.cursor.next_frame(&store, &pin, |frame| {
-                decode(codec, frame, event).map_err(|e| Undecoded::new(e, frame, keep_bytes))
-            }) {
-                Some(Ok(Ok(record))) => reader.batch.push_back(Ok(record)),
-                Some(Ok(Err(undecoded))) => match self.set_aside(&store, undecoded) {
-                    // Skipped: the ones after it still come.
-                    Ok(None) => {}
-                    // Handed over; the ones after it still come.
-                    Ok(Some(e)) => reader.batch.push_back(Err(e)),
-                    // Not set aside: nothing after it may be handed over.
-                    Err(e) => {
-                        reader.batch.push_back(Err(e));
-                        reader.ended = true;
-                        break;
+        // Copied (and verified) under the pin, decoded after it: a slow
+        // decode or a dead-letter append never holds the pin.
+        let Reader {
+            cursor,
+            batch,
+            copied,
+            ended,
+        } = reader;
+        copied.clear();
+        let room = self.capacity.saturating_sub(batch.len()).max(1);
+        let read = cursor.copy_frames(&store, &pin, room, READ_AHEAD_BYTES, copied);
+        cursor.unpin();
+        drop(pin);
+        let codec = &*self.codec;
+        let event = &store.meta().event;
+        for record in &copied.records {
+            match decode_copied(codec, copied, record, event) {
+                Ok(record) => batch.push_back(Ok(record)),
+                Err(e) => {
+                    let undecoded = Undecoded::new(e, record, copied, &self.undecodable);
+                    match self.set_aside(&store, undecoded) {
+                        // Skipped: the ones after it still come.
+                        Ok(None) => {}
+                        // Handed over; the ones after it still come.
+                        Ok(Some(e)) => batch.push_back(Err(e)),
+                        // Not set aside: nothing after it may be handed
+                        // over.
+                        Err(e) => {
+                            batch.push_back(Err(e));
+                            *ended = true;
+                            return true;
+                        }
                     }
-                },
-                Some(Err(e)) => {
-                    reader.batch.push_back(Err(e));
-                    reader.ended = true;
-                    break;
                 }
-                None => break,
             }
         }
-        reader.cursor.unpin();
+        if let Err(e) = read {
+            batch.push_back(Err(e));
+            *ended = true;
+        }
         // Records skipped with nothing to hand over still count as read.
         read_before != reader.cursor.next || !reader.batch.is_empty() || reader.ended
     }
@@ -737,13 +756,19 @@ struct Undecoded {
 }
 
 impl Undecoded {
-    fn new(error: Error, frame: &Frame<'_>, keep_bytes: bool) -> Undecoded {
+    fn new(
+        error: Error,
+        record: &CopiedFrame,
+        batch: &FrameBatch,
+        undecodable: &Undecodable,
+    ) -> Undecoded {
+        let keep_bytes = matches!(undecodable, Undecodable::DeadLetter(_));
         Undecoded {
             error,
-            offset: frame.offset,
-            timestamp: Timestamp::from_micros(frame.timestamp),
+            offset: record.offset,
+            timestamp: record.timestamp,
             payload: if keep_bytes {
-                frame.payload.to_vec()
+                batch.payload(record).to_vec()
             } else {
                 Vec::new()
             },
