@@ -546,6 +546,10 @@ const L_FSYNC_SINGLE: (&str, &str) = ("limit", "write + fdatasync per record");
 const L_FSYNC_SINGLE_PRE: (&str, &str) = ("limit", "write + fdatasync per record, preallocated");
 const L_REPLAY: (&str, &str) = ("limit", "BufReader replay of the bytes");
 const L_REPLAY_DECODE: (&str, &str) = ("limit", "BufReader replay + decode");
+const L_REPLAY_DECODE_ALT: (&str, &str) = (
+    "limit",
+    "BufReader replay + decode, alternated with the typed replay",
+);
 const L_GET: (&str, &str) = ("limit", "in-memory index + pread + decode");
 const L_FANOUT: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 4");
 const L_FANOUT_16: (&str, &str) = ("limit", "Vec + crossbeam fan-out to 16 (deliveries)");
@@ -616,6 +620,40 @@ fn fsync_limit_with(records: &[Vec<u8>], prealloc: bool, per: usize) -> R<Sample
         Ok(())
     })?;
     s.fsyncs = Some(fsyncs);
+    Ok(s)
+}
+
+/// The replay limit: the workload's bytes written as (u32 length, bytes)
+/// records, read back through a `BufReader`, each decoded with `decoding`.
+fn bufreader_replay(data: &Data, decoding: bool) -> R<Sample> {
+    let n = data.bytes.len() as u64;
+    let dir = tmp()?;
+    let path = dir.path().join("f");
+    write_file(&path, data, true)?;
+    let mut count = 0u64;
+    let mut sum = 0u64;
+    let s = timed(n, || {
+        let mut r = BufReader::with_capacity(256 << 10, File::open(&path)?);
+        let mut len = [0u8; 4];
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match r.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e.into()),
+            }
+            let l = u32::from_le_bytes(len) as usize;
+            r.read_exact(&mut buf[..l])?;
+            sum += if decoding {
+                u64::from(decode(&buf[..l])?.qty)
+            } else {
+                u64::from(buf[0])
+            };
+            count += 1;
+        }
+        Ok(())
+    })?;
+    check(count == n && sum > 0, "replay count")?;
     Ok(s)
 }
 
@@ -701,34 +739,7 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
             "no decode"
         };
         b.run(limit.0, limit.1, None, note, || {
-            let dir = tmp()?;
-            let path = dir.path().join("f");
-            write_file(&path, data, true)?;
-            let mut count = 0u64;
-            let mut sum = 0u64;
-            let s = timed(n, || {
-                let mut r = BufReader::with_capacity(256 << 10, File::open(&path)?);
-                let mut len = [0u8; 4];
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    match r.read_exact(&mut len) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                        Err(e) => return Err(e.into()),
-                    }
-                    let l = u32::from_le_bytes(len) as usize;
-                    r.read_exact(&mut buf[..l])?;
-                    sum += if decoding {
-                        u64::from(decode(&buf[..l])?.qty)
-                    } else {
-                        u64::from(buf[0])
-                    };
-                    count += 1;
-                }
-                Ok(())
-            })?;
-            check(count == n && sum > 0, "replay count")?;
-            Ok(s)
+            bufreader_replay(data, decoding)
         });
     }
     b.run(L_GET.0, L_GET.1, None, "pread per get", || {
@@ -963,12 +974,18 @@ fn backbone(b: &mut Bench<'_>, data: &Data) {
     );
     fresh_durable(b, data);
     group_commit(b, data);
-    b.run(
+    b.run_pair(
         sys,
         W_REPLAY,
-        Some(L_REPLAY),
-        "typed: decodes each Checkout",
+        "typed: decodes each Checkout; vs limit: ratio of the medians; alternated with \
+         BufReader replay + decode",
+        (
+            L_REPLAY_DECODE_ALT,
+            "decodes each Checkout (as the 'BufReader replay + decode' row), run just before \
+             each typed replay",
+        ),
         || {
+            let limit = bufreader_replay(data, true)?;
             let dir = tmp()?;
             let log = bb_open(dir.path(), Durability::Buffered)?;
             for chunk in data.values.chunks(BATCH) {
@@ -977,14 +994,15 @@ fn backbone(b: &mut Bench<'_>, data: &Data) {
             log.close()?;
             let log = bb_open(dir.path(), Durability::Buffered)?;
             let mut count = 0;
-            let s = timed(n, || {
+            let mut s = timed(n, || {
                 for rec in log.read(Start::Beginning) {
                     count += u64::from(rec?.value.qty > 0);
                 }
                 Ok(())
             })?;
             check(count == n, "replay count")?;
-            Ok(s)
+            s.extra = Some(format!("{:.2}×", s.rate() / limit.rate()));
+            Ok((limit, s))
         },
     );
     b.run(sys, W_GET, Some(L_GET), "typed get(offset)", || {
