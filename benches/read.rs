@@ -7,10 +7,19 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use backbone::{Durability, EventLog, Options, Raw, Start};
+use backbone::{Codec, Durability, EventLog, Options, Raw, Start};
 use common::{checkout, open, quick, Checkout};
 
 const N: u64 = 200_000;
+
+/// Replays `log` from offset 0, decoding every record.
+fn replay_qty<C: Codec<Checkout>>(log: &EventLog<Checkout, C>) -> u64 {
+    let mut qty = 0u64;
+    for rec in log.read(Start::Beginning) {
+        qty += u64::from(rec.unwrap().value.qty);
+    }
+    qty
+}
 
 fn read(c: &mut Criterion) {
     let events: Vec<Checkout> = (0..N).map(checkout).collect();
@@ -37,15 +46,7 @@ fn read(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("replay");
     group.throughput(Throughput::Elements(N));
-    group.bench_function("typed_from_0", |b| {
-        b.iter(|| {
-            let mut qty = 0u64;
-            for rec in typed.read(Start::Beginning) {
-                qty += u64::from(rec.unwrap().value.qty);
-            }
-            qty
-        })
-    });
+    group.bench_function("typed_from_0", |b| b.iter(|| replay_qty(&typed)));
     #[cfg(feature = "bincode")]
     let bincode_dir = tempfile::tempdir().unwrap();
     #[cfg(feature = "bincode")]
@@ -58,15 +59,7 @@ fn read(c: &mut Criterion) {
             typed.append_batch(chunk).unwrap();
         }
         typed.sync().unwrap();
-        group.bench_function("typed_from_0_bincode", |b| {
-            b.iter(|| {
-                let mut qty = 0u64;
-                for rec in typed.read(Start::Beginning) {
-                    qty += u64::from(rec.unwrap().value.qty);
-                }
-                qty
-            })
-        });
+        group.bench_function("typed_from_0_bincode", |b| b.iter(|| replay_qty(&typed)));
     }
     group.bench_function("raw_from_0", |b| {
         b.iter(|| {
