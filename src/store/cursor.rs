@@ -16,9 +16,10 @@ use crate::format::{Frame, RECORDS_START};
 use crate::record::{Start, Timestamp};
 
 /// Records copied out of the maps by [`RawCursor::copy_frames`], verified:
-/// one buffer for every payload (so a batch costs two allocations, reused
-/// batch after batch) and each record's place in it. A typed cursor
-/// decodes from it after letting go of its pin; a bridge sends it as it is.
+/// one buffer of the bytes copied (runs of whole frames, or payloads), so
+/// a batch costs two allocations reused batch after batch, and where each
+/// record's payload lies in it. A typed cursor decodes from it after
+/// letting go of its pin; a bridge sends the payloads as they are.
 #[derive(Debug, Default)]
 pub(crate) struct FrameBatch {
     pub(crate) bytes: Vec<u8>,
