@@ -22,8 +22,8 @@ use crate::store::{FrameBatch, RawCursor, Store};
 /// record and each next one twice as many, so that reading one record
 /// (`read(Start::Offset(o)).next()`) copies one.
 const BATCH: usize = 64;
-/// Payload bytes a batch copies, at most (a record bigger than this is
-/// copied alone), so that a cursor over large records holds little.
+/// Bytes a batch copies, at most (a record bigger than this is copied
+/// alone), so that a cursor over large records holds little.
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// An iterator over a log's records from a [`Start`] up to the end the log

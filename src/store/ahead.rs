@@ -257,26 +257,40 @@ mod tests {
         }
     }
 
+    /// A sparse segment file of `capacity` bytes in `dir`, and a
+    /// `ZeroAhead` for it (not yet targeted).
+    fn sparse_segment(
+        dir: &std::path::Path,
+        capacity: u64,
+    ) -> (PathBuf, crate::storage::File, Arc<ZeroAhead>) {
+        let storage = Storage::os();
+        let path = dir.join("segment");
+        let file = storage.open(&path, OpenMode::CreateNew, 0o644).unwrap();
+        file.set_len(capacity).unwrap();
+        (path, file, Arc::new(ZeroAhead::new(&storage, 0o644)))
+    }
+
+    /// Waits for the queued fill job, if any, to end.
+    fn wait_for_fills(ahead: &ZeroAhead) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ahead.state.lock().queued {
+            assert!(Instant::now() < deadline, "a fill never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn zeros_run_ahead_of_the_writer_and_never_land_on_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segment");
-        let storage = Storage::os();
         let capacity = 24 << 20;
-        let file = storage.open(&path, OpenMode::CreateNew, 0o644).unwrap();
-        file.set_len(capacity).unwrap();
-        let ahead = Arc::new(ZeroAhead::new(&storage, 0o644));
+        let (path, file, ahead) = sparse_segment(dir.path(), capacity);
         let start = 4096;
         ahead.retarget(7, path.clone(), capacity, start, false);
         // The writer races the fill jobs over most of the segment.
         let written_to = 20 << 20;
         write_records(&ahead, &file, start, written_to);
         // Wait for the last fill to end, then check every byte.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ahead.state.lock().queued {
-            assert!(Instant::now() < deadline, "a fill never ended");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_fills(&ahead);
         let filled = ahead.filled.load(Ordering::Acquire);
         assert!(
             filled > written_to && filled <= written_to + AHEAD + CHUNK as u64,
@@ -310,22 +324,14 @@ mod tests {
     #[test]
     fn a_log_that_writes_little_gets_no_zeros() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::os();
-        let path = dir.path().join("segment");
-        let file = storage.open(&path, OpenMode::CreateNew, 0o644).unwrap();
         let capacity = 32 << 20;
-        file.set_len(capacity).unwrap();
-        let ahead = Arc::new(ZeroAhead::new(&storage, 0o644));
+        let (path, file, ahead) = sparse_segment(dir.path(), capacity);
         ahead.retarget(7, path, capacity, 4096, false);
         ahead.writing(7, 4096 + start_after(capacity) - 1);
         assert!(!ahead.state.lock().queued);
         assert_eq!(file.allocated_len().unwrap_or(0), 0);
         ahead.writing(7, 4096 + start_after(capacity));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ahead.state.lock().queued {
-            assert!(Instant::now() < deadline, "the fill never ended");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_fills(&ahead);
         let filled = ahead.filled.load(Ordering::Acquire);
         assert_eq!(filled, 4096 + start_after(capacity) + AHEAD);
         ahead.shutdown();
@@ -334,11 +340,7 @@ mod tests {
     #[test]
     fn a_zeroed_segment_or_another_one_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::os();
-        let path = dir.path().join("segment");
-        let file = storage.open(&path, OpenMode::CreateNew, 0o644).unwrap();
-        file.set_len(8 << 20).unwrap();
-        let ahead = Arc::new(ZeroAhead::new(&storage, 0o644));
+        let (path, _file, ahead) = sparse_segment(dir.path(), 8 << 20);
         ahead.retarget(7, path.clone(), 8 << 20, 4096, true);
         ahead.writing(7, 4096 + start_after(8 << 20));
         assert!(!ahead.state.lock().queued);

@@ -48,15 +48,22 @@ impl FrameBatch {
         &self.bytes[record.payload.clone()]
     }
 
+    /// Copies `frame`'s payload in and notes the record.
     #[inline]
     fn push(&mut self, frame: &Frame<'_>) {
-        let at = self.bytes.len();
         self.bytes.extend_from_slice(frame.payload);
+        self.note(frame, self.bytes.len());
+    }
+
+    /// Notes the record in `frame`, whose payload ends at `payload_end` in
+    /// `bytes` (copied already, or about to be).
+    #[inline]
+    pub(super) fn note(&mut self, frame: &Frame<'_>, payload_end: usize) {
         self.records.push(CopiedFrame {
             offset: frame.offset,
             timestamp: Timestamp::from_micros(frame.timestamp),
             source_time: frame.source_time.map(Timestamp::from_micros),
-            payload: at..self.bytes.len(),
+            payload: payload_end - frame.payload.len()..payload_end,
         });
     }
 }

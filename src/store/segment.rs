@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::cursor::{CopiedFrame, FrameBatch};
+use super::cursor::FrameBatch;
 use super::index::{self, Index, IndexBuilder};
 use super::writer::{Active, Checkpoints};
 use crate::error::{CorruptionKind, Error, Result};
@@ -25,7 +25,6 @@ use crate::format::{
     SegmentHeader, Watermark, FORMAT_VERSION, INDEX_HEADER_LEN, RECORDS_START,
 };
 use crate::options::Options;
-use crate::record::Timestamp;
 use crate::storage::{File, Map, OpenMode, Storage};
 
 /// One segment: `{base:020}.seg` and its index `{base:020}.idx`.
@@ -446,13 +445,7 @@ impl Segment {
                     break;
                 }
             };
-            let payload_end = base + (next_pos - run_start) as usize;
-            batch.records.push(CopiedFrame {
-                offset: frame.offset,
-                timestamp: Timestamp::from_micros(frame.timestamp),
-                source_time: frame.source_time.map(Timestamp::from_micros),
-                payload: payload_end - frame.payload.len()..payload_end,
-            });
+            batch.note(&frame, base + (next_pos - run_start) as usize);
             *pos = next_pos;
             *offset += 1;
         }
