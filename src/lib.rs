@@ -94,7 +94,9 @@
 
 // The layers, bottom to top (`src/layers.rs` holds every import to this
 // table: imports point down):
-// - L0, the vocabulary: `error`, `record`, `codec`, `name`;
+// - L0, the vocabulary: `error`, `record` (with the append clock, the
+//   crate's second `unsafe` block: one `clock_gettime` call), `codec`,
+//   `name`;
 // - L1, every byte layout, as pure functions: `format`;
 // - L2, every byte read or written (one `unsafe` block: the map, in
 //   `storage::os`) and the synchronization primitives loom checks:

@@ -212,18 +212,67 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// The wall clock in microseconds since the epoch (the epoch for a clock
 /// set before it), read once per append: in whole seconds and microseconds,
 /// without the 128-bit arithmetic of `Duration::as_micros`.
+///
+/// On Unix it asks `clock_gettime(CLOCK_REALTIME)` directly: the same clock
+/// `SystemTime::now` reads, without the checked `timespec` arithmetic of
+/// `SystemTime` and `duration_since`, a third of the read's cost (about 10 ns
+/// of 33 per append on the machine of the README's table).
 #[inline]
 pub(crate) fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        d.as_secs()
+    #[cfg(unix)]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable `timespec` for the call, and
+        // `CLOCK_REALTIME` is a clock every Unix has; the call writes only
+        // `now`.
+        #[allow(unsafe_code)]
+        let failed = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) } != 0;
+        // A clock before the epoch (or a failed read, which POSIX allows
+        // only for an unknown clock) reads as the epoch, as below.
+        if failed || now.tv_sec < 0 {
+            return 0;
+        }
+        (now.tv_sec as u64)
             .saturating_mul(1_000_000)
-            .saturating_add(u64::from(d.subsec_micros()))
-    })
+            .saturating_add(now.tv_nsec as u64 / 1_000)
+    }
+    #[cfg(not(unix))]
+    {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            d.as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(d.subsec_micros()))
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn system_micros() -> u64 {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        u64::try_from(since.as_micros()).unwrap()
+    }
+
+    #[test]
+    fn the_append_clock_reads_the_wall_clock() {
+        // `now_micros` reads the clock `SystemTime` reads, by its own path:
+        // a reading taken between two of `SystemTime`'s lies between them
+        // (with a millisecond's slack for a clock stepped meanwhile).
+        for _ in 0..100 {
+            let before = system_micros();
+            let now = now_micros();
+            let after = system_micros();
+            assert!(
+                before <= now + 1_000 && now <= after + 1_000,
+                "{before} <= {now} <= {after}"
+            );
+        }
+    }
 
     #[test]
     fn converts_to_and_from_system_time() {
