@@ -94,13 +94,12 @@
 
 // The layers, bottom to top (`src/layers.rs` holds every import to this
 // table: imports point down):
-// - L0, the vocabulary: `error`, `record` (with the append clock, the
-//   crate's second `unsafe` block: one `clock_gettime` call), `codec`,
-//   `name`;
+// - L0, the vocabulary: `error`, `record` (with the append clock's
+//   `unsafe` block, one `clock_gettime` call), `codec`, `name`;
 // - L1, every byte layout, as pure functions: `format`;
-// - L2, every byte read or written (one `unsafe` block: the map, in
-//   `storage::os`) and the synchronization primitives loom checks:
-//   `storage`, `sync`;
+// - L2, every byte read or written (two `unsafe` blocks, in `storage::os`:
+//   the map and the writeback hint) and the synchronization primitives
+//   loom checks: `storage`, `sync`;
 // - L3, configuration: `options`;
 // - L4, the untyped log: `store`;
 // - L5, a read-only, codec-agnostic view of a log on disk: `inspect`;

@@ -223,6 +223,21 @@ impl File {
         dispatch!(self, File, f => f.sync_data())
     }
 
+    /// Starts writing `len` bytes from `offset` to disk without waiting: a
+    /// hint that makes nothing durable, so that a later `sync_data` has
+    /// little left to write. The simulator records it and changes nothing:
+    /// a crash keeps what it would have kept without the hint.
+    pub(crate) fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self {
+            File::Os(f) => f.start_writeback(offset, len),
+            #[cfg(any(test, fuzzing, backbone_sim))]
+            File::Sim(f) => {
+                f.start_writeback(offset, len);
+                Ok(())
+            }
+        }
+    }
+
     /// Maps the first `len` bytes read-only. `len` must not exceed the file's
     /// length, and the file must not shrink below `len` while the map lives.
     pub(crate) fn map(&self, len: u64) -> io::Result<Map> {

@@ -30,6 +30,9 @@
 //!   A failed file sync is Linux's "fsyncgate": its pending ops stay readable
 //!   but never become durable, and a retried sync succeeds; a failed
 //!   `sync_dir` leaves the directory's ops pending.
+//! - A writeback hint (`sync_file_range` without waiting) changes nothing,
+//!   live or durable, and is no operation: [`SimStorage::writebacks`] lists
+//!   the hints each file received, for tests of who sends them.
 //! - With [`SimStorage::set_capacity`], growing the linked files past the
 //!   capacity fails with `ENOSPC`, after a write stored the prefix that fits
 //!   (removed files that are still open do not count).
@@ -299,6 +302,7 @@ struct State {
     dirs: BTreeMap<PathBuf, Dir>,
     next_inode: u64,
     ops: u64,
+    writebacks: Vec<Writeback>,
     faults: Vec<Armed>,
     capacity: Option<u64>,
     locked: HashSet<u64>,
@@ -468,6 +472,18 @@ fn assert_map_fits(meta: &Meta, len: u64) {
              of {mapped} bytes (a real map would SIGBUS)"
         );
     }
+}
+
+/// A writeback hint one file received: bytes `from..to` of the file
+/// `file` (an inode number, the same for every handle to the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writeback {
+    /// The file's inode number.
+    pub file: u64,
+    /// The first byte of the stretch.
+    pub from: u64,
+    /// The byte after it.
+    pub to: u64,
 }
 
 /// The simulated disk. Clones share it, like handles to one filesystem.
@@ -706,6 +722,11 @@ impl SimStorage {
         }
     }
 
+    /// The writeback hints files received, in the order they came.
+    pub fn writebacks(&self) -> Vec<Writeback> {
+        self.state.lock().writebacks.clone()
+    }
+
     /// Every live file with its length, sorted by path.
     pub fn files(&self) -> Vec<(PathBuf, u64)> {
         let st = self.state.lock();
@@ -823,6 +844,16 @@ impl SimFile {
                 Err(fault.error())
             }
         }
+    }
+
+    /// A writeback hint: recorded, not counted as an operation, and without
+    /// effect on what a crash keeps.
+    pub(crate) fn start_writeback(&self, offset: u64, len: u64) {
+        self.state.lock().writebacks.push(Writeback {
+            file: self.inode.id,
+            from: offset,
+            to: offset + len,
+        });
     }
 
     /// `fdatasync`: makes the pending ops durable.

@@ -165,6 +165,10 @@ impl Active for ModelFile {
         Ok(())
     }
 
+    fn start_writeback(&self, _from: u64, _to: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     fn write_watermark(&self, _mark: &Watermark) -> io::Result<()> {
         Ok(())
     }

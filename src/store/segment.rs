@@ -858,6 +858,10 @@ impl Active for Segment {
         self.file.sync_data()
     }
 
+    fn start_writeback(&self, from: u64, to: u64) -> std::io::Result<()> {
+        self.file.start_writeback(from, to - from)
+    }
+
     /// The caller has already synced everything before `mark.pos`, so
     /// whenever these bytes reach the disk they are true.
     fn write_watermark(&self, mark: &Watermark) -> std::io::Result<()> {

@@ -49,6 +49,16 @@ use crate::sync::{self, AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 /// one more page for the next sync, and a stale watermark only means a
 /// longer scan after a crash.
 const WATERMARK_EVERY: Duration = Duration::from_millis(100);
+
+/// A `Buffered` writer asks the OS to start writing the active segment out
+/// each time this much more of it is written (`sync_file_range` on Linux).
+/// Otherwise a segment's data waits in the page cache for the sync that
+/// seals it at the roll, which then writes up to a whole segment while
+/// every append waits: 38-40 ms for a 64 MiB segment on the README's
+/// machine. (RocksDB's `bytes_per_sync` does the same for its files.)
+const WRITEBACK_BYTES: u64 = 1 << 20;
+/// The page size the writeback stretches are rounded down to.
+const WRITEBACK_PAGE: u64 = 4096;
 /// How many times, at most, a sync round's leader yields to let the
 /// appenders the last round let go place their next records first. (The
 /// loom models explore every interleaving of each yield: a smaller bound
@@ -74,6 +84,9 @@ pub(crate) trait Active: Send + Sync {
     fn write_index(&self, entries: &[u8], at: u64) -> io::Result<()>;
     /// `fdatasync` of the segment file.
     fn sync(&self) -> io::Result<()>;
+    /// Asks the OS to start writing bytes `from..to` of the segment file
+    /// to disk, without waiting: a hint that makes nothing durable.
+    fn start_writeback(&self, from: u64, to: u64) -> io::Result<()>;
     /// Writes the durable-watermark slot (everything before `mark.pos` is
     /// already on stable storage).
     fn write_watermark(&self, mark: &Watermark) -> io::Result<()>;
@@ -187,6 +200,9 @@ struct State<A> {
     /// Appends whose frames are all written (see `Writer::appends`).
     written_appends: u64,
     written_pos: u64,
+    /// Where the OS was last asked to start writing the active segment
+    /// out (`Buffered`: see [`WRITEBACK_BYTES`]).
+    writeback_pos: u64,
     durable: u64,
     io_busy: bool,
     sync_busy: bool,
@@ -254,6 +270,7 @@ impl<A: Active> Writer<A> {
             written: tail.next,
             written_appends: 0,
             written_pos: tail.pos,
+            writeback_pos: tail.pos,
             durable: tail.next,
             io_busy: false,
             sync_busy: false,
@@ -652,6 +669,7 @@ impl<A: Active> Writer<A> {
         if write_mark {
             w.last_watermark = Instant::now();
         }
+        let writeback = self.writeback_due(w, end_pos, sync);
         let (result, mut data, mut index) = MutexGuard::unlocked(w, || {
             let result = (|| {
                 if !data.is_empty() {
@@ -662,6 +680,11 @@ impl<A: Active> Writer<A> {
                     segment
                         .write_index(&index, index_at)
                         .map_err(|e| ("write index", e))?;
+                }
+                if let Some((from, to)) = writeback {
+                    // Only a hint: if it fails, nothing is lost, and the
+                    // sync that seals the segment reports any write error.
+                    let _ = segment.start_writeback(from, to);
                 }
                 if sync {
                     segment.sync().map_err(|e| ("fdatasync", e))?;
@@ -709,6 +732,27 @@ impl<A: Active> Writer<A> {
             Err((op, e)) => set_poison(w, op, segment.path(), e),
         }
         self.io_done.notify_all();
+    }
+
+    /// The stretch of the active segment a write round up to `end_pos`
+    /// asks the OS to start writing out, if one is due: in `Buffered` mode,
+    /// every [`WRITEBACK_BYTES`], whole pages only (the last one is still
+    /// being filled).
+    fn writeback_due(
+        &self,
+        w: &mut MutexGuard<'_, State<A>>,
+        end_pos: u64,
+        sync: bool,
+    ) -> Option<(u64, u64)> {
+        if sync || self.config.durability != Durability::Buffered {
+            return None;
+        }
+        let to = end_pos - end_pos % WRITEBACK_PAGE;
+        if to < w.writeback_pos + WRITEBACK_BYTES {
+            return None;
+        }
+        let from = mem::replace(&mut w.writeback_pos, to);
+        Some((from, to))
     }
 
     /// Syncs what is already written, with the mutex released.
@@ -806,6 +850,7 @@ impl<A: Active> Writer<A> {
                 w.active = Some(new);
                 w.buf_pos = start;
                 w.written_pos = start;
+                w.writeback_pos = start;
                 w.segment_start = start;
                 w.index_assigned = 0;
                 w.index_written = 0;

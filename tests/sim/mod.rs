@@ -20,3 +20,4 @@ mod fuzz_oracles;
 mod handoff;
 mod model;
 mod stream_jobs;
+mod writeback;
