@@ -22,6 +22,17 @@ use std::io;
 use std::ops::Deref;
 use std::path::Path;
 
+/// The zeros [`File::write_zeros`] writes at a time. Linux gives a buffered
+/// write page-cache folios as large as the write, and ext4 (with large
+/// folios, as on Linux 6.18) walks every block of a folio on each later
+/// write into it: a 60-byte `pwrite` into zeros written 1 MiB at a time
+/// took 1.2 µs on the README's machine, into zeros written 16 KiB at a
+/// time 0.31 µs, as into a sparse file. Segments are zero-filled ahead of
+/// the records that single appends then write a few dozen bytes at a time.
+/// (Filling 64 MiB this way took 46–48 ms there, against 40–42 ms in 1 MiB
+/// writes and 69–71 ms in 4 KiB ones.)
+static ZERO_WRITE: [u8; 16 << 10] = [0; 16 << 10];
+
 /// How [`Storage::open`] opens a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpenMode {
@@ -218,6 +229,26 @@ impl File {
         dispatch!(self, File, f => f.set_len(len))
     }
 
+    /// Writes `len` zero bytes at `offset`: on real files in page-cache
+    /// friendly pieces of [`ZERO_WRITE`] bytes, on the simulator in one
+    /// write (one operation, as the callers' chunks always were).
+    pub(crate) fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self {
+            File::Os(f) => {
+                let mut at = offset;
+                let end = offset + len;
+                while at < end {
+                    let piece = (end - at).min(ZERO_WRITE.len() as u64) as usize;
+                    f.write_at(&ZERO_WRITE[..piece], at)?;
+                    at += piece as u64;
+                }
+                Ok(())
+            }
+            #[cfg(any(test, fuzzing, backbone_sim))]
+            File::Sim(f) => f.write_at(&vec![0; len as usize], offset),
+        }
+    }
+
     /// `fdatasync`: the file's data, and the metadata needed to read it back.
     pub(crate) fn sync_data(&self) -> io::Result<()> {
         dispatch!(self, File, f => f.sync_data())
@@ -262,5 +293,41 @@ impl Map {
     #[inline]
     pub(crate) fn len(&self) -> u64 {
         dispatch!(self, Map, m => m.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zeros land on exactly `offset..offset + len`, in pieces or not, and
+    /// a fill past the end grows the file.
+    #[test]
+    fn write_zeros_covers_its_range_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = sim::SimStorage::new();
+        sim.create_dir_all(Path::new("/d")).unwrap();
+        let files = [
+            Storage::os()
+                .open(&dir.path().join("f"), OpenMode::CreateNew, 0o644)
+                .unwrap(),
+            File::Sim(sim.open(Path::new("/d/f"), OpenMode::CreateNew).unwrap()),
+        ];
+        for file in files {
+            let ones = vec![1u8; 100_000];
+            file.write_at(&ones, 0).unwrap();
+            // Three whole pieces and a part of one, from an odd offset.
+            let (offset, len) = (1_001, 3 * ZERO_WRITE.len() as u64 + 77);
+            file.write_zeros(offset, len).unwrap();
+            file.write_zeros(99_990, 20).unwrap();
+            assert_eq!(file.len().unwrap(), 100_010);
+            let mut back = vec![9u8; 100_010];
+            file.read_at(&mut back, 0).unwrap();
+            let end = (offset + len) as usize;
+            assert!(back[..1_001].iter().all(|&b| b == 1));
+            assert!(back[1_001..end].iter().all(|&b| b == 0));
+            assert!(back[end..99_990].iter().all(|&b| b == 1));
+            assert!(back[99_990..].iter().all(|&b| b == 0));
+        }
     }
 }

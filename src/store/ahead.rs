@@ -196,7 +196,6 @@ impl ZeroAhead {
         let file = self
             .storage
             .open(&target.path, OpenMode::Existing, self.file_mode)?;
-        let zeros = vec![0u8; CHUNK];
         loop {
             let state = self.state.lock();
             let same = state.target.as_ref().is_some_and(|t| t.base == target.base);
@@ -210,7 +209,7 @@ impl ZeroAhead {
             let end = goal.min(start + CHUNK as u64);
             // Under the lock: the writer cannot claim these bytes while
             // they are written.
-            file.write_at(&zeros[..(end - start) as usize], start)?;
+            file.write_zeros(start, end - start)?;
             self.filled.store(end, Ordering::Release);
             drop(state);
         }

@@ -25,7 +25,7 @@ use crate::storage::{File, OpenMode, Storage};
 
 /// Zeros are written in pieces of this size, so that closing the log stops
 /// a preparation in flight within one write.
-const CHUNK: usize = 1 << 20;
+const CHUNK: u64 = 1 << 20;
 
 /// The spare file of one log directory and its preparation.
 #[derive(Debug)]
@@ -144,15 +144,14 @@ impl Spares {
         let file = self
             .storage
             .open(&self.path, OpenMode::CreateNew, self.file_mode)?;
-        let zeros = vec![0; CHUNK.min(self.capacity as usize)];
         let mut at = 0;
         while at < self.capacity {
             if self.cancel.load(Ordering::Acquire) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "log closing"));
             }
-            let len = (self.capacity - at).min(zeros.len() as u64) as usize;
-            file.write_at(&zeros[..len], at)?;
-            at += len as u64;
+            let len = (self.capacity - at).min(CHUNK);
+            file.write_zeros(at, len)?;
+            at += len;
         }
         file.sync_data()?;
         Ok(file)

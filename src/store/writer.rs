@@ -50,12 +50,13 @@ use crate::sync::{self, AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 /// longer scan after a crash.
 const WATERMARK_EVERY: Duration = Duration::from_millis(100);
 
-/// A `Buffered` writer asks the OS to start writing the active segment out
-/// each time this much more of it is written (`sync_file_range` on Linux).
-/// Otherwise a segment's data waits in the page cache for the sync that
-/// seals it at the roll, which then writes up to a whole segment while
-/// every append waits: 38-40 ms for a 64 MiB segment on the README's
-/// machine. (RocksDB's `bytes_per_sync` does the same for its files.)
+/// A `Buffered` or `Interval` writer asks the OS to start writing the
+/// active segment out each time this much more of it is written
+/// (`sync_file_range` on Linux). Otherwise a `Buffered` segment's data
+/// waits in the page cache for the sync that seals it at the roll, which
+/// then writes up to a whole segment while every append waits: 38-40 ms
+/// for a 64 MiB segment on the README's machine (an `Interval` log's, up to
+/// an interval's worth). (RocksDB's `bytes_per_sync` does the same.)
 const WRITEBACK_BYTES: u64 = 1 << 20;
 /// The page size the writeback stretches are rounded down to.
 const WRITEBACK_PAGE: u64 = 4096;
@@ -201,7 +202,7 @@ struct State<A> {
     written_appends: u64,
     written_pos: u64,
     /// Where the OS was last asked to start writing the active segment
-    /// out (`Buffered`: see [`WRITEBACK_BYTES`]).
+    /// out (see [`WRITEBACK_BYTES`]).
     writeback_pos: u64,
     durable: u64,
     io_busy: bool,
@@ -735,16 +736,16 @@ impl<A: Active> Writer<A> {
     }
 
     /// The stretch of the active segment a write round up to `end_pos`
-    /// asks the OS to start writing out, if one is due: in `Buffered` mode,
-    /// every [`WRITEBACK_BYTES`], whole pages only (the last one is still
-    /// being filled).
+    /// asks the OS to start writing out, if one is due: unless every
+    /// append syncs, every [`WRITEBACK_BYTES`], whole pages only (the last
+    /// one is still being filled).
     fn writeback_due(
         &self,
         w: &mut MutexGuard<'_, State<A>>,
         end_pos: u64,
         sync: bool,
     ) -> Option<(u64, u64)> {
-        if sync || self.config.durability != Durability::Buffered {
+        if sync || self.config.durability == Durability::EveryAppend {
             return None;
         }
         let to = end_pos - end_pos % WRITEBACK_PAGE;
