@@ -657,6 +657,27 @@ fn bufreader_replay(data: &Data, decoding: bool) -> R<Sample> {
     Ok(s)
 }
 
+/// The encode-inclusive limits: each value postcard-encoded behind its u32
+/// length into a reused buffer, `per` records to a `write` through a
+/// `BufWriter`.
+fn encode_and_write(path: &Path, values: &[Checkout], per: usize) -> R<()> {
+    let mut w = BufWriter::with_capacity(256 << 10, File::create(path)?);
+    let mut buf = Vec::with_capacity(per * 64);
+    for chunk in values.chunks(per) {
+        buf.clear();
+        for v in chunk {
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 4]);
+            postcard::to_io(v, &mut buf)?;
+            let len = (buf.len() - at - 4) as u32;
+            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        w.write_all(&buf)?;
+    }
+    w.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}
+
 fn limits(b: &mut Bench<'_>, data: &Data) {
     let n = data.bytes.len() as u64;
     b.run(L_FILE_SINGLE.0, L_FILE_SINGLE.1, None, "", || {
@@ -671,20 +692,7 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
         || {
             let dir = tmp()?;
             let path = dir.path().join("f");
-            timed(n, || {
-                let mut w = BufWriter::with_capacity(256 << 10, File::create(&path)?);
-                let mut buf = Vec::with_capacity(128);
-                for v in &data.values {
-                    buf.clear();
-                    buf.extend_from_slice(&[0; 4]);
-                    postcard::to_io(v, &mut buf)?;
-                    let len = (buf.len() - 4) as u32;
-                    buf[..4].copy_from_slice(&len.to_le_bytes());
-                    w.write_all(&buf)?;
-                }
-                w.into_inner().map_err(|e| e.into_error())?;
-                Ok(())
-            })
+            timed(n, || encode_and_write(&path, &data.values, 1))
         },
     );
     b.run(
@@ -695,23 +703,7 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
         || {
             let dir = tmp()?;
             let path = dir.path().join("f");
-            timed(n, || {
-                let mut w = BufWriter::with_capacity(256 << 10, File::create(&path)?);
-                let mut buf = Vec::with_capacity(BATCH * 64);
-                for chunk in data.values.chunks(BATCH) {
-                    buf.clear();
-                    for v in chunk {
-                        let at = buf.len();
-                        buf.extend_from_slice(&[0; 4]);
-                        postcard::to_io(v, &mut buf)?;
-                        let len = (buf.len() - at - 4) as u32;
-                        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-                    }
-                    w.write_all(&buf)?;
-                }
-                w.into_inner().map_err(|e| e.into_error())?;
-                Ok(())
-            })
+            timed(n, || encode_and_write(&path, &data.values, BATCH))
         },
     );
     b.run(L_FILE_BATCH.0, L_FILE_BATCH.1, None, "", || {

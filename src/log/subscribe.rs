@@ -156,12 +156,12 @@ pub struct Subscription<T, C = Postcard> {
     ready: Receiver<()>,
 }
 
-/// The read side of a subscription.
 /// Bytes a subscription copies out per read at most (a record bigger than
 /// this is copied alone): with `SubscribeOptions::capacity`, what bounds a
 /// subscriber's read-ahead.
 const READ_AHEAD_BYTES: usize = 256 * 1024;
 
+/// The read side of a subscription.
 struct Reader<T> {
     cursor: RawCursor,
     /// Records read and decoded but not yet handed over (nor filtered).

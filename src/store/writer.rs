@@ -604,17 +604,15 @@ impl<A: Active> Writer<A> {
                         // that does not come back costs this round its
                         // yields, and the next round expects fewer). A lone
                         // appender, or a group that formed while the last
-                        // sync ran, does not yield at all. A yield costs a microsecond; the
-                        // sync, a hundred or more.
+                        // sync ran, yields once. A yield costs a
+                        // microsecond; the sync, a hundred or more.
                         yielded = true;
-                        let mut yields = 0;
-                        loop {
+                        for _ in 0..GATHER_YIELDS {
                             let placed = w.placed;
-                            if yields == GATHER_YIELDS || w.io_busy {
+                            if w.io_busy {
                                 break;
                             }
                             MutexGuard::unlocked(w, sync::yield_now);
-                            yields += 1;
                             // Records still arriving, or fewer appenders
                             // back than the last round carried: go on.
                             if w.placed == placed && w.gathered >= w.riders {
