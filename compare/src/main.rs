@@ -684,28 +684,25 @@ fn limits(b: &mut Bench<'_>, data: &Data) {
         let dir = tmp()?;
         timed(n, || write_file(&dir.path().join("f"), data, false))
     });
-    b.run(
-        L_ENCODE.0,
-        L_ENCODE.1,
-        None,
-        "encodes each Checkout into a reused buffer: the limit of backbone's Buffered single appends",
-        || {
+    let encode_limits = [
+        (
+            L_ENCODE,
+            1,
+            "encodes each Checkout into a reused buffer: the limit of backbone's Buffered single appends",
+        ),
+        (
+            L_ENCODE_BATCH,
+            BATCH,
+            "encodes 256 Checkouts into a reused buffer, one write: the limit of backbone's Buffered batches",
+        ),
+    ];
+    for (limit, per, note) in encode_limits {
+        b.run(limit.0, limit.1, None, note, || {
             let dir = tmp()?;
             let path = dir.path().join("f");
-            timed(n, || encode_and_write(&path, &data.values, 1))
-        },
-    );
-    b.run(
-        L_ENCODE_BATCH.0,
-        L_ENCODE_BATCH.1,
-        None,
-        "encodes 256 Checkouts into a reused buffer, one write: the limit of backbone's Buffered batches",
-        || {
-            let dir = tmp()?;
-            let path = dir.path().join("f");
-            timed(n, || encode_and_write(&path, &data.values, BATCH))
-        },
-    );
+            timed(n, || encode_and_write(&path, &data.values, per))
+        });
+    }
     b.run(L_FILE_BATCH.0, L_FILE_BATCH.1, None, "", || {
         let dir = tmp()?;
         timed(n, || write_file(&dir.path().join("f"), data, true))
